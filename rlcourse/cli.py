@@ -1,0 +1,84 @@
+"""Command line: ``rlcourse verify``.
+
+``rlcourse verify`` runs every derivation check and prints a table (or JSON with ``--json``);
+it exits with status 1 if any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _fmt(x) -> str:
+    if isinstance(x, str):
+        return x
+    if isinstance(x, list):
+        head = ", ".join(f"{v:.4g}" for v in x[:3])
+        return f"[{head}{', …' if len(x) > 3 else ''}] ({len(x)})"
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return str(x)
+
+
+def _cut(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def cmd_verify(args) -> int:
+    from rlcourse import derivations
+
+    t0 = time.perf_counter()
+    try:
+        results = derivations.run(args.only)
+    except ValueError as e:
+        print(f"rlcourse verify: {e}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - t0
+    rows = [c for _, checks, _ in results for c in checks]
+    failed = [c for c in rows if not c.passed]
+    if args.json:
+        keys = ("derivation", "check", "kind", "expected", "observed", "tolerance", "passed")
+        print(json.dumps([{k: getattr(c, k) for k in keys} | {"error": c.error, "detail": c.detail}
+                          for c in rows], indent=1))
+        return 1 if failed else 0
+
+    header = f"{'derivation':<24} {'seeds':<16} {'kind':<16} {'check':<52} {'expected':<26} {'observed':<26} {'tolerance':<10} status"
+    print(header)
+    print("-" * len(header))
+    for d, checks, secs in results:
+        for c in checks:
+            tol = c.tolerance if isinstance(c.tolerance, str) else f"{c.tolerance:.2g}"
+            status = "ok" if c.passed else "FAIL"
+            if c.kind == "negative_control":
+                status = "rejected" if c.passed else "FAIL (accepted)"
+            print(f"{d.name:<24} {_cut(d.seeds, 16):<16} {c.kind:<16} {_cut(c.check, 52):<52} "
+                  f"{_cut(_fmt(c.expected), 26):<26} {_cut(_fmt(c.observed), 26):<26} {tol:<10} {status}")
+    kinds = {k: sum(c.kind == k for c in rows) for k in ("exact", "monte_carlo", "negative_control", "symbolic")}
+    print("-" * len(header))
+    print(f"{len(results)} derivations, {len(rows)} checks ({', '.join(f'{v} {k}' for k, v in kinds.items())}); "
+          f"{len(rows) - len(failed)} passed, {len(failed)} failed; {elapsed:.1f} s")
+    for c in failed:
+        print(f"FAILED {c.derivation}: {c.check} (error {c.error}, tolerance {c.tolerance}) {c.detail}")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlcourse", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="run every derivation check")
+    v.add_argument("--only", action="append", metavar="NAME", help="run only this derivation (repeatable)")
+    v.add_argument("--json", action="store_true", help="print a JSON list of checks")
+    v.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

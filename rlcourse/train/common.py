@@ -1,0 +1,130 @@
+"""What every trainer shares: a run directory with checkpoints that resume, a metrics history,
+a per-step random generator, a progress bar, and a clear error on a non-finite loss.
+
+Resuming reproduces the uninterrupted run exactly because every source of randomness in a
+step is drawn from :func:`step_generator` (seeded by ``(seed, step)``), never from a global
+stream that would have to be saved and restored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlcourse import _validate as V
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a loss (or a metric it depends on) is NaN or infinite."""
+
+
+def check_finite(value: torch.Tensor | float, *, name: str, step: int) -> None:
+    """Stop training with a clear message if ``value`` is NaN or infinite."""
+    v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+    if not math.isfinite(v):
+        raise NonFiniteLossError(
+            f"{name} is {v} at step {step}: training stopped. Lower the learning rate, check the "
+            f"rewards and advantages for NaN/inf, or resume from the last checkpoint."
+        )
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_generator(seed: int, step: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The random generator of one training step: a function of (seed, step) only."""
+    g = torch.Generator(device=device)
+    g.manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+    return g
+
+
+def progress(total: int, desc: str, enabled: bool = True):
+    """A tqdm progress bar (notebook-aware)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def validate_common(cfg) -> None:
+    """Checks shared by every trainer config (steps, learning rate, seed)."""
+    if not isinstance(cfg.steps, int) or cfg.steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {cfg.steps!r}")
+    V.positive("lr", cfg.lr)
+    if not isinstance(cfg.seed, int):
+        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+    if getattr(cfg, "checkpoint_every", 1) < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {cfg.checkpoint_every}")
+
+
+class RunDir:
+    """A run directory: ``config.json``, ``history.jsonl``, ``checkpoint.pt`` and ``final/``.
+
+    ``checkpoint.pt`` holds the step, the state of every module and optimizer, and the history
+    so far; :meth:`load` returns it so a trainer can continue from the next step.
+    """
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def write_config(self, cfg) -> None:
+        if self.enabled:
+            data = asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+            (self.path / "config.json").write_text(json.dumps(data, indent=2, default=str))
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        if self.enabled:
+            with open(self.path / "history.jsonl", "w") as f:
+                for row in history:
+                    f.write(json.dumps(row) + "\n")
+
+    def save(self, step: int, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+             history: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+        """Save a checkpoint atomically (write then rename), so an interrupted save loses nothing."""
+        if not self.enabled:
+            return
+        state = {
+            "step": step,
+            "modules": {k: m.state_dict() for k, m in modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "history": history,
+            "extra": extra or {},
+        }
+        tmp = self.path / "checkpoint.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.path / "checkpoint.pt")
+        self.write_history(history)
+
+    def load(self) -> dict[str, Any] | None:
+        """The last checkpoint, or None if there is none."""
+        if not self.enabled or not (self.path / "checkpoint.pt").exists():
+            return None
+        return torch.load(self.path / "checkpoint.pt", map_location="cpu", weights_only=False)
+
+    def restore(self, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]):
+        """Load the last checkpoint into ``modules`` and ``optimizers``.
+
+        Returns ``(start_step, history, extra)``: ``(0, [], {})`` when there is no checkpoint.
+        """
+        state = self.load()
+        if state is None:
+            return 0, [], {}
+        for k, m in modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        return int(state["step"]), list(state["history"]), dict(state["extra"])
