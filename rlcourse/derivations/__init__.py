@@ -37,9 +37,9 @@ MODULES = (
 
 def load_all() -> dict[str, Derivation]:
     """Import every derivation module (which registers it) and return the registry in order."""
-    for m in MODULES:
-        importlib.import_module(f"rlcourse.derivations.{m}")
-    return dict(REGISTRY)
+    modules = {importlib.import_module(f"rlcourse.derivations.{m}").__name__: i for i, m in enumerate(MODULES)}
+    ordered = sorted(REGISTRY.values(), key=lambda d: modules.get(d.module, len(MODULES)))
+    return {d.name: d for d in ordered}
 
 
 def run(only: str | list[str] | None = None) -> list[tuple[Derivation, list[Check], float]]:

@@ -77,6 +77,35 @@ def gae_missing_gamma(rewards: torch.Tensor, values: torch.Tensor, mask: torch.T
     return torch.stack(out[::-1], dim=1)
 
 
+def n_step_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, n: int
+                      ) -> torch.Tensor:
+    r"""The :math:`n`-step advantage, from its definition (rewards, then a bootstrapped value):
+
+    .. math::
+
+        \hat A^{(n)}_t = \sum_{l=0}^{n-1} \gamma^l r_{t+l} + \gamma^n V(s_{t+n}) - V(s_t),
+
+    with :math:`t + l` running over counted tokens, and :math:`r = V = 0` after the last one
+    (so :math:`n \ge` the remaining length gives :math:`G_t - V(s_t)`). It telescopes to
+    :math:`\sum_{l<n} \gamma^l \delta_{t+l}`, and GAE is the mixture
+    :math:`\sum_{n \ge 1} (1-\lambda)\lambda^{n-1} \hat A^{(n)}_t`. Same conventions as
+    :func:`rlcourse.advantages.gae`; (B, T) in, (B, T) out, 0 where ``mask`` is 0.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    td_residuals(rewards, values, mask, gamma)  # validates shapes, mask and gamma
+    m = mask.to(rewards.dtype)
+    step = m.cumsum(-1)
+    lag = step[:, None, :] - step[:, :, None]  # lag[b, t, s] = k_s - k_t between counted steps
+    pair = (m[:, :, None] * m[:, None, :]) > 0
+    discount = torch.full_like(lag, gamma) ** lag.clamp(min=0)
+    zero = torch.zeros_like(lag)
+    w_reward = torch.where(pair & (lag >= 0) & (lag < n), discount, zero)
+    w_boot = torch.where(pair & (lag == n), discount, zero)
+    adv = torch.einsum("bts,bs->bt", w_reward, rewards) + torch.einsum("bts,bs->bt", w_boot, values) - values
+    return adv * m
+
+
 def toy_values(mdp: ToyMDP, v: torch.Tensor) -> torch.Tensor:
     r""":math:`V(s_t)` along every enumerated sequence, (N, H), from a table ``v`` of shape (S,)."""
     seq = mdp.sequences
