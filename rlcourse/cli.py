@@ -1,7 +1,8 @@
-"""Command line: ``rlcourse verify``.
+"""Command line: ``rlcourse verify | figures``.
 
 ``rlcourse verify`` runs every derivation check and prints a table (or JSON with ``--json``);
-it exits with status 1 if any check fails.
+it exits with status 1 if any check fails. ``rlcourse figures`` regenerates the course's
+figures into ``figures/``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,25 @@ def cmd_verify(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_figures(args) -> int:
+    from rlcourse import plots
+
+    if args.list:
+        for name in plots.load_all():
+            print(name)
+        return 0
+    t0 = time.perf_counter()
+    try:
+        paths = plots.build(args.only, args.out)
+    except ValueError as e:
+        print(f"rlcourse figures: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    print(f"{len(paths)} figures in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlcourse", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--only", action="append", metavar="NAME", help="run only this derivation (repeatable)")
     v.add_argument("--json", action="store_true", help="print a JSON list of checks")
     v.set_defaults(func=cmd_verify)
+    f = sub.add_parser("figures", help="regenerate the course's figures (PNG) into figures/")
+    f.add_argument("--only", action="append", metavar="NAME", help="build only this figure (repeatable)")
+    f.add_argument("--out", default=None, help="output directory (default: the repository's figures/)")
+    f.add_argument("--list", action="store_true", help="list the figure names and exit")
+    f.set_defaults(func=cmd_figures)
     return p
 
 
