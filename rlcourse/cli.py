@@ -1,7 +1,9 @@
-"""Command line: ``rlcourse verify | figures``.
+"""Command line: ``rlcourse verify | train | figures``.
 
 ``rlcourse verify`` runs every derivation check and prints a table (or JSON with ``--json``);
-it exits with status 1 if any check fails. ``rlcourse figures`` regenerates the course's
+it exits with status 1 if any check fails. ``rlcourse train ALGO`` trains one algorithm of the
+course on the small LM (from the cached SFT start) and prints held-out accuracy before and
+after. ``rlcourse figures`` regenerates the course's
 figures into ``figures/``.
 """
 
@@ -66,6 +68,40 @@ def cmd_verify(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_train(args) -> int:
+    from rlcourse.train import registry
+
+    options = {"preset": args.preset, "seed": args.seed, "steps": args.steps, "out": args.out,
+               "device": args.device}
+    if args.variant is not None:
+        if args.algorithm != "grpo":
+            print("rlcourse train: --variant applies to grpo only", file=sys.stderr)
+            return 2
+        options["variant"] = args.variant
+    if args.baseline is not None:
+        if args.algorithm != "reinforce":
+            print("rlcourse train: --baseline applies to reinforce only", file=sys.stderr)
+            return 2
+        options["baseline"] = args.baseline
+    try:
+        result = registry.run(args.algorithm, progress=not args.quiet, **options)
+    except ValueError as e:
+        print(f"rlcourse train: {e}", file=sys.stderr)
+        return 2
+    key = registry.headline(args.algorithm)
+    name = "held-out pair accuracy" if key == "pair_accuracy" else "held-out accuracy (greedy)"
+    before, after = result.before.get(key), result.after.get(key)
+    if before is not None:
+        print(f"{args.algorithm}: {name} before {before:.1%}")
+    print(f"{args.algorithm}: {name} after  {after:.1%}  ({result.seconds:.1f} s of training)")
+    for k in sorted(result.after):
+        if k != key and isinstance(result.after[k], (int, float)):
+            print(f"  {k}: {result.before.get(k, float('nan')):.4g} -> {result.after[k]:.4g}")
+    if result.out is not None:
+        print(f"run directory: {result.out}")
+    return 0
+
+
 def cmd_figures(args) -> int:
     from rlcourse import plots
 
@@ -92,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--only", action="append", metavar="NAME", help="run only this derivation (repeatable)")
     v.add_argument("--json", action="store_true", help="print a JSON list of checks")
     v.set_defaults(func=cmd_verify)
+    t = sub.add_parser("train", help="train one algorithm on the small LM")
+    t.add_argument("algorithm", choices=["sft", "rm", "reinforce", "ppo", "grpo", "dpo"])
+    t.add_argument("--preset", choices=["tiny", "small"], default=None, help="model preset (default tiny)")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the course recipe)")
+    t.add_argument("--out", default=None, help="run directory: config, history, checkpoints; resumes if present")
+    t.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    t.add_argument("--variant", default=None, choices=["grpo", "dr_grpo", "dapo", "gspo"], help="grpo variant")
+    t.add_argument("--baseline", default=None, choices=["none", "mean", "rloo"], help="reinforce baseline")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
     f = sub.add_parser("figures", help="regenerate the course's figures (PNG) into figures/")
     f.add_argument("--only", action="append", metavar="NAME", help="build only this figure (repeatable)")
     f.add_argument("--out", default=None, help="output directory (default: the repository's figures/)")

@@ -1,0 +1,284 @@
+"""DPO and IPO on oracle preference pairs, with the reference log-probs computed once.
+
+Direct Preference Optimization (Rafailov et al. 2023) skips the reward model and the RL loop.
+The KL-regularised optimum :math:`\\pi^*(y \\mid x) \\propto \\pi_{\\text{ref}}(y \\mid x)\\,e^{r(x, y)/\\beta}`
+expresses the reward through the policy, :math:`r = \\beta \\log\\frac{\\pi^*}{\\pi_{\\text{ref}}} + \\beta\\log Z(x)`;
+inside the Bradley–Terry likelihood :math:`\\log Z(x)` cancels, and maximising the likelihood of
+the preferences over :math:`\\pi_\\theta` gives (seed 004)
+
+.. math::
+
+    L_{\\text{DPO}}(\\theta) = -\\mathbb{E}_{(x, y_w, y_l)}\\Big[\\log\\sigma\\Big(
+        \\beta\\log\\frac{\\pi_\\theta(y_w \\mid x)}{\\pi_{\\text{ref}}(y_w \\mid x)}
+      - \\beta\\log\\frac{\\pi_\\theta(y_l \\mid x)}{\\pi_{\\text{ref}}(y_l \\mid x)}\\Big)\\Big]
+
+and IPO (Azar et al. 2023) replaces :math:`-\\log\\sigma(\\beta h)` by :math:`(h - \\frac{1}{2\\beta})^2`
+(both :func:`rlcourse.preference.dpo_loss`). At the start :math:`\\pi_\\theta = \\pi_{\\text{ref}}`,
+:math:`h = 0` and the DPO loss is exactly :math:`\\log 2`.
+
+The data is offline: ``group_size`` completions of each of ``n_prompts`` training problems are
+sampled once from the SFT start and labelled by the oracle
+(:func:`rlcourse.train.reward_model.oracle_pairs`); the reference (the SFT start itself) scores every
+chosen and rejected response once, before training, and those numbers are stored with the
+pairs — no reference model is kept in memory during training.
+
+``rounds > 1`` turns on *iterative (online) DPO*: the steps are split into ``rounds`` equal
+parts, and before each part after the first, fresh pairs are sampled from the *current*
+policy (reference unchanged: the SFT start, whose log-probs of the new pairs are computed
+once when they are drawn). The default is the offline algorithm, ``rounds = 1``.
+
+Metrics (TRL's names without the ``rewards/`` prefix): ``loss``, ``reward_accuracy`` (share of
+pairs whose implicit reward :math:`\\beta\\log\\frac{\\pi_\\theta}{\\pi_{\\text{ref}}}` ranks the chosen
+response first), ``margin`` (mean chosen minus rejected implicit reward), ``chosen_reward``,
+``rejected_reward``, ``logp_chosen``, ``logp_rejected`` (mean sequence log-probs under the policy),
+and ``eval_accuracy`` every ``eval_every`` steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rlcourse import _validate as V
+from rlcourse.lm import pick_device, save_model
+from rlcourse.logprobs import masked_sum
+from rlcourse.preference import dpo_loss
+from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, default_max_new_tokens,
+                                   evaluate_policy, held_out_accuracy, set_seed, step_generator, validate_common)
+from rlcourse.train.common import progress as progress_bar
+from rlcourse.train.grpo import policy_forward
+from rlcourse.train.reward_model import encode_pairs, lr_at, oracle_pairs
+
+LOSS_TYPES = ("sigmoid", "ipo")
+
+
+@dataclass
+class DPOConfig:
+    """Configuration of :func:`train_dpo`.
+
+    Attributes:
+        loss_type: ``"sigmoid"`` (DPO) or ``"ipo"`` (IPO; log-probs averaged over the tokens, as in TRL).
+        beta: > 0, the strength of the implicit KL regularisation.
+        label_smoothing: conservative DPO's :math:`\\varepsilon \\in [0, 0.5)` (sigmoid only).
+        preset, seed, steps, lr, batch_size: SFT start, seed of everything, AdamW steps, peak
+            learning rate (linear warmup over ``warmup_steps``, cosine decay to ``lr * min_lr_ratio``),
+            pairs per step.
+        n_prompts, group_size, temperature, max_new_tokens, max_pairs_per_group: the pairs: ``group_size``
+            samples of each of ``n_prompts`` distinct training problems, labelled by the oracle.
+        rounds: 1 = offline DPO; > 1 = iterative DPO with fresh pairs from the current policy each round.
+        grad_clip: max gradient norm (None: none).
+        out, device, checkpoint_every, eval_n, eval_every: as in the other trainers.
+    """
+
+    loss_type: str = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    preset: str = "tiny"
+    seed: int = 0
+    steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 64
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    n_prompts: int = 2000
+    group_size: int = 8
+    temperature: float = 1.0
+    max_new_tokens: int | None = None
+    max_pairs_per_group: int | None = None
+    rounds: int = 1
+    grad_clip: float | None = 1.0
+    out: str | None = None
+    device: str | None = None
+    checkpoint_every: int = 50
+    eval_n: int = EVAL_N
+    eval_every: int = 0
+
+    def __post_init__(self):
+        validate_common(self)
+        V.choice("loss_type", self.loss_type, LOSS_TYPES)
+        V.positive("beta", self.beta)
+        if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must lie in [0, 0.5), got {self.label_smoothing!r}")
+        if self.label_smoothing and self.loss_type == "ipo":
+            raise ValueError("label_smoothing has no meaning for loss_type='ipo'; set it to 0")
+        for name in ("batch_size", "n_prompts", "rounds"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.group_size, int) or self.group_size < 2:
+            raise ValueError(f"group_size must be an integer >= 2 (pairs need two samples), got {self.group_size!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        V.in_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        V.positive("temperature", self.temperature)
+        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
+            raise ValueError(f"max_new_tokens must be a positive integer or None, got {self.max_new_tokens!r}")
+        if self.max_pairs_per_group is not None and (not isinstance(self.max_pairs_per_group, int)
+                                                     or self.max_pairs_per_group < 1):
+            raise ValueError(f"max_pairs_per_group must be a positive integer or None, got {self.max_pairs_per_group!r}")
+        if self.grad_clip is not None:
+            V.positive("grad_clip", self.grad_clip)
+        if not isinstance(self.eval_n, int) or self.eval_n < 1:
+            raise ValueError(f"eval_n must be a positive integer, got {self.eval_n!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ValueError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
+
+
+def pair_logprobs(model, tokenizer, pairs, device, temperature: float = 1.0, *, average: bool = False):
+    """Sequence log-probs ``(logp_chosen (B,), logp_rejected (B,))`` of the pairs' responses (``<eos>`` included).
+
+    ``average=True`` divides each by its number of tokens (IPO as TRL computes it).
+    Carries the gradient when called with grad enabled.
+    """
+    b = encode_pairs(tokenizer, pairs, device)
+    logp, _ = policy_forward(model, b.input_ids, b.attention_mask, b.response_mask, temperature)
+    seq = masked_sum(logp, b.response_mask, dim=-1)
+    if average:
+        seq = seq / b.response_mask.sum(-1)
+    return seq[:len(pairs)], seq[len(pairs):]
+
+
+@torch.no_grad()
+def add_reference_logprobs(ref, tokenizer, pairs, device, *, average: bool = False, batch_size: int = 256) -> list:
+    """Copies of ``pairs`` with ``ref_chosen`` / ``ref_rejected``: the reference's sequence log-probs, computed once."""
+    was_training = ref.training
+    ref.eval()
+    out = []
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s:s + batch_size]
+        rc, rr = pair_logprobs(ref, tokenizer, chunk, device, average=average)
+        out += [dict(p, ref_chosen=float(c), ref_rejected=float(r)) for p, c, r in zip(chunk, rc.tolist(), rr.tolist())]
+    ref.train(was_training)
+    return out
+
+
+def sample_pairs(cfg: DPOConfig, model, tokenizer, task, round_: int) -> list:
+    """The oracle pairs of round ``round_``: fresh training problems, sampled from ``model`` (a function of seed and round)."""
+    max_new = cfg.max_new_tokens or default_max_new_tokens(task)
+    seed = cfg.seed * 1_000_003 + 7919 * round_
+    problems = task.sample(cfg.n_prompts, "train", seed=seed, unique=True)
+    pairs = oracle_pairs(model, tokenizer, problems, group_size=cfg.group_size, temperature=cfg.temperature,
+                         max_new_tokens=max_new, seed=seed, max_pairs_per_group=cfg.max_pairs_per_group)
+    if not pairs:
+        raise ValueError(f"round {round_}: the oracle labelled no pair (every group's samples were identical or "
+                         "unfinished); raise temperature or group_size")
+    return pairs
+
+
+def train_dpo(cfg: DPOConfig | None = None, model=None, tokenizer=None, *, task=None, pairs: list | None = None,
+              progress: bool = True, callback=None) -> TrainResult:
+    """Train ``model`` (default: the cached SFT start) with DPO or IPO on oracle pairs; see the module docstring.
+
+    Args:
+        cfg: the configuration (default :class:`DPOConfig`).
+        model, tokenizer: the policy; its initial state is the reference.
+        task: the task (default :func:`rlcourse.train.sft.default_task`).
+        pairs: pairs ``{"prompt", "chosen", "rejected", ...}`` to use for the first round instead of sampling.
+        progress: show a tqdm bar. callback: called with each history row.
+
+    Returns:
+        A :class:`TrainResult` (``before`` / ``after``: :func:`rlcourse.train.common.evaluate_policy`);
+        ``extra`` holds ``n_pairs`` (per round) and ``pairs_seconds``. Writes ``config.json``,
+        ``pairs.json`` (with the reference log-probs), ``history.jsonl``, ``checkpoint.pt`` and
+        ``final/`` to ``cfg.out`` if given, and resumes from its checkpoint.
+    """
+    from rlcourse.train.sft import default_task, sft_start
+
+    cfg = cfg or DPOConfig()
+    task = task or default_task()
+    if model is None:
+        model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
+    elif tokenizer is None:
+        raise ValueError("tokenizer is required when model is given")
+    device = pick_device(cfg.device) if cfg.device is not None else next(model.parameters()).device
+    model.to(device)
+    set_seed(cfg.seed)
+    average = cfg.loss_type == "ipo"
+    # The reference is the starting policy. It is only needed to score pairs: once for offline
+    # DPO (then dropped), and at each new round for iterative DPO.
+    ref = copy.deepcopy(model).eval() if cfg.rounds > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+    run = RunDir(cfg.out)
+    run.write_config(cfg)
+    start, history, extra = run.restore({"model": model}, {"opt": opt})
+    pairs_path = run.path / "pairs.json" if run.enabled else None
+    rounds_data: dict[int, list] = {}
+    if pairs_path is not None and pairs_path.exists():
+        rounds_data = {int(k): v for k, v in json.loads(pairs_path.read_text()).items()}
+    before = extra.get("before") or evaluate_policy(model, tokenizer, task, cfg.eval_n)
+    seconds = float(extra.get("seconds", 0.0))
+    pairs_seconds = float(extra.get("pairs_seconds", 0.0))
+    if start == 0 and 0 not in rounds_data:  # the offline data: scored by the reference = the policy now
+        t0 = time.perf_counter()
+        raw = pairs if pairs is not None else sample_pairs(cfg, model, tokenizer, task, 0)
+        rounds_data[0] = add_reference_logprobs(ref, tokenizer, raw, device, average=average)
+        pairs_seconds += time.perf_counter() - t0
+        if pairs_path is not None:
+            pairs_path.write_text(json.dumps(rounds_data))
+
+    steps_per_round = math.ceil(cfg.steps / cfg.rounds) if cfg.steps else 1
+    model.train()
+    bar = progress_bar(cfg.steps, f"dpo[{cfg.loss_type}]", progress)
+    bar.update(start)
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        round_ = step // steps_per_round
+        if round_ not in rounds_data:  # iterative DPO: fresh pairs from the current policy, scored by the reference
+            raw = sample_pairs(cfg, model, tokenizer, task, round_)
+            rounds_data[round_] = add_reference_logprobs(ref, tokenizer, raw, device, average=average)
+            model.train()
+            if pairs_path is not None:
+                pairs_path.write_text(json.dumps(rounds_data))
+        data = rounds_data[round_]
+        lr = lr_at(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        g = step_generator(cfg.seed, step)
+        idx = torch.randperm(len(data), generator=g)[:cfg.batch_size].tolist()
+        batch = [data[i] for i in idx]
+        pc, pr = pair_logprobs(model, tokenizer, batch, device, average=average)
+        rc = torch.tensor([p["ref_chosen"] for p in batch], device=device)
+        rr = torch.tensor([p["ref_rejected"] for p in batch], device=device)
+        loss, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type,
+                                                          cfg.label_smoothing)
+        check_finite(loss, name="dpo loss", step=step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        check_finite(grad_norm, name="gradient norm", step=step)
+        opt.step()
+        row = {"step": step, "loss": loss.item(),
+               "reward_accuracy": float((chosen_rewards > rejected_rewards).float().mean()),
+               "margin": float((chosen_rewards - rejected_rewards).mean()),
+               "chosen_reward": float(chosen_rewards.mean()), "rejected_reward": float(rejected_rewards.mean()),
+               "logp_chosen": float(pc.detach().mean()), "logp_rejected": float(pr.detach().mean()),
+               "round": float(round_), "lr": lr, "grad_norm": grad_norm.item(),
+               "step_seconds": time.perf_counter() - t0}
+        seconds += row["step_seconds"]
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
+        history.append(row)
+        if callback is not None:
+            callback(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['reward_accuracy']:.2f}")
+        if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            run.save(step + 1, {"model": model}, {"opt": opt}, history,
+                     {"before": before, "seconds": seconds, "pairs_seconds": pairs_seconds})
+    bar.close()
+
+    after = evaluate_policy(model, tokenizer, task, cfg.eval_n)
+    if run.enabled:
+        run.write_history(history)
+        save_model(model, tokenizer, run.path / "final")
+    return TrainResult(model, tokenizer, history, before, after, seconds, run.path,
+                       {"n_pairs": [len(rounds_data[k]) for k in sorted(rounds_data)], "pairs_seconds": pairs_seconds})
+
+
+__all__ = ["DPOConfig", "train_dpo", "pair_logprobs", "add_reference_logprobs", "sample_pairs", "LOSS_TYPES"]

@@ -1,0 +1,430 @@
+"""GRPO and its variants (Dr. GRPO, DAPO, GSPO) on the course's small LM.
+
+One step (``num_iterations = 1``, the default)::
+
+    prompts  x_1..x_B  (B = prompts_per_step, fresh training problems)
+    sample   G completions of each at temperature tau           -> rollout (one generation)
+    reward   r_i = rule-based reward of completion i            -> (B*G,)
+    advantage  A_i = (r_i - mean_g r) / (std_g r + eps)           grpo, dapo, gspo
+               A_i =  r_i - mean_g r                              dr_grpo (no std division)
+    forward  log pi_theta(y_t | ...) of every sampled token      (one forward pass, with gradient)
+    loss     L = agg_{i,t} [ -min(w A, clip(w, 1-eps_low, 1+eps_high) A) + beta * k(ref) ]
+    update   one AdamW step
+
+with :math:`w_{i,t} = \\pi_\\theta(y_{i,t}) / \\pi_{\\text{old}}(y_{i,t})` per token (GRPO, Dr. GRPO,
+DAPO) or the GSPO sequence ratio :math:`s_i = \\exp(\\frac{1}{|y_i|}\\sum_t \\log w_{i,t})`.
+The loss is :func:`rlcourse.losses.grpo_loss` (equal to TRL's ``GRPOTrainer`` loss,
+``tests/test_trl_grpo_parity.py``); the advantages are
+:func:`rlcourse.advantages.grpo_advantages` / :func:`~rlcourse.advantages.dr_grpo_advantages`.
+
+The old policy is the policy that sampled. With one optimizer step per generation batch it
+*is* the current policy, so its log-probs are the current ones detached — taken from the
+same forward pass, as TRL does — and the ratio is exactly 1 (the gradient of the clipped
+objective is then the plain policy gradient). With ``num_iterations = mu > 1`` the same
+batch is reused for mu steps; the old log-probs are those of the first pass.
+
+========  ===================  =====================  =========================================
+variant   advantage            aggregation            other
+========  ===================  =====================  =========================================
+grpo      z-score in group     seq_mean_token_mean    (Shao et al. 2024)
+dr_grpo   centred only         constant (B * L_max)   (Liu et al. 2025)
+dapo      z-score in group     token_mean             eps_high > eps_low (clip-higher), dynamic
+                                                      sampling, overlong shaping (Yu et al. 2025)
+gspo      z-score in group     seq_mean_token_mean    sequence-level ratio, small eps (Zheng et al. 2025)
+========  ===================  =====================  =========================================
+
+DAPO's dynamic sampling drops groups whose G rewards are all equal (their advantages are 0
+and they only dilute the batch) and samples more prompts, up to ``max_sampling_rounds``
+rounds, to fill the batch. Its overlong shaping (:func:`overlong_penalty`) adds a soft
+length penalty to the reward of completions that approach the length limit.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rlcourse import _validate as V
+from rlcourse.advantages import dr_grpo_advantages, grpo_advantages
+from rlcourse.kl import KL_ESTIMATORS
+from rlcourse.lm.rollout import encode_completions, position_ids_from_mask, response_logprobs_from_logits
+from rlcourse.losses import grpo_loss
+from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, default_max_new_tokens,
+                                   evaluate_policy, held_out_accuracy, sample_groups, set_seed, validate_common)
+from rlcourse.train.common import progress as progress_bar
+
+VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo")
+
+#: Aggregation of the per-token losses for each variant (see rlcourse.logprobs.aggregate).
+AGGREGATION = {"grpo": "seq_mean_token_mean", "dr_grpo": "constant", "dapo": "token_mean",
+               "gspo": "seq_mean_token_mean"}
+#: Default (eps_low, eps_high) for each variant: DAPO's clip-higher, GSPO's sequence-level range.
+EPS = {"grpo": (0.2, 0.2), "dr_grpo": (0.2, 0.2), "dapo": (0.2, 0.28), "gspo": (3e-4, 4e-4)}
+
+
+@dataclass
+class GRPOConfig:
+    """Configuration of :func:`train_grpo`.
+
+    Attributes:
+        variant: ``"grpo"``, ``"dr_grpo"``, ``"dapo"`` or ``"gspo"`` (see the module table).
+        preset, seed: model preset of the SFT start, and the seed of everything.
+        steps: generation batches (= optimizer steps when ``num_iterations = 1``).
+        lr: AdamW learning rate (constant).
+        group_size: G >= 2 completions per prompt.
+        prompts_per_step: prompts per generation batch (rows = prompts_per_step * G).
+        max_new_tokens: completion length limit (None: the task's longest answer + 2).
+        temperature: sampling temperature tau (log-probs are those of logits / tau).
+        eps_low, eps_high: clip range; both None -> the variant's (``EPS``); eps_low alone -> symmetric.
+        beta: KL-to-reference coefficient (0 = no reference model, as in DAPO and Dr. GRPO).
+        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (GRPO's choice).
+        num_iterations: optimizer steps per generation batch (mu in the GRPO paper).
+        scale_advantages: divide by the group std; None -> the variant's choice (not dr_grpo).
+        dynamic_sampling: drop zero-variance groups and resample; None -> ``variant == "dapo"``.
+        max_sampling_rounds: generation rounds per step for dynamic sampling.
+        overlong_buffer: DAPO's L_cache (tokens); None -> 1 for dapo, 0 (off) otherwise.
+        grad_clip: max gradient norm (None: no clipping).
+        out, device, checkpoint_every: run directory, device, checkpoint period.
+        eval_n: held-out problems for the before/after evaluation.
+        eval_every: if > 0, held-out greedy accuracy every ``eval_every`` steps (``eval_accuracy``).
+    """
+
+    variant: str = "grpo"
+    preset: str = "tiny"
+    seed: int = 0
+    steps: int = 200
+    lr: float = 1e-4
+    group_size: int = 8
+    prompts_per_step: int = 16
+    max_new_tokens: int | None = None
+    temperature: float = 1.0
+    eps_low: float | None = None
+    eps_high: float | None = None
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    num_iterations: int = 1
+    scale_advantages: bool | None = None
+    dynamic_sampling: bool | None = None
+    max_sampling_rounds: int = 3
+    overlong_buffer: int | None = None
+    grad_clip: float | None = 1.0
+    out: str | None = None
+    device: str | None = None
+    checkpoint_every: int = 50
+    eval_n: int = EVAL_N
+    eval_every: int = 0
+
+    def __post_init__(self):
+        validate_common(self)
+        V.choice("variant", self.variant, VARIANTS)
+        if not isinstance(self.group_size, int) or self.group_size < 2:
+            raise ValueError(f"group_size must be an integer >= 2 (G completions per prompt), got {self.group_size!r}")
+        if not isinstance(self.prompts_per_step, int) or self.prompts_per_step < 1:
+            raise ValueError(f"prompts_per_step must be a positive integer, got {self.prompts_per_step!r}")
+        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
+            raise ValueError(f"max_new_tokens must be a positive integer or None, got {self.max_new_tokens!r}")
+        V.positive("temperature", self.temperature)
+        if self.eps_low is None:  # the variant's range (eps_high too, if not given)
+            self.eps_low = EPS[self.variant][0]
+            self.eps_high = EPS[self.variant][1] if self.eps_high is None else self.eps_high
+        elif self.eps_high is None:  # eps_low given alone: a symmetric range
+            self.eps_high = self.eps_low
+        V.in_range("eps_low", self.eps_low, 0.0, 1.0, closed=False)
+        V.in_range("eps_high", self.eps_high, 0.0, 1.0, closed=False)
+        V.positive("beta", self.beta, allow_zero=True)
+        V.choice("kl_estimator", self.kl_estimator, list(KL_ESTIMATORS))
+        if not isinstance(self.num_iterations, int) or self.num_iterations < 1:
+            raise ValueError(f"num_iterations must be an integer >= 1, got {self.num_iterations!r}")
+        if self.scale_advantages is None:
+            self.scale_advantages = self.variant != "dr_grpo"
+        if self.dynamic_sampling is None:
+            self.dynamic_sampling = self.variant == "dapo"
+        if not isinstance(self.max_sampling_rounds, int) or self.max_sampling_rounds < 1:
+            raise ValueError(f"max_sampling_rounds must be an integer >= 1, got {self.max_sampling_rounds!r}")
+        if self.overlong_buffer is None:
+            self.overlong_buffer = 1 if self.variant == "dapo" else 0
+        if not isinstance(self.overlong_buffer, int) or self.overlong_buffer < 0:
+            raise ValueError(f"overlong_buffer must be a non-negative integer, got {self.overlong_buffer!r}")
+        if self.grad_clip is not None:
+            V.positive("grad_clip", self.grad_clip)
+        if not isinstance(self.eval_n, int) or self.eval_n < 1:
+            raise ValueError(f"eval_n must be a positive integer, got {self.eval_n!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ValueError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
+
+    @property
+    def aggregation(self) -> str:
+        return AGGREGATION[self.variant]
+
+    @property
+    def importance_level(self) -> str:
+        return "sequence" if self.variant == "gspo" else "token"
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int) -> torch.Tensor:
+    r"""DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the reward.
+
+    .. math::
+
+        R_{\text{length}}(y) = \begin{cases}
+            0 & |y| \le L_{\max} - L_{\text{cache}} \\
+            \frac{(L_{\max} - L_{\text{cache}}) - |y|}{L_{\text{cache}}} & L_{\max} - L_{\text{cache}} < |y| \le L_{\max} \\
+            -1 & |y| > L_{\max}
+        \end{cases}
+
+    Args:
+        lengths: (N,) completion lengths in tokens (``<eos>`` included).
+        max_length: :math:`L_{\max}`.
+        buffer: :math:`L_{\text{cache}} \ge 0`; 0 turns the shaping off (all zeros).
+    """
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    if not isinstance(buffer, int) or not 0 <= buffer <= max_length:
+        raise ValueError(f"buffer must be an integer in [0, max_length={max_length}], got {buffer!r}")
+    lengths = lengths.float()
+    if buffer == 0:
+        return torch.zeros_like(lengths)
+    soft = ((max_length - buffer) - lengths) / buffer
+    return torch.where(lengths > max_length, torch.full_like(lengths, -1.0), soft.clamp(max=0.0))
+
+
+def _advantages(rewards: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
+    if cfg.scale_advantages:
+        return grpo_advantages(rewards, cfg.group_size)
+    return dr_grpo_advantages(rewards, cfg.group_size)
+
+
+def collect_batch(model, tokenizer, task, cfg: GRPOConfig, step: int, max_new_tokens: int) -> dict:
+    r"""Sample the step's groups and score them; with dynamic sampling keep only groups with varied rewards.
+
+    Without dynamic sampling this is one generation of ``prompts_per_step * G`` rows. With it,
+    groups whose G (shaped) rewards are all equal are dropped and further rounds of fresh
+    prompts are sampled, up to ``max_sampling_rounds``, until ``prompts_per_step`` groups are kept
+    (DAPO, Yu et al. 2025); the kept rows are re-encoded into one batch.
+
+    Returns a dict with the batch (``input_ids``, ``attention_mask``, ``response_mask``, or None
+    if no group was kept), ``rewards`` (task reward + overlong shaping, kept rows),
+    ``sampled_rewards`` (task rewards of every sampled row), ``rounds``, ``groups`` (kept),
+    ``frac_zero_std`` (share of sampled groups whose rewards were all equal) and ``entropy``: the
+    per-token entropy of the sampling policy estimated by the mean of :math:`-\log\pi(y_t)`
+    over every sampled token (unbiased, and free: the rollout kept the log-probs).
+    """
+    G, B = cfg.group_size, cfg.prompts_per_step
+    kept_rows, sampled, n_groups, n_const, rollouts, neg_logp, n_tokens = [], [], 0, 0, [], 0.0, 0.0
+    rounds = cfg.max_sampling_rounds if cfg.dynamic_sampling else 1
+    for round_ in range(rounds):
+        _, ro, r = sample_groups(model, tokenizer, task, n_prompts=B, group_size=G, max_new_tokens=max_new_tokens,
+                                 temperature=cfg.temperature, seed=cfg.seed, step=step, round_=round_)
+        shaped = r + overlong_penalty(ro.response_mask.sum(-1), max_new_tokens, cfg.overlong_buffer).to(r.device)
+        constant = (shaped.view(B, G) == shaped.view(B, G)[:, :1]).all(-1)
+        n_groups, n_const = n_groups + B, n_const + int(constant.sum())
+        keep = [g for g in range(B) if not (cfg.dynamic_sampling and bool(constant[g]))][:B - len(kept_rows)]
+        kept_rows += [(len(rollouts), g) for g in keep]
+        rollouts.append((ro, shaped))
+        sampled.append(r)
+        neg_logp += float(-(ro.logprobs * ro.response_mask).sum())
+        n_tokens += float(ro.response_mask.sum())
+        if len(kept_rows) >= B:
+            break
+    out = {"sampled_rewards": torch.cat(sampled), "rounds": len(rollouts), "groups": len(kept_rows),
+           "entropy": neg_logp / n_tokens,
+           "frac_zero_std": n_const / n_groups, "input_ids": None, "attention_mask": None, "response_mask": None}
+    if not kept_rows:
+        return out
+    if len(rollouts) == 1 and len(kept_rows) == B:  # the common case: the rollout is the batch
+        ro, shaped = rollouts[0]
+        out.update(input_ids=ro.input_ids, attention_mask=ro.attention_mask, response_mask=ro.response_mask,
+                   rewards=shaped)
+        return out
+    rows = [(rollouts[k][0], rollouts[k][1], i) for k, g in kept_rows for i in range(g * G, (g + 1) * G)]
+    enc = encode_completions(tokenizer, [ro.prompts[i] for ro, _, i in rows], [ro.completions[i] for ro, _, i in rows],
+                             [bool(ro.finished[i]) for ro, _, i in rows], device=rollouts[0][1].device)
+    out.update(input_ids=enc.input_ids, attention_mask=enc.attention_mask, response_mask=enc.response_mask,
+               rewards=torch.stack([shaped[i] for _, shaped, i in rows]))
+    return out
+
+
+def rows_that_matter(input_ids, response_mask, advantages, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The rows whose loss must be computed, and how many sampled rows each stands for (beta = 0 only).
+
+    Two exact savings, both because the clipped objective is positively homogeneous in the
+    advantage, :math:`\min(w\,cA, \mathrm{clip}(w)\,cA) = c\,\min(w A, \mathrm{clip}(w) A)` for c > 0:
+
+    * a row with :math:`A = 0` (a group of equal rewards) contributes nothing: it is dropped;
+    * identical completions of the same prompt have identical log-probs, rewards and
+      advantages: one copy is kept and its advantage multiplied by the number of copies.
+
+    With the full batch's normalisers passed to the loss (``total_sequences``, ``total_tokens``),
+    the loss and its gradient equal those of the full batch (up to float summation order); a
+    peaked policy samples few distinct answers, so this removes most of the forward/backward.
+
+    Returns:
+        ``(index, count)``: long tensors of the kept rows (first copy of each) and their multiplicity.
+    """
+    N, T = response_mask.shape
+    resp = torch.where(response_mask.bool(), input_ids[:, -T:], torch.full_like(input_ids[:, -T:], -1))
+    first: dict[tuple, int] = {}
+    count: dict[int, int] = {}
+    for i, (a, toks) in enumerate(zip(advantages.tolist(), resp.tolist())):
+        if a == 0:
+            continue
+        j = first.setdefault((i // group_size, tuple(toks)), i)
+        count[j] = count.get(j, 0) + 1
+    index = torch.tensor(sorted(count), dtype=torch.long, device=input_ids.device)
+    return index, torch.tensor([count[j] for j in sorted(count)], dtype=torch.long, device=input_ids.device)
+
+
+def select_rows(input_ids, attention_mask, response_mask, index: torch.Tensor | None = None):
+    """The rows ``index`` (None: all) of a batch, with all-padding columns trimmed at both ends.
+
+    Positions come from the attention mask, so trimming leading padding changes no log-prob.
+    Returns ``(input_ids, attention_mask, response_mask)``.
+    """
+    if index is not None:
+        input_ids, attention_mask, response_mask = input_ids[index], attention_mask[index], response_mask[index]
+    P = input_ids.shape[1] - response_mask.shape[1]
+    first = int((attention_mask[:, :P].sum(0) > 0).nonzero()[0])  # first prompt column that is not all padding
+    T = int(response_mask.sum(-1).max())  # last response column that counts
+    return input_ids[:, first:P + T], attention_mask[:, first:P + T], response_mask[:, :T]
+
+
+def policy_forward(model, input_ids, attention_mask, response_mask, temperature):
+    """One forward pass: per-token log-probs (with gradient) and the response logits (for the entropy)."""
+    T = response_mask.shape[1]
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False, logits_to_keep=T + 1)
+    logp = response_logprobs_from_logits(out.logits, input_ids, response_mask, temperature)
+    return logp, out.logits[:, :-1]
+
+
+def grpo_update(model, opt, batch: dict, cfg: GRPOConfig, ref, max_new_tokens: int, step: int) -> dict:
+    """The learning half of a step: advantages, then ``num_iterations`` optimizer steps on the batch.
+
+    Returns the metrics of the first iteration (loss, clip statistics, gradient norm, ...).
+    """
+    adv_full = _advantages(batch["rewards"], cfg)
+    full_mask = batch["response_mask"]
+    # the full batch's normalisers, so that computing only some rows (below) changes nothing
+    norms = {"total_sequences": full_mask.shape[0], "total_tokens": float(full_mask.sum())}
+    if cfg.beta > 0:  # every row carries a KL term: all of them are computed
+        index, count = None, None
+    else:  # only distinct completions with A != 0, each standing for its copies (exact)
+        index, count = rows_that_matter(batch["input_ids"], full_mask, adv_full, cfg.group_size)
+    if index is not None and index.numel() == 0:
+        ids = None
+    else:
+        ids, att, mask = select_rows(batch["input_ids"], batch["attention_mask"], full_mask, index)
+        adv = adv_full if index is None else adv_full[index] * count
+    logp_ref = None
+    if ref is not None:
+        with torch.no_grad():
+            logp_ref, _ = policy_forward(ref, ids, att, mask, cfg.temperature)
+    model.train()
+    logp_old, first = None, {}
+    for it in range(cfg.num_iterations):
+        opt.zero_grad(set_to_none=True)
+        if ids is None:  # every advantage is 0: so are the loss and its gradient (Adam still steps)
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+            loss, stats = torch.zeros(()), {}
+        else:
+            logp, _ = policy_forward(model, ids, att, mask, cfg.temperature)
+            if logp_old is None:  # the sampling policy = the policy before this batch's first update
+                logp_old = logp.detach()
+            loss, stats = grpo_loss(logp, logp_old, adv, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                                    importance_level=cfg.importance_level, aggregation=cfg.aggregation,
+                                    beta=cfg.beta, logp_ref=logp_ref, kl_estimator=cfg.kl_estimator,
+                                    max_completion_length=max_new_tokens if cfg.aggregation == "constant" else None,
+                                    **norms)
+            check_finite(loss, name=f"{cfg.variant} loss", step=step)
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        check_finite(grad_norm, name="gradient norm", step=step)
+        opt.step()
+        if it == 0:
+            first = {"loss": loss.item(), **stats, "grad_norm": grad_norm.item(),
+                     "completion_length": float(full_mask.sum(-1).mean()),
+                     "advantage_abs_mean": float(adv_full.abs().mean()),
+                     "rows_trained": float(0 if ids is None else ids.shape[0])}
+    return first
+
+
+def train_grpo(cfg: GRPOConfig | None = None, model=None, tokenizer=None, *, task=None, progress: bool = True,
+               callback=None) -> TrainResult:
+    """Train ``model`` (default: the cached SFT start) with GRPO or one of its variants.
+
+    Evaluates before and after on the held-out split (:func:`rlcourse.train.common.evaluate_policy`),
+    writes ``config.json``, ``history.jsonl``, ``checkpoint.pt`` and ``final/`` to ``cfg.out`` if
+    given, and resumes from its checkpoint. History rows: ``step``, ``reward_mean``,
+    ``reward_std``, ``accuracy`` (share of samples with reward 1), ``loss``, ``clipfrac``,
+    ``clipfrac_low``, ``clipfrac_high``, ``approx_kl``, ``ratio_mean``, ``kl`` (beta > 0),
+    ``entropy`` (see :func:`collect_batch`), ``completion_length``, ``frac_zero_std``,
+    ``rows_trained`` (distinct completions with A != 0 that went through the forward pass,
+    see :func:`rows_that_matter`), ``grad_norm``, ``step_seconds``, and ``eval_accuracy`` every
+    ``eval_every`` steps. The clip statistics are over the rows trained on.
+    """
+    from rlcourse.lm import pick_device, save_model
+    from rlcourse.train.sft import default_task, sft_start
+
+    cfg = cfg or GRPOConfig()
+    task = task or default_task()
+    if model is None:
+        model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
+    elif tokenizer is None:
+        raise ValueError("tokenizer is required when model is given")
+    device = pick_device(cfg.device) if cfg.device is not None else next(model.parameters()).device
+    model.to(device)
+    set_seed(cfg.seed)
+    max_new = cfg.max_new_tokens or default_max_new_tokens(task)
+    ref = None
+    if cfg.beta > 0:
+        ref = copy.deepcopy(model).eval()
+        ref.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+    run = RunDir(cfg.out)
+    run.write_config(cfg)
+    modules = {"model": model} | ({"ref": ref} if ref is not None else {})
+    start, history, extra = run.restore(modules, {"opt": opt})
+    before = extra.get("before") or evaluate_policy(model, tokenizer, task, cfg.eval_n)
+    seconds = float(extra.get("seconds", 0.0))
+
+    bar = progress_bar(cfg.steps, f"grpo[{cfg.variant}]", progress)
+    bar.update(start)
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        batch = collect_batch(model, tokenizer, task, cfg, step, max_new)
+        row = {"step": step, "reward_mean": float(batch["sampled_rewards"].mean()),
+               "reward_std": float(batch["sampled_rewards"].std()),
+               "accuracy": float((batch["sampled_rewards"] == 1.0).float().mean()),
+               "frac_zero_std": batch["frac_zero_std"], "sampling_rounds": float(batch["rounds"]),
+               "entropy": batch["entropy"]}
+        if batch["groups"] == 0:  # dynamic sampling found no group with varied rewards: nothing to learn
+            row["skipped"] = 1.0
+        else:
+            row.update(grpo_update(model, opt, batch, cfg, ref, max_new, step))
+        row["step_seconds"] = time.perf_counter() - t0
+        seconds += row["step_seconds"]
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
+        history.append(row)
+        if callback is not None:
+            callback(row)
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward_mean']:.2f}")
+        if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            run.save(step + 1, modules, {"opt": opt}, history, {"before": before, "seconds": seconds})
+    bar.close()
+
+    after = evaluate_policy(model, tokenizer, task, cfg.eval_n)
+    if run.enabled:
+        run.write_history(history)
+        save_model(model, tokenizer, run.path / "final")
+    return TrainResult(model, tokenizer, history, before, after, seconds, run.path, {"reference": ref})
+
+
+__all__ = ["GRPOConfig", "train_grpo", "grpo_update", "overlong_penalty", "collect_batch", "rows_that_matter",
+           "select_rows", "policy_forward", "VARIANTS", "AGGREGATION", "EPS"]

@@ -1,0 +1,51 @@
+"""The trainers by name, for the command line and the benchmarks.
+
+``run(name, preset=..., seed=..., steps=..., out=..., **options)`` builds the algorithm's
+config (its defaults are the course's recipe), starts from the cached SFT policy where the
+algorithm needs one, trains, and returns the :class:`~rlcourse.train.common.TrainResult`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+# name -> (module, config class, train function, headline metric in before/after)
+TRAINERS = {
+    "sft": ("rlcourse.train.sft", "SFTConfig", "train_sft", "accuracy"),
+    "rm": ("rlcourse.train.reward_model", "RewardModelConfig", "train_reward_model", "pair_accuracy"),
+    "reinforce": ("rlcourse.train.reinforce", "ReinforceConfig", "train_reinforce", "accuracy"),
+    "ppo": ("rlcourse.train.ppo", "PPOConfig", "train_ppo", "accuracy"),
+    "grpo": ("rlcourse.train.grpo", "GRPOConfig", "train_grpo", "accuracy"),
+    "dpo": ("rlcourse.train.dpo", "DPOConfig", "train_dpo", "accuracy"),
+}
+
+
+def config_class(name: str):
+    if name not in TRAINERS:
+        raise ValueError(f"algorithm must be one of {list(TRAINERS)}, got {name!r}")
+    module, cls, _, _ = TRAINERS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_config(name: str, **overrides):
+    """The algorithm's config with ``overrides`` (``None`` values are ignored)."""
+    cls = config_class(name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in fields)
+    if unknown:
+        raise ValueError(f"{name} has no option(s) {unknown}; options: {sorted(fields)}")
+    return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def run(name: str, *, progress: bool = True, **overrides):
+    """Train algorithm ``name`` with its default recipe and ``overrides``; returns a TrainResult."""
+    cfg = make_config(name, **overrides)
+    module, _, fn, _ = TRAINERS[name]
+    train = getattr(importlib.import_module(module), fn)
+    return train(cfg, progress=progress)
+
+
+def headline(name: str) -> str:
+    """The key of the headline metric in ``before`` / ``after`` (held-out accuracy, or pair accuracy)."""
+    return TRAINERS[name][3]

@@ -1,0 +1,189 @@
+"""REINFORCE on the course's small LM, with no baseline, a mean baseline, or RLOO.
+
+The policy-gradient theorem with the sequence reward :math:`R(x, y)` placed on the last token
+(so the reward-to-go of every token of a completion is :math:`R`):
+
+.. math::
+
+    \\nabla_\\theta J = \\mathbb{E}\\Big[\\sum_t \\big(R(x, y) - b\\big)\\,\\nabla_\\theta \\log \\pi_\\theta(y_t \\mid x, y_{<t})\\Big]
+
+estimated on ``prompts_per_step`` prompts x ``group_size`` samples, and followed by one AdamW
+step on the surrogate loss :func:`rlcourse.losses.policy_gradient_loss`
+:math:`L = -\\frac{1}{N}\\sum_i \\sum_t A_i \\log \\pi_\\theta(y_{i,t})` (``seq_mean_token_sum``: the
+sum over the tokens of a completion, the mean over completions — exactly the estimator above).
+
+==========  ========================================================  =========================
+baseline    advantage :math:`A_i`                                     bias
+==========  ========================================================  =========================
+``none``    :math:`R_i`                                               unbiased, high variance
+``mean``    :math:`R_i - \\bar R_{g(i)}` (group mean; batch mean if G=1)  scales the gradient by (G-1)/G
+``rloo``    :math:`R_i - \\frac{1}{G-1}\\sum_{j \\ne i} R_j`  (Kool et al. 2019)  unbiased
+==========  ========================================================  =========================
+
+(:func:`rlcourse.advantages.dr_grpo_advantages` and :func:`~rlcourse.advantages.rloo_advantages`;
+``rlcourse verify grpo_advantage`` checks the (G-1)/G factor and RLOO's unbiasedness.)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rlcourse import _validate as V
+from rlcourse.advantages import dr_grpo_advantages, rloo_advantages
+from rlcourse.logprobs import AGGREGATIONS, entropy_from_logits, masked_mean
+from rlcourse.losses import policy_gradient_loss
+from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, default_max_new_tokens,
+                                   evaluate_policy, held_out_accuracy, sample_groups, set_seed, validate_common)
+from rlcourse.train.common import progress as progress_bar
+from rlcourse.train.grpo import policy_forward
+
+BASELINES = ("none", "mean", "rloo")
+
+
+@dataclass
+class ReinforceConfig:
+    """Configuration of :func:`train_reinforce`.
+
+    Attributes:
+        baseline: ``"none"``, ``"mean"`` (group mean; the batch mean when ``group_size = 1``) or ``"rloo"``.
+        preset, seed, steps, lr: SFT start preset, seed of everything, optimizer steps, AdamW rate.
+        group_size: samples per prompt (RLOO needs >= 2).
+        prompts_per_step: prompts per step (rows = prompts_per_step * group_size).
+        max_new_tokens: completion length limit (None: the task's longest answer + 2).
+        temperature: sampling temperature (log-probs are those of logits / temperature).
+        aggregation: reduction of the per-token surrogate (default: the unbiased ``seq_mean_token_sum``).
+        grad_clip: max gradient norm (None: none).
+        out, device, checkpoint_every, eval_n, eval_every: as in :class:`rlcourse.train.grpo.GRPOConfig`.
+    """
+
+    baseline: str = "rloo"
+    preset: str = "tiny"
+    seed: int = 0
+    steps: int = 200
+    lr: float = 1e-4
+    group_size: int = 8
+    prompts_per_step: int = 16
+    max_new_tokens: int | None = None
+    temperature: float = 1.0
+    aggregation: str = "seq_mean_token_sum"
+    grad_clip: float | None = 1.0
+    out: str | None = None
+    device: str | None = None
+    checkpoint_every: int = 50
+    eval_n: int = EVAL_N
+    eval_every: int = 0
+
+    def __post_init__(self):
+        validate_common(self)
+        V.choice("baseline", self.baseline, BASELINES)
+        minimum = 2 if self.baseline == "rloo" else 1
+        if not isinstance(self.group_size, int) or self.group_size < minimum:
+            raise ValueError(f"group_size must be an integer >= {minimum} for baseline={self.baseline!r}, "
+                             f"got {self.group_size!r}")
+        if not isinstance(self.prompts_per_step, int) or self.prompts_per_step < 1:
+            raise ValueError(f"prompts_per_step must be a positive integer, got {self.prompts_per_step!r}")
+        if self.baseline == "mean" and self.group_size * self.prompts_per_step < 2:
+            raise ValueError("a mean baseline needs at least 2 samples per step (group_size * prompts_per_step)")
+        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
+            raise ValueError(f"max_new_tokens must be a positive integer or None, got {self.max_new_tokens!r}")
+        V.positive("temperature", self.temperature)
+        V.choice("aggregation", self.aggregation, AGGREGATIONS)
+        if self.aggregation == "constant":
+            raise ValueError("aggregation='constant' needs L_max; use token_mean, seq_mean_token_mean or "
+                             "seq_mean_token_sum")
+        if self.grad_clip is not None:
+            V.positive("grad_clip", self.grad_clip)
+        if not isinstance(self.eval_n, int) or self.eval_n < 1:
+            raise ValueError(f"eval_n must be a positive integer, got {self.eval_n!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ValueError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
+
+
+def reinforce_advantages(rewards: torch.Tensor, baseline: str, group_size: int) -> torch.Tensor:
+    """Per-sequence advantages ``(N,)`` for the chosen baseline (see the module table)."""
+    V.choice("baseline", baseline, BASELINES)
+    if baseline == "none":
+        return rewards.clone()
+    if baseline == "rloo":
+        return rloo_advantages(rewards, group_size)
+    if group_size == 1:  # no groups: the batch mean
+        return dr_grpo_advantages(rewards, rewards.numel())
+    return dr_grpo_advantages(rewards, group_size)
+
+
+def train_reinforce(cfg: ReinforceConfig | None = None, model=None, tokenizer=None, *, task=None,
+                    progress: bool = True, callback=None) -> TrainResult:
+    """Train ``model`` (default: the cached SFT start) with REINFORCE; see the module docstring.
+
+    History rows: ``step``, ``reward_mean``, ``reward_std``, ``accuracy`` (share of samples with
+    reward 1), ``loss``, ``advantage_abs_mean``, ``entropy``, ``completion_length``,
+    ``grad_norm``, ``step_seconds``, and ``eval_accuracy`` every ``eval_every`` steps.
+    """
+    from rlcourse.lm import pick_device, save_model
+    from rlcourse.train.sft import default_task, sft_start
+
+    cfg = cfg or ReinforceConfig()
+    task = task or default_task()
+    if model is None:
+        model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
+    elif tokenizer is None:
+        raise ValueError("tokenizer is required when model is given")
+    device = pick_device(cfg.device) if cfg.device is not None else next(model.parameters()).device
+    model.to(device)
+    set_seed(cfg.seed)
+    max_new = cfg.max_new_tokens or default_max_new_tokens(task)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+    run = RunDir(cfg.out)
+    run.write_config(cfg)
+    start, history, extra = run.restore({"model": model}, {"opt": opt})
+    before = extra.get("before") or evaluate_policy(model, tokenizer, task, cfg.eval_n)
+    seconds = float(extra.get("seconds", 0.0))
+
+    bar = progress_bar(cfg.steps, f"reinforce[{cfg.baseline}]", progress)
+    bar.update(start)
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        _, ro, rewards = sample_groups(model, tokenizer, task, n_prompts=cfg.prompts_per_step,
+                                       group_size=cfg.group_size, max_new_tokens=max_new,
+                                       temperature=cfg.temperature, seed=cfg.seed, step=step)
+        adv = reinforce_advantages(rewards, cfg.baseline, cfg.group_size)
+        model.train()
+        logp, logits = policy_forward(model, ro.input_ids, ro.attention_mask, ro.response_mask, cfg.temperature)
+        loss = policy_gradient_loss(logp, adv, ro.response_mask, cfg.aggregation)
+        check_finite(loss, name="reinforce loss", step=step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        check_finite(grad_norm, name="gradient norm", step=step)
+        opt.step()
+        with torch.no_grad():
+            entropy = masked_mean(entropy_from_logits(logits.detach(), cfg.temperature), ro.response_mask)
+        row = {"step": step, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+               "accuracy": float((rewards == 1.0).float().mean()), "loss": loss.item(),
+               "advantage_abs_mean": float(adv.abs().mean()), "entropy": float(entropy),
+               "completion_length": float(ro.response_mask.sum(-1).mean()), "grad_norm": grad_norm.item(),
+               "step_seconds": time.perf_counter() - t0}
+        seconds += row["step_seconds"]
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
+        history.append(row)
+        if callback is not None:
+            callback(row)
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward_mean']:.2f}")
+        if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            run.save(step + 1, {"model": model}, {"opt": opt}, history, {"before": before, "seconds": seconds})
+    bar.close()
+
+    after = evaluate_policy(model, tokenizer, task, cfg.eval_n)
+    if run.enabled:
+        run.write_history(history)
+        save_model(model, tokenizer, run.path / "final")
+    return TrainResult(model, tokenizer, history, before, after, seconds, run.path, {})
+
+
+__all__ = ["ReinforceConfig", "train_reinforce", "reinforce_advantages", "BASELINES"]
