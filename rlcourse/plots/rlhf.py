@@ -1,0 +1,928 @@
+r"""Figures and experiments of notebooks 07 (reward models), 08 (RLHF with PPO) and 10 (DPO).
+
+Three kinds of function, as in the other plot modules:
+
+* *data* functions: numbers in, numbers out, no plotting. The exact ones work on the toy MDP
+  and on small tensors (:func:`rule_reward_rows`, :func:`bt_recovery`, :func:`kl_estimator_curves`,
+  :func:`kl_estimator_table`, :func:`per_prefix_kl_stats`, :func:`dpo_ipo_curves`); the
+  *experiments* call the trainers of :mod:`rlcourse.train` (never a private copy of a loss) on
+  the course's small LM: :func:`reward_model_start` (cached on disk, shared by notebooks 07
+  and 08), :func:`score_by_kind`, the judges of :func:`reward_model_experiment`, :func:`reward_hacking_runs`,
+  :func:`method_comparison`. Each experiment is also memoised in the process, so a notebook
+  that calls it and then the figure builder pays for it once;
+* *plot* functions (``plot_*``): data in, a matplotlib ``Figure`` out;
+* *builders* registered with :func:`rlcourse.plots.figure` (``07_…``, ``08_…``, ``10_…``): no
+  arguments, they compute their own data and return the figure the notebook shows.
+
+The preset of the LM experiments is ``$RLCOURSE_PRESET`` (default ``"tiny"``), as in the notebooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from rlcourse.derivations import bradley_terry as bt
+from rlcourse.derivations import kl_estimators as kle
+from rlcourse.kl import KL_ESTIMATORS, kl_categorical
+from rlcourse.lm import Problem, is_correct, is_well_formed, math_verify_correct, reward
+from rlcourse.plots import figure
+from rlcourse.preference import dpo_loss
+from rlcourse.toymdp import ToyMDP
+
+__all__ = [
+    # exact
+    "RULE_PROBLEM", "RULE_EXAMPLES", "rule_reward_rows", "bt_recovery", "kl_course_mdp", "kl_estimator_curves",
+    "kl_estimator_table", "kl_gradient_directions", "per_prefix_kl_stats", "dpo_ipo_curves", "kl_optimum_course",
+    "kl_optimum_table", "OPTIMUM_BETAS",
+    # experiments
+    "RM_CONFIG", "TEXTBOOK_RM", "rm_config", "reward_model_start", "reward_model_start_dir", "score_by_kind", "pair_groups", "rm_margins",
+    "likelihood_margins", "verdict_margins", "pair_accuracy_by_group", "reward_model_experiment",
+    "completion_logprobs",
+    "HACKING", "reward_hacking_runs", "COMPARISON", "method_comparison",
+    # plots
+    "plot_bradley_terry", "plot_reward_model", "plot_kl_estimators", "plot_reward_hacking", "plot_dpo_ipo",
+    "plot_method_comparison", "plot_kl_optimum",
+]
+
+FIGSIZE = (10, 3.6)
+COLORS = {"k1": "tab:blue", "k2": "tab:orange", "k3": "tab:green", "correct": "tab:green", "wrong": "tab:red",
+          "malformed": "tab:gray", "dpo": "tab:purple", "ppo": "tab:blue", "grpo": "tab:orange", "ipo": "tab:brown"}
+
+
+def _preset() -> str:
+    return os.environ.get("RLCOURSE_PRESET", "tiny")
+
+
+# ============================================================================ 07: rule-based reward
+
+#: The problem of the rule-based reward table: ``"12+7="``, answer ``"19"``.
+RULE_PROBLEM = Problem(12, "+", 7)
+
+#: ``(completion, finished, what it shows)`` for :func:`rule_reward_rows`.
+RULE_EXAMPLES = (
+    ("19", True, "correct"),
+    (" 19 ", True, "spaces tolerated"),
+    ("019", True, "same integer"),
+    ("18", True, "wrong, well formed"),
+    ("19", False, "right digits, never stopped"),
+    ("19.0", True, "equivalent, not an integer literal"),
+    ("38/2", True, "equivalent expression"),
+    ("12+7", True, "the question copied back"),
+    ("18 or 19", True, "hedge: the last number is parsed"),
+    ("19 or 18", True, "same hedge, other order"),
+    ("+19", True, "valid, but math-verify says no"),
+    ("nineteen", True, "in words"),
+    ("1 9", True, "malformed"),
+    ("abc", True, "nothing to parse"),
+)
+
+
+def rule_reward_rows(examples: Sequence[tuple] = RULE_EXAMPLES, problem: Problem = RULE_PROBLEM) -> list[dict]:
+    """The course's rule-based reward on hand-written completions of ``problem``.
+
+    Each row: ``completion``, ``finished``, ``note``, ``math_verify`` (math-verify's
+    ``verify(parse(gold), parse(completion))``), ``correct`` (:func:`rlcourse.lm.is_correct`),
+    ``well_formed`` and ``reward`` (:func:`rlcourse.lm.reward`).
+    """
+    rows = []
+    for ex in examples:
+        c, f = ex[0], ex[1]
+        rows.append({"completion": c, "finished": bool(f), "note": ex[2] if len(ex) > 2 else "",
+                     "math_verify": bool(math_verify_correct(c, problem.answer)),
+                     "correct": bool(is_correct(c, problem.answer)), "well_formed": bool(is_well_formed(c, f)),
+                     "reward": float(reward(c, problem.answer, f))})
+    return rows
+
+
+# ============================================================================ 07: Bradley–Terry
+
+def bt_recovery(n_samples: int = 4000, seed: int = 0) -> dict:
+    """The planted rewards of :mod:`rlcourse.derivations.bradley_terry` and what maximum likelihood recovers.
+
+    Returns float64 arrays: ``planted`` (:data:`~rlcourse.derivations.bradley_terry.PLANTED_REWARDS`),
+    ``centred`` (planted minus its mean), ``infinite`` (the minimiser of the infinite-data NLL,
+    from r = 0), ``sampled`` and ``se`` (the MLE on ``n_samples`` sampled comparisons and its
+    standard errors from the inverse observed Fisher information), and ``grid`` / ``log_odds``
+    (the log-odds of :math:`\\sigma(r_1 - r_2)` against :math:`r_1 - r_2`).
+    """
+    r_true = torch.tensor(bt.PLANTED_REWARDS, dtype=torch.float64)
+    K = r_true.shape[0]
+    infinite = bt.fit_rewards(lambda r: bt.expected_nll(r, r_true), K)
+    chosen, rejected = bt.sample_comparisons(r_true, n_samples, seed)
+
+    def total_nll(r):
+        from rlcourse.preference import bradley_terry_loss
+        return n_samples * bradley_terry_loss(r[chosen], r[rejected])
+
+    sampled = bt.fit_rewards(total_nll, K)
+    info = torch.autograd.functional.hessian(total_nll, sampled)
+    se = torch.linalg.pinv(info, rtol=1e-10, hermitian=True).diagonal().clamp(min=0).sqrt()
+    grid = torch.linspace(-4, 4, 81, dtype=torch.float64)
+    return {"planted": r_true.numpy(), "centred": bt.centred(r_true).numpy(), "infinite": infinite.numpy(),
+            "sampled": bt.centred(sampled).numpy(), "se": se.numpy(), "n_samples": n_samples,
+            "grid": grid.numpy(), "log_odds": bt.log_odds(grid, torch.zeros_like(grid)).numpy()}
+
+
+def plot_bradley_terry(data: dict) -> plt.Figure:
+    """Left: the BT probability and its log-odds against the reward difference. Right: planted
+    (centred) rewards, the infinite-data MLE and the MLE from sampled comparisons (± 2 SE)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=FIGSIZE)
+    d = np.asarray(data["grid"])
+    ax1.plot(d, 1 / (1 + np.exp(-d)), color="tab:blue", label=r"$P(y_1 \succ y_2) = \sigma(r_1 - r_2)$")
+    ax1.set_xlabel(r"reward difference $r_1 - r_2$")
+    ax1.set_ylabel("probability", color="tab:blue")
+    ax1.set_ylim(-0.02, 1.02)
+    ax1b = ax1.twinx()
+    ax1b.plot(d, data["log_odds"], color="tab:red", ls="--", label="log-odds")
+    ax1b.set_ylabel(r"$\log\frac{P}{1-P}$", color="tab:red")
+    ax1.set_title("Bradley–Terry: log-odds = reward difference")
+    h1, l1 = ax1.get_legend_handles_labels()
+    h2, l2 = ax1b.get_legend_handles_labels()
+    ax1.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+
+    k = np.arange(len(data["planted"]))
+    w = 0.27
+    ax2.bar(k - w, data["planted"], w, color="lightgray", label="planted $r^*$")
+    ax2.bar(k, data["centred"], w, color="tab:green", label="planted, centred")
+    ax2.bar(k + w, data["sampled"], w, yerr=2 * np.asarray(data["se"]), color="tab:purple", capsize=3,
+            label=f"MLE, {data['n_samples']} comparisons (±2 SE)")
+    ax2.plot(k, data["infinite"], "k_", ms=18, mew=2, label="MLE, infinite data")
+    ax2.axhline(0, color="k", lw=0.6)
+    ax2.set_xticks(k, [f"$y_{i + 1}$" for i in k])
+    ax2.set_ylabel("reward")
+    ax2.set_ylim(-2.9, 2.4)
+    ax2.set_title("the MLE recovers rewards up to a constant")
+    ax2.legend(fontsize=7.5, loc="lower center", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+@figure("07_bradley_terry")
+def build_bradley_terry() -> plt.Figure:
+    """Bradley–Terry log-odds, and the MLE of planted rewards (exact and from 4000 sampled comparisons)."""
+    return plot_bradley_terry(bt_recovery())
+
+
+# ============================================================================ 08: KL estimators
+
+def kl_course_mdp() -> tuple[ToyMDP, torch.Tensor, torch.Tensor]:
+    """The toy MDP, policy and reference of :mod:`rlcourse.derivations.kl_estimators` (the same numbers as ``rlcourse verify``)."""
+    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=3)
+    return mdp, mdp.init_params(seed=4), mdp.init_params(seed=5)
+
+
+def kl_estimator_curves(ratios=None) -> dict[str, np.ndarray]:
+    """k1, k2, k3 of :mod:`rlcourse.kl` as functions of the ratio :math:`r = \\pi_{\\text{ref}}(y)/\\pi(y)` of one sampled token."""
+    r = torch.as_tensor(np.geomspace(0.05, 20, 401) if ratios is None else ratios, dtype=torch.float64)
+    logp = torch.zeros_like(r)
+    out = {"ratio": r.numpy()}
+    for name, fn in KL_ESTIMATORS.items():
+        out[name] = fn(logp, r.log()).numpy()
+    return out
+
+
+def kl_estimator_table(mdp: ToyMDP, theta: torch.Tensor, theta_ref: torch.Tensor) -> dict:
+    """Sequence-level k1, k2, k3 at every sequence of ``mdp`` (samples from :math:`\\pi_\\theta`), exactly.
+
+    Returns ``p`` (sequence probabilities), ``values`` (name -> (N,) array), ``mean`` and ``std``
+    (name -> float, exact under :math:`\\pi_\\theta`), ``kl`` (the exact KL(pi||ref)), ``bias``
+    (name -> mean - KL) and ``negative_mass`` (name -> probability that the estimate is < 0).
+    """
+    logp, logq = mdp.sequence_logprobs(theta).detach(), mdp.sequence_logprobs(theta_ref).detach()
+    p = logp.exp()
+    kl = float(kl_categorical(logp, logq))
+    values = kle.estimator_values(logp, logq)
+    mean = {k: float((p * v).sum()) for k, v in values.items()}
+    std = {k: float((p * (v - mean[k]) ** 2).sum().sqrt()) for k, v in values.items()}
+    return {"p": p.numpy(), "values": {k: v.numpy() for k, v in values.items()}, "mean": mean, "std": std,
+            "kl": kl, "bias": {k: mean[k] - kl for k in values},
+            "negative_mass": {k: float(p[v < 0].sum()) for k, v in values.items()}}
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine of two gradients; NaN when one of them is 0 (to rounding: norm < 1e-12), where no direction exists."""
+    na, nb = float(a.norm()), float(b.norm())
+    return float((a * b).sum()) / (na * nb) if na > 1e-12 and nb > 1e-12 else float("nan")
+
+
+def kl_gradient_directions(mdp: ToyMDP, theta: torch.Tensor, theta_ref: torch.Tensor) -> list[dict]:
+    """The expected gradient of each estimator used as a loss term (samples not differentiated),
+    compared with the gradients of the forward and reverse KL (all exact, by enumeration).
+
+    Each row: ``estimator``, ``norm`` of its expected gradient, ``cos_forward`` / ``cos_reverse``
+    (cosine with :math:`\\nabla\\mathrm{KL}(\\pi\\|\\pi_{\\text{ref}})` / :math:`\\nabla\\mathrm{KL}(\\pi_{\\text{ref}}\\|\\pi)`),
+    ``err_forward`` / ``err_reverse`` (max absolute difference).
+    """
+    g_fwd = kle.kl_gradient(mdp, theta, theta_ref)
+    g_rev = kle.kl_gradient(mdp, theta, theta_ref, reverse=True)
+    rows = [{"estimator": "grad KL(pi||ref)", "norm": float(g_fwd.norm()), "cos_forward": 1.0,
+             "cos_reverse": _cosine(g_fwd, g_rev), "err_forward": 0.0, "err_reverse": float((g_fwd - g_rev).abs().max())}]
+    for name in ("k1", "k2", "k3"):
+        g = kle.estimator_loss_gradient(mdp, theta, theta_ref, name)
+        rows.append({"estimator": name, "norm": float(g.norm()), "cos_forward": _cosine(g, g_fwd),
+                     "cos_reverse": _cosine(g, g_rev), "err_forward": float((g - g_fwd).abs().max()),
+                     "err_reverse": float((g - g_rev).abs().max())})
+    return rows
+
+
+def per_prefix_kl_stats(mdp: ToyMDP, theta: torch.Tensor, theta_ref: torch.Tensor) -> list[dict]:
+    """At every non-terminal prefix: the full-vocabulary KL, and the mean and standard deviation of
+    k1 and k3 computed from *one* token sampled there (exact, by summing over the vocabulary)."""
+    lp, lq = mdp.policy_logprobs(theta.detach()), mdp.policy_logprobs(theta_ref.detach())
+    full = kl_categorical(lp, lq)
+    p = lp.exp()
+    names = mdp.token_names()
+    rows = []
+    for s in range(mdp.num_states):
+        row = {"prefix": " ".join(names[a] for a in mdp.state_prefixes[s]) or "(empty)",
+               "full_kl": float(full[s])}
+        for name in ("k1", "k3"):
+            k = KL_ESTIMATORS[name](lp[s], lq[s])
+            m = float((p[s] * k).sum())
+            row[f"{name}_mean"] = m
+            row[f"{name}_std"] = float((p[s] * (k - m) ** 2).sum().sqrt())
+        rows.append(row)
+    return rows
+
+
+def plot_kl_estimators(curves: dict, table: dict) -> plt.Figure:
+    """Left: k1, k2, k3 of one sampled token against the ratio ref/pi. Right: their values on every
+    sequence of the toy MDP (dot area ~ probability under pi), their exact means and the exact KL."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=FIGSIZE)
+    r = curves["ratio"]
+    labels = {"k1": r"$k_1 = -\log r$", "k2": r"$k_2 = \frac{1}{2}(\log r)^2$", "k3": r"$k_3 = (r-1) - \log r$"}
+    for name in ("k1", "k2", "k3"):
+        ax1.plot(r, curves[name], color=COLORS[name], label=labels[name])
+    ax1.axhline(0, color="k", lw=0.6)
+    ax1.axvline(1, color="k", lw=0.6, ls=":")
+    ax1.set_xscale("log")
+    ax1.set_ylim(-3.2, 5)
+    ax1.set_xlabel(r"$r = \pi_{\mathrm{ref}}(y) / \pi(y)$ of the sampled token")
+    ax1.set_ylabel("estimate")
+    ax1.set_title("single-sample KL estimators")
+    ax1.legend(fontsize=8)
+
+    p = np.asarray(table["p"])
+    for i, name in enumerate(("k1", "k2", "k3")):
+        v = np.asarray(table["values"][name])
+        jitter = np.linspace(-0.18, 0.18, len(v))
+        ax2.scatter(i + jitter, v, s=900 * p + 4, color=COLORS[name], alpha=0.55, edgecolor="none")
+        ax2.plot([i - 0.3, i + 0.3], [table["mean"][name]] * 2, color="k", lw=2)
+    ax2.axhline(table["kl"], color="tab:red", ls="--", lw=1.2, label=f"exact KL(π‖ref) = {table['kl']:.3f}")
+    ax2.plot([], [], color="k", lw=2, label="exact mean of the estimator")
+    ax2.axhline(0, color="k", lw=0.6)
+    ax2.set_yscale("symlog", linthresh=1.0)
+    ax2.set_xticks([0, 1, 2], ["k1", "k2", "k3"])
+    ax2.set_ylabel("estimate on each sequence (symlog)")
+    ax2.set_title("toy MDP: 15 sequences (area ∝ probability)")
+    ax2.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+@figure("08_kl_estimators")
+def build_kl_estimators() -> plt.Figure:
+    """k1/k2/k3 against the token ratio, and their exact distributions on the toy MDP of the KL derivation."""
+    mdp, theta, theta_ref = kl_course_mdp()
+    return plot_kl_estimators(kl_estimator_curves(), kl_estimator_table(mdp, theta, theta_ref))
+
+
+# ============================================================================ 10: the KL-regularised optimum
+
+OPTIMUM_BETAS = (0.1, 0.5, 2.0)
+
+
+def kl_optimum_course() -> tuple[ToyMDP, torch.Tensor]:
+    """The toy MDP and reference of :mod:`rlcourse.derivations.kl_optimum` (the numbers of ``rlcourse verify``)."""
+    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=11)
+    return mdp, mdp.init_params(seed=12)
+
+
+def kl_optimum_table(betas=OPTIMUM_BETAS) -> dict:
+    """The closed-form optimum :math:`\\pi^*_\\beta \\propto \\pi_{\\text{ref}}\\,e^{r/\\beta}` over the sequences of the toy MDP.
+
+    Returns ``labels`` (sequence names, sorted by reward), ``reward``, ``ref`` (probabilities) and
+    ``optimum`` (beta -> probabilities), plus ``objective`` (beta -> J(pi*)) and ``log_z`` (beta -> log Z).
+    """
+    from rlcourse.derivations.kl_optimum import log_partition
+    from rlcourse.preference import kl_regularized_objective, kl_regularized_optimum
+
+    mdp, theta_ref = kl_optimum_course()
+    ref_logp, r = mdp.sequence_logprobs(theta_ref).detach(), mdp.returns()
+    order = torch.argsort(r, descending=True)
+    out = {"labels": [mdp.describe(int(i)) for i in order], "reward": r[order].numpy(),
+           "ref": ref_logp.exp()[order].numpy(), "optimum": {}, "objective": {}, "log_z": {}}
+    for b in betas:
+        opt = kl_regularized_optimum(ref_logp, r, b)
+        out["optimum"][b] = opt.exp()[order].numpy()
+        out["objective"][b] = float(kl_regularized_objective(opt, ref_logp, r, b))
+        out["log_z"][b] = float(log_partition(ref_logp, r, b))
+    return out
+
+
+def plot_kl_optimum(table: dict) -> plt.Figure:
+    """Probabilities of the reference and of the optimum for each beta, sequences sorted by reward (line, right axis)."""
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    n = len(table["labels"])
+    k = np.arange(n)
+    series = [("π_ref", table["ref"], "lightgray")]
+    cmap = plt.cm.viridis(np.linspace(0.15, 0.85, len(table["optimum"])))
+    series += [(f"π*, β = {b:g}", p, c) for (b, p), c in zip(table["optimum"].items(), cmap)]
+    w = 0.8 / len(series)
+    for j, (label, p, c) in enumerate(series):
+        ax.bar(k + (j - (len(series) - 1) / 2) * w, p, w, color=c, label=label)
+    ax.set_xticks(k, table["labels"], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("probability")
+    ax2 = ax.twinx()
+    ax2.plot(k, table["reward"], "k.-", lw=1, label="reward r(y)")
+    ax2.set_ylabel("reward r(y)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper right")
+    ax.set_title("π* ∝ π_ref · exp(r/β): small β chases the reward, large β stays with the reference")
+    fig.tight_layout()
+    return fig
+
+
+@figure("10_kl_optimum")
+def build_kl_optimum() -> plt.Figure:
+    """The closed-form KL-regularised optimum on the toy MDP for three betas."""
+    return plot_kl_optimum(kl_optimum_table())
+
+
+# ============================================================================ 10: DPO and IPO losses
+
+def dpo_ipo_curves(beta: float = 0.5, h=None) -> dict[str, np.ndarray]:
+    """DPO (sigmoid) and IPO losses of one pair, and their derivatives, against the log-ratio margin
+    :math:`h = \\log\\frac{\\pi(y_w)}{\\pi_{\\text{ref}}(y_w)} - \\log\\frac{\\pi(y_l)}{\\pi_{\\text{ref}}(y_l)}`.
+
+    Computed with :func:`rlcourse.preference.dpo_loss` and autograd (the derivative is with
+    respect to :math:`\\log\\pi(y_w)`, which moves :math:`h` one for one).
+    """
+    h = torch.as_tensor(np.linspace(-6, 10, 321) if h is None else h, dtype=torch.float64)
+    out = {"h": h.numpy(), "beta": beta}
+    for loss_type in ("sigmoid", "ipo"):
+        chosen = h.clone().requires_grad_(True)
+        zeros = torch.zeros_like(h)
+        losses = []
+        for i in range(h.shape[0]):
+            losses.append(dpo_loss(chosen[i:i + 1], zeros[i:i + 1], zeros[i:i + 1], zeros[i:i + 1], beta=beta,
+                                   loss_type=loss_type)[0])
+        total = torch.stack(losses)
+        (g,) = torch.autograd.grad(total.sum(), chosen)
+        key = "dpo" if loss_type == "sigmoid" else "ipo"
+        out[key] = total.detach().numpy()
+        out[f"{key}_grad"] = g.numpy()
+    return out
+
+
+def plot_dpo_ipo(curves: dict) -> plt.Figure:
+    """DPO and IPO losses of one pair (left) and their derivative (right) against the margin h."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=FIGSIZE)
+    h, beta = curves["h"], curves["beta"]
+    target = 1 / (2 * beta)
+    ax1.plot(h, curves["dpo"], color=COLORS["dpo"], label=r"DPO: $-\log\sigma(\beta h)$")
+    ax1.plot(h, curves["ipo"], color=COLORS["ipo"], label=r"IPO: $(h - \frac{1}{2\beta})^2$")
+    ax1.axvline(target, color=COLORS["ipo"], ls=":", lw=1)
+    ax1.axhline(0, color="k", lw=0.6)
+    ax1.set_ylim(-0.5, 8)
+    ax1.set_xlabel(r"margin $h$ (chosen minus rejected log-ratio to the reference)")
+    ax1.set_ylabel("loss of one pair")
+    ax1.set_title(f"β = {beta}: IPO has a finite target h = 1/(2β) = {target:g}")
+    ax1.legend(fontsize=8)
+    ax2.plot(h, -np.asarray(curves["dpo_grad"]), color=COLORS["dpo"], label=r"DPO: $\beta\,\sigma(-\beta h)$")
+    ax2.plot(h, -np.asarray(curves["ipo_grad"]), color=COLORS["ipo"], label=r"IPO: $-2(h - \frac{1}{2\beta})$")
+    ax2.axhline(0, color="k", lw=0.6)
+    ax2.axvline(target, color=COLORS["ipo"], ls=":", lw=1)
+    ax2.set_ylim(-2, 3)
+    ax2.set_xlabel("margin h")
+    ax2.set_ylabel(r"push on $\log\pi(y_w)$  ($-\partial L/\partial \log\pi(y_w)$)")
+    ax2.set_title("DPO never stops pushing; IPO pulls back")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@figure("10_dpo_ipo")
+def build_dpo_ipo() -> plt.Figure:
+    """DPO and IPO losses and their push on the chosen response, against the margin h (beta = 0.5)."""
+    return plot_dpo_ipo(dpo_ipo_curves())
+
+
+# ============================================================================ 07: a cached reward model
+
+#: The reward model of notebooks 07 and 08: a Bradley–Terry model on oracle pairs from the SFT start
+#: (fields of :class:`rlcourse.train.reward_model.RewardModelConfig`). Every field that shapes the result is
+#: pinned here, so that the experiments of notebooks 07 and 08 do not change when the trainer's defaults do:
+#: 1500 training problems, two identity-initialised extra layers and the GRM language-model regulariser
+#: (``sft_coef``), 200 steps; about a minute of training on an idle 2-core CPU.
+RM_CONFIG = dict(n_prompts=1500, steps=200, lr=1e-3, batch_size=128, eval_prompts=200, eval_every=25,
+                 sft_coef=1.0, extra_layers=2)
+
+#: The *textbook* reward model (scalar head only, no regulariser) on fewer pairs: the changes to
+#: :data:`RM_CONFIG`. It fits its training pairs and barely generalises; notebook 07 compares it with the
+#: one above, and notebook 08 optimises against it to show reward hacking.
+TEXTBOOK_RM = dict(n_prompts=400, sft_coef=0.0, extra_layers=0)
+
+
+def rm_config(preset: str = "tiny", seed: int = 0, **changes):
+    """The :class:`~rlcourse.train.reward_model.RewardModelConfig` of :data:`RM_CONFIG`, with ``changes`` applied
+    (e.g. ``**TEXTBOOK_RM``); pass it as ``cfg`` to :func:`reward_model_start`."""
+    from rlcourse.train.reward_model import RewardModelConfig
+
+    return RewardModelConfig(**{**RM_CONFIG, **changes, "preset": preset, "seed": seed})
+
+
+def reward_model_start_dir(preset: str = "tiny", seed: int = 0, cfg=None) -> Path:
+    """The cache directory of :func:`reward_model_start` (it may not exist yet).
+
+    Keyed by a hash of the reward model's configuration, the task and the SFT start it is trained
+    from, so that a change to any of them trains a new one.
+    """
+    from rlcourse.train.sft import cache_dir, default_task, sft_start_dir
+
+    cfg = cfg or rm_config(preset, seed)
+    keep = {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("out", "device", "checkpoint_every", "eval_every")}
+    blob = json.dumps({"cfg": keep, "task": dataclasses.asdict(default_task()),
+                       "sft": sft_start_dir(cfg.preset, cfg.seed).name}, sort_keys=True, default=str)
+    return cache_dir() / f"rm-{cfg.preset}-seed{cfg.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def reward_model_start(preset: str = "tiny", seed: int = 0, device=None, *, cfg=None, progress: bool = True):
+    """The course's Bradley–Terry reward model: trained once from the SFT start, cached, then loaded.
+
+    Training (:func:`rlcourse.train.reward_model.train_reward_model` with :data:`RM_CONFIG`) writes
+    into a private temporary directory renamed into place when complete, like
+    :func:`rlcourse.train.sft.sft_start`; notebooks 07 and 08 share the result through this cache.
+
+    Returns:
+        ``(reward_model, info)``: a fresh :class:`~rlcourse.train.reward_model.RewardModel` (in eval
+        mode) and ``info`` with ``before`` / ``after`` (held-out pair accuracy, overall and per kind),
+        ``seconds`` (training), ``extra`` (pair counts, score normalisation, pair sampling time),
+        ``history`` (one row per step) and ``pairs`` (``{"train": [...], "held_out": [...]}``).
+    """
+    from rlcourse.train.reward_model import RewardModel, train_reward_model
+    from rlcourse.train.sft import sft_start
+
+    cfg = cfg or rm_config(preset, seed)
+    final = reward_model_start_dir(cfg.preset, cfg.seed, cfg)
+    if not (final / "final" / "head.safetensors").exists():
+        tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            model, tok = sft_start(cfg.preset, cfg.seed, device, progress=progress)
+            res = train_reward_model(dataclasses.replace(cfg, out=str(tmp)), model, tok, progress=progress)
+            (tmp / "result.json").write_text(json.dumps({"before": res.before, "after": res.after,
+                                                          "seconds": res.seconds, "extra": res.extra}, indent=2))
+            (tmp / "checkpoint.pt").unlink(missing_ok=True)  # the final model is enough for a cache
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process finished first: keep theirs
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    rm = RewardModel.load(final / "final", device).eval()
+    info = json.loads((final / "result.json").read_text())
+    info["history"] = [json.loads(line) for line in (final / "history.jsonl").read_text().splitlines() if line]
+    info["pairs"] = json.loads((final / "pairs.json").read_text())
+    return rm, info
+
+
+def _policy(preset: str, seed: int, progress: bool = False):
+    from rlcourse.train.sft import sft_start
+
+    model, tok = sft_start(preset, seed, progress=progress)
+    return model.eval(), tok
+
+
+@torch.no_grad()
+def score_by_kind(rm, model, tokenizer, task=None, n_problems: int = 200, group_size: int = 8, seed: int = 1
+                  ) -> dict:
+    """Reward-model scores of the policy's own samples on held-out problems, split by what the rule says.
+
+    ``group_size`` completions of each of ``n_problems`` held-out problems are sampled from ``model``
+    (temperature 1) and scored by ``rm`` (unfinished ones as they are, without ``<eos>``). Kinds:
+    ``"correct"`` (rule reward 1), ``"wrong"`` (a well-formed wrong answer, reward 0) and
+    ``"malformed"`` (everything else).
+
+    A Bradley–Terry reward is identified only up to a constant *per prompt*, so the scores are also
+    given ``centred`` within each prompt's group (minus the group mean). Returns ``{"scores": {kind:
+    array}, "centred": {kind: array}, "auc": P(a correct sample outscores a wrong one, any two
+    prompts), "auc_within": the same for pairs of samples of the same prompt (ties 1/2),
+    "count": {kind: n}}``.
+    """
+    from rlcourse.lm import batch_rewards, generate
+    from rlcourse.train.common import default_max_new_tokens
+    from rlcourse.train.sft import default_task
+
+    task = task or default_task()
+    problems = task.held_out(n_problems, seed=seed)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    ro = generate(model, tokenizer, [p.prompt for p in problems], group_size, default_max_new_tokens(task), 1.0,
+                  generator=gen)
+    rule = batch_rewards(ro.completions, [p.answer for p in problems for _ in range(group_size)], ro.finished)
+    scores = rm.score(ro.to(rm.device)).cpu().double()
+    centred = (scores.view(-1, group_size) - scores.view(-1, group_size).mean(-1, keepdim=True)).reshape(-1)
+    kinds = np.where(rule.numpy() == 1.0, "correct", np.where(rule.numpy() == 0.0, "wrong", "malformed"))
+    names = ("correct", "wrong", "malformed")
+
+    def auc(c, w):
+        if c.numel() == 0 or w.numel() == 0:
+            return float("nan")
+        return float(((c[:, None] > w[None, :]).double() + 0.5 * (c[:, None] == w[None, :]).double()).mean())
+
+    is_c, is_w = torch.as_tensor(kinds == "correct"), torch.as_tensor(kinds == "wrong")
+    hits, n = 0.0, 0
+    for g in range(len(problems)):
+        rows = slice(g * group_size, (g + 1) * group_size)
+        c, w = scores[rows][is_c[rows]], scores[rows][is_w[rows]]
+        if c.numel() and w.numel():
+            hits += auc(c, w) * c.numel() * w.numel()
+            n += c.numel() * w.numel()
+    return {"scores": {k: scores.numpy()[kinds == k] for k in names},
+            "centred": {k: centred.numpy()[kinds == k] for k in names},
+            "auc": auc(scores[is_c], scores[is_w]), "auc_within": hits / n if n else float("nan"),
+            "count": {k: int((kinds == k).sum()) for k in names}}
+
+
+# -- judges: three ways to order a preference pair ----------------------------------------------
+
+def pair_groups(pairs: Sequence[dict]) -> dict[str, list[int]]:
+    """Indices of ``pairs`` by kind: ``"all"``, :func:`rlcourse.train.reward_model.pair_kind`'s two kinds, and
+    ``"correct_vs_plus_one"``: the chosen answer is right and the rejected one is the answer plus one, the
+    SFT start's systematic error (notebook 04)."""
+    from rlcourse.train.reward_model import pair_kind
+
+    out = {"all": list(range(len(pairs)))}
+    for i, p in enumerate(pairs):
+        out.setdefault(pair_kind(p), []).append(i)
+        rej = p["rejected"].strip()
+        if p["chosen"].strip() == str(p["answer"]) and rej.lstrip("-").isdigit() and int(rej) == int(p["answer"]) + 1:
+            out.setdefault("correct_vs_plus_one", []).append(i)
+    return out
+
+
+@torch.no_grad()
+def rm_margins(rm, tokenizer, pairs: Sequence[dict], batch_size: int = 512) -> torch.Tensor:
+    """Reward-model margins :math:`r_\\phi(x, y_w) - r_\\phi(x, y_l)` of ``pairs``, shape ``(N,)``."""
+    from rlcourse.train.reward_model import encode_pairs
+
+    out = []
+    for s in range(0, len(pairs), batch_size):
+        chunk = list(pairs[s:s + batch_size])
+        b = encode_pairs(tokenizer, chunk, rm.device)
+        r = rm(b.input_ids, b.attention_mask).cpu()
+        out.append(r[:len(chunk)] - r[len(chunk):])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def likelihood_margins(model, tokenizer, pairs: Sequence[dict], batch_size: int = 256) -> torch.Tensor:
+    """The policy as its own judge: :math:`\\log\\pi(y_w \\mid x) - \\log\\pi(y_l \\mid x)` (``<eos>`` included), shape ``(N,)``.
+
+    The closest a small LM that never saw a verdict format comes to a generative reward model:
+    its "verdict" is its own probability of writing the response.
+    """
+    from rlcourse.train.dpo import pair_logprobs
+
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, len(pairs), batch_size):
+        lc, lr = pair_logprobs(model, tokenizer, list(pairs[s:s + batch_size]), device)
+        out.append((lc - lr).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def verdict_margins(model, tokenizer, pairs: Sequence[dict], question: str = "?", yes: str = "y", no: str = "n"
+                    ) -> tuple[torch.Tensor, float]:
+    """A zero-shot "LLM judge": append ``question`` to ``prompt + response`` and score the response by the
+    next-token log-odds :math:`\\log P(\\text{yes}) - \\log P(\\text{no})`.
+
+    Returns ``(margins (N,), mass)``: chosen-minus-rejected scores, and the mean probability the model
+    puts on the two verdict tokens at all. Meaningful only for a model trained on such a format; the
+    course's SFT model never saw one, and this measures that.
+    """
+    from rlcourse.lm.rollout import encode_prompts, position_ids_from_mask
+
+    device = next(model.parameters()).device
+    ids_yes, ids_no = tokenizer.convert_tokens_to_ids([yes, no])
+    texts = [p["prompt"] + p["chosen"] + question for p in pairs] + [p["prompt"] + p["rejected"] + question for p in pairs]
+    scores, mass = [], []
+    for s in range(0, len(texts), 512):
+        ids, att = encode_prompts(tokenizer, texts[s:s + 512], device)
+        logits = model(input_ids=ids, attention_mask=att, position_ids=position_ids_from_mask(att),
+                       use_cache=False).logits[:, -1].float()
+        lp = torch.log_softmax(logits, -1)
+        scores.append((lp[:, ids_yes] - lp[:, ids_no]).cpu())
+        mass.append((lp[:, ids_yes].exp() + lp[:, ids_no].exp()).cpu())
+    sc = torch.cat(scores)
+    return sc[:len(pairs)] - sc[len(pairs):], float(torch.cat(mass).mean())
+
+
+@torch.no_grad()
+def completion_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+    """:math:`\\log\\pi(y \\mid x)` of each ``completion + <eos>`` under ``model``, shape ``(N,)``."""
+    from rlcourse.lm import encode_completions, sequence_logprobs
+
+    device = next(model.parameters()).device
+    b = encode_completions(tokenizer, list(prompts), list(completions), device=device)
+    return sequence_logprobs(model, b.input_ids, b.attention_mask, b.response_mask).sum(-1).cpu()
+
+
+def pair_accuracy_by_group(margins: torch.Tensor, groups: dict[str, list[int]]) -> dict[str, float]:
+    """Share of pairs with a positive margin (a tie counts 1/2), in each group."""
+    hit = (margins > 0).double() + 0.5 * (margins == 0).double()
+    return {g: float(hit[idx].mean()) if idx else float("nan") for g, idx in groups.items()}
+
+
+def reward_model_experiment(preset: str | None = None, seed: int = 0) -> dict:
+    """Notebook 07's experiment: the course's reward model and the textbook one (both cached), judged on the
+    held-out pairs of the former.
+
+    Returns ``info`` and ``textbook_info`` (:func:`reward_model_start` of :data:`RM_CONFIG` and of
+    :data:`TEXTBOOK_RM`), ``scores`` (:func:`score_by_kind` with the course's reward model), ``groups``
+    (sizes of :func:`pair_groups`), ``judges`` (judge -> group -> pair accuracy: the two BT reward models,
+    the likelihood judge and the zero-shot verdict judge) and ``verdict_mass``. Memoised in the process.
+    """
+    return _reward_model_experiment(preset or _preset(), seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _reward_model_experiment(preset: str, seed: int) -> dict:
+    rm, info = reward_model_start(preset, seed, progress=False)
+    rm0, info0 = reward_model_start(preset, seed, cfg=rm_config(preset, seed, **TEXTBOOK_RM), progress=False)
+    model, tok = _policy(preset, seed)
+    held = info["pairs"]["held_out"]
+    groups = pair_groups(held)
+    verdict, mass = verdict_margins(model, tok, held)
+    judges = {"BT reward model (course recipe)": pair_accuracy_by_group(rm_margins(rm, tok, held), groups),
+              "BT reward model (textbook)": pair_accuracy_by_group(rm_margins(rm0, tok, held), groups),
+              "likelihood judge: log π_SFT(y|x)": pair_accuracy_by_group(likelihood_margins(model, tok, held), groups),
+              "verdict judge: log P(y)/P(n) after '?'": pair_accuracy_by_group(verdict, groups)}
+    return {"info": info, "textbook_info": info0, "scores": score_by_kind(rm, model, tok),
+            "groups": {g: len(v) for g, v in groups.items()}, "judges": judges, "verdict_mass": mass}
+
+
+def _smooth(y, window: int = 5) -> np.ndarray:
+    """Trailing running mean (the first points average what is there)."""
+    y = np.asarray(y, dtype=float)
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    idx = np.arange(1, len(y) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_reward_model(histories: dict, scores: dict) -> plt.Figure:
+    """Left: pair accuracy during training, on the training batches (smoothed) and on held-out pairs, for each
+    reward model in ``histories`` (label -> history rows). Right: the first reward model's scores of correct,
+    wrong and malformed samples, centred per prompt (``scores`` from :func:`score_by_kind`)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=FIGSIZE)
+    for (label, history), color in zip(histories.items(), ("tab:green", "tab:red", "tab:blue", "tab:purple")):
+        steps = np.array([r["step"] for r in history]) + 1
+        ax1.plot(steps, _smooth([r["accuracy"] for r in history], 10), color=color, ls="--", lw=1.2,
+                 label=f"{label}: training batches")
+        ev = [(st, r["held_out_pair_accuracy"]) for st, r in zip(steps, history) if "held_out_pair_accuracy" in r]
+        if ev:
+            ax1.plot(*zip(*ev), "o-", color=color, ms=4, label=f"{label}: held-out pairs")
+    ax1.axhline(0.5, color="k", ls=":", lw=0.8)
+    ax1.set_ylim(0.35, 1.0)
+    ax1.set_xlabel("reward-model step")
+    ax1.set_ylabel("pair accuracy")
+    ax1.set_title("training vs held-out pair accuracy")
+    ax1.legend(fontsize=7.5, loc="lower right")
+
+    s = scores["centred"]
+    allv = np.concatenate([np.asarray(v) for v in s.values() if len(v)])
+    bins = np.linspace(np.percentile(allv, 0.5), np.percentile(allv, 99.5), 40)
+    for k in ("correct", "wrong"):
+        if len(s[k]):
+            ax2.hist(s[k], bins=bins, density=True, alpha=0.5, color=COLORS[k], label=f"{k} (n = {len(s[k])})")
+    if len(s["malformed"]):  # usually a handful: one tick each rather than a histogram
+        ax2.plot(s["malformed"], np.zeros(len(s["malformed"])), "|", color="k", ms=22, mew=2,
+                 label=f"malformed (n = {len(s['malformed'])}), one tick each")
+    ax2.set_xlabel(r"score minus the mean score of the prompt's 8 samples")
+    ax2.set_ylabel("density")
+    ax2.set_title(f"SFT samples of held-out prompts: P(correct > wrong, same prompt) = {scores['auc_within']:.2f}", fontsize=9)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@figure("07_reward_model")
+def build_reward_model() -> plt.Figure:
+    """Training curves of the course's BT reward model and its scores of correct / wrong / malformed samples."""
+    data = reward_model_experiment()
+    return plot_reward_model({"course recipe": data["info"]["history"], "textbook": data["textbook_info"]["history"]},
+                             data["scores"])
+
+
+# ============================================================================ 08: reward hacking
+
+#: Notebook 08's experiment: PPO against the learned reward model of :func:`reward_model_start`
+#: with a fixed KL coefficient (no adaptive controller), one run per beta, everything else equal.
+#: The reward model is the textbook one of notebook 07 (:data:`TEXTBOOK_RM`), whose errors are easy to find.
+HACKING = dict(betas=(0.1, 3.0), steps=60, eval_n=200, n_examples=8, reward_model=TEXTBOOK_RM)
+
+
+@torch.no_grad()
+def _examples(model, tokenizer, rm, task, n: int) -> list[dict]:
+    """Greedy answers of ``model`` to the first ``n`` held-out problems, with their learned and true rewards."""
+    from rlcourse.lm import batch_rewards, generate
+    from rlcourse.train.common import default_max_new_tokens
+
+    problems = task.held_out(n, seed=0)
+    ro = generate(model, tokenizer, [p.prompt for p in problems], 1, default_max_new_tokens(task), 1.0, greedy=True)
+    rule = batch_rewards(ro.completions, [p.answer for p in problems], ro.finished)
+    learned = rm.score(ro.to(rm.device)).cpu()
+    return [{"prompt": p.prompt, "answer": p.answer, "completion": c + ("" if f else " (no <eos>)"),
+             "learned": float(s), "true": float(r)}
+            for p, c, f, s, r in zip(problems, ro.completions, ro.finished.tolist(), learned, rule)]
+
+
+def reward_hacking_runs(preset: str | None = None, seed: int = 0, betas: tuple = HACKING["betas"],
+                        steps: int = HACKING["steps"], reward_model: dict | None = None) -> dict:
+    """PPO (:func:`rlcourse.train.ppo.train_ppo`, ``reward="model"``) against the cached textbook reward model
+    (``HACKING["reward_model"]``), from the same SFT start and seed, once per fixed ``beta``.
+    ``reward_model`` replaces the changes to :data:`RM_CONFIG` that define the reward model (``{}``: the
+    course's reward model of notebook 07).
+
+    Returns ``{"reward_model": info of reward_model_start (without its pairs and history), "start":
+    greedy examples of the SFT start, "runs": {beta: {"history", "before", "after", "seconds",
+    "examples"}}}``. History rows carry ``score_mean`` (the learned reward of the batch),
+    ``rule_reward_mean`` (the true, rule-based reward of the same samples) and ``kl``. Memoised in the
+    process: a second call with the same arguments returns the same runs.
+    """
+    rm = HACKING["reward_model"] if reward_model is None else reward_model
+    return _reward_hacking_runs(preset or _preset(), seed, tuple(float(b) for b in betas), int(steps),
+                                tuple(sorted(rm.items())))
+
+
+@functools.lru_cache(maxsize=4)
+def _reward_hacking_runs(preset: str, seed: int, betas: tuple, steps: int, rm_changes: tuple) -> dict:
+    from rlcourse.train.ppo import PPOConfig, train_ppo
+    from rlcourse.train.sft import default_task
+
+    task = default_task()
+    rm, info = reward_model_start(preset, seed, cfg=rm_config(preset, seed, **dict(rm_changes)), progress=False)
+    model, tok = _policy(preset, seed)
+    out = {"reward_model": {k: v for k, v in info.items() if k not in ("pairs", "history")},
+           "start": _examples(model, tok, rm, task, HACKING["n_examples"]), "runs": {}}
+    for beta in betas:
+        model, tok = _policy(preset, seed)
+        cfg = PPOConfig(reward="model", preset=preset, seed=seed, steps=steps, init_kl_coef=float(beta),
+                        adaptive_kl=False, eval_n=HACKING["eval_n"])
+        res = train_ppo(cfg, model, tok, task=task, reward_model=rm, progress=False)
+        out["runs"][float(beta)] = {"history": res.history, "before": res.before, "after": res.after,
+                                    "seconds": res.seconds,
+                                    "examples": _examples(res.model.eval(), tok, rm, task, HACKING["n_examples"])}
+    return out
+
+
+def plot_reward_hacking(runs: dict, window: int = 5) -> plt.Figure:
+    """Learned reward, true reward and KL to the reference over PPO steps, one line per beta.
+
+    ``runs`` maps beta -> ``{"history": [...]}`` with ``score_mean``, ``rule_reward_mean`` and ``kl``
+    per step (running mean over ``window`` steps; faint lines are the raw values).
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
+    keys = (("score_mean", "learned reward $r_\\phi$ (what PPO sees)"),
+            ("rule_reward_mean", "true reward (rule, never seen by PPO)"),
+            ("kl", "KL(π‖π_ref) per sequence (nats)"))
+    colors = plt.cm.coolwarm(np.linspace(0.95, 0.05, max(2, len(runs))))
+    for (beta, run), color in zip(sorted(runs.items()), colors):
+        h = run["history"]
+        steps = np.array([r["step"] for r in h]) + 1
+        for ax, (key, title) in zip(axes, keys):
+            y = [r[key] for r in h]
+            ax.plot(steps, y, color=color, alpha=0.25, lw=0.8)
+            ax.plot(steps, _smooth(y, window), color=color, lw=2, label=f"β = {beta:g}")
+            ax.set_title(title, fontsize=9.5)
+            ax.set_xlabel("PPO step")
+    for ax in axes:
+        ax.axhline(0, color="k", lw=0.5)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@figure("08_reward_hacking")
+def build_reward_hacking() -> plt.Figure:
+    """PPO against the learned reward model with a too-small and a sensible beta: learned vs true reward."""
+    return plot_reward_hacking(reward_hacking_runs()["runs"])
+
+
+# ============================================================================ 10: DPO vs PPO vs GRPO
+
+#: Notebook 10's comparison: the same SFT start, seed, task and held-out evaluation for every run;
+#: ``(label, method, config fields)``; each run is a few tens of seconds of training on the 2-core CPU.
+#: DPO runs twice: with beta = 1 and with the beta = 0.1 common for large models.
+COMPARISON = (
+    ("DPO (β = 1)", "DPO", dict(steps=60, n_prompts=300, beta=1.0, lr=1e-4, eval_every=10)),
+    ("DPO (β = 0.1)", "DPO", dict(steps=60, n_prompts=300, beta=0.1, lr=1e-4, eval_every=10)),
+    ("PPO", "PPO", dict(steps=30, eval_every=5)),
+    ("GRPO", "GRPO", dict(steps=30, prompts_per_step=8, group_size=8, eval_every=5)),
+)
+COMPARISON_EVAL_N = 200
+
+#: What each method needs during training (for the table of notebook 10).
+NEEDS = {
+    "DPO": {"data": "offline pairs", "reward model": "no (implicit)", "critic": "no",
+            "reference": "log-probs once", "sampling in training": "no"},
+    "PPO": {"data": "on-policy samples", "reward model": "yes (here: the rule)", "critic": "yes",
+            "reference": "yes (KL in reward)", "sampling in training": "yes"},
+    "GRPO": {"data": "on-policy groups", "reward model": "yes (here: the rule)", "critic": "no (group mean)",
+             "reference": "optional (β = 0 here)", "sampling in training": "yes (G per prompt)"},
+}
+_RUN_COLORS = {"DPO (β = 1)": "tab:purple", "DPO (β = 0.1)": "plum", "PPO": "tab:blue", "GRPO": "tab:orange"}
+
+
+def method_comparison(preset: str | None = None, seed: int = 0) -> dict:
+    """DPO vs PPO vs GRPO from the same SFT start (rule reward / oracle pairs), same held-out evaluation.
+
+    Runs every entry of :data:`COMPARISON` with :func:`rlcourse.train.dpo.train_dpo`,
+    :func:`rlcourse.train.ppo.train_ppo` or :func:`rlcourse.train.grpo.train_grpo`. Returns ``{"rows": [...],
+    "histories": {label: [...]}}``; each row: ``label``, ``method``, ``steps``, ``accuracy_before``,
+    ``accuracy_after`` (greedy, held-out), ``pass@1_after``, ``pass@8_after``, ``train_seconds``
+    (optimisation steps; for PPO/GRPO sampling included), ``data_seconds`` (DPO's offline pair sampling and
+    reference scoring) and ``wall_seconds`` (the whole trainer call, evaluations included). Memoised in
+    the process.
+    """
+    return _method_comparison(preset or _preset(), seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _method_comparison(preset: str, seed: int) -> dict:
+    from rlcourse.train.dpo import DPOConfig, train_dpo
+    from rlcourse.train.grpo import GRPOConfig, train_grpo
+    from rlcourse.train.ppo import PPOConfig, train_ppo
+
+    trainers = {"DPO": (DPOConfig, train_dpo), "PPO": (PPOConfig, train_ppo), "GRPO": (GRPOConfig, train_grpo)}
+    rows, histories = [], {}
+    for label, method, fields in COMPARISON:
+        Config, train = trainers[method]
+        model, tok = _policy(preset, seed)
+        cfg = Config(preset=preset, seed=seed, eval_n=COMPARISON_EVAL_N, **fields)
+        t0 = time.perf_counter()
+        res = train(cfg, model, tok, progress=False)
+        wall = time.perf_counter() - t0
+        histories[label] = res.history
+        rows.append({"label": label, "method": method, "steps": cfg.steps, "accuracy_before": res.before["accuracy"],
+                     "accuracy_after": res.after["accuracy"], "pass@1_after": res.after["pass@1"],
+                     "pass@8_after": res.after["pass@8"], "train_seconds": res.seconds,
+                     "data_seconds": float(res.extra.get("pairs_seconds", 0.0)), "wall_seconds": wall})
+    return {"rows": rows, "histories": histories}
+
+
+def plot_method_comparison(data: dict) -> plt.Figure:
+    """Left: held-out greedy accuracy against training seconds for each run (a DPO curve starts after its
+    offline data collection). Right: final greedy accuracy and pass@1 per run."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=FIGSIZE)
+    rows = {r["label"]: r for r in data["rows"]}
+    for label, hist in data["histories"].items():
+        row = rows[label]
+        t = row["data_seconds"] + np.cumsum([r.get("step_seconds", 0.0) for r in hist])
+        pts = [(0.0, row["accuracy_before"])]
+        if row["data_seconds"]:
+            pts.append((row["data_seconds"], row["accuracy_before"]))
+        pts += [(ti, r["eval_accuracy"]) for ti, r in zip(t, hist) if "eval_accuracy" in r]
+        x, y = zip(*pts)
+        ax1.plot(x, y, "o-", ms=3.5, color=_RUN_COLORS.get(label, None), label=label)
+    ax1.set_xlabel("training seconds (DPO: pair sampling first)")
+    ax1.set_ylabel("held-out greedy accuracy")
+    ax1.set_ylim(0, 1)
+    ax1.set_title("same SFT start, same held-out problems")
+    ax1.legend(fontsize=8)
+    labels = [r["label"] for r in data["rows"]]
+    k = np.arange(len(labels))
+    colors = [_RUN_COLORS.get(n, "gray") for n in labels]
+    ax2.bar(k - 0.2, [rows[n]["accuracy_after"] for n in labels], 0.4, color=colors, label="greedy accuracy")
+    ax2.bar(k + 0.2, [rows[n]["pass@1_after"] for n in labels], 0.4, color=colors, alpha=0.45, hatch="//",
+            label="pass@1 (sampled)")
+    ax2.axhline(data["rows"][0]["accuracy_before"], color="k", ls=":", lw=1, label="SFT start (greedy)")
+    ax2.set_xticks(k, labels, fontsize=8.5)
+    ax2.set_ylim(0, 1)
+    ax2.set_title("after training")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@figure("10_dpo_vs_rl")
+def build_dpo_vs_rl() -> plt.Figure:
+    """DPO vs PPO vs GRPO from the same SFT start: held-out accuracy over training time and at the end."""
+    return plot_method_comparison(method_comparison())
