@@ -63,6 +63,17 @@ def test_ipo_starts_at_its_target_gap_squared_and_falls(tok):
     assert h[-1]["loss"] < h[0]["loss"] * 0.7
 
 
+def test_rpo_adds_the_nll_of_the_chosen_responses(tok):
+    model = fresh(tok)
+    with torch.no_grad():
+        c, _, (len_c, _) = pair_logprobs(model, tok, PAIRS, "cpu", return_lengths=True)
+    res = train_dpo(small_cfg(steps=1, batch_size=len(PAIRS), rpo_alpha=0.5), model, tok, task=TASK, pairs=PAIRS,
+                    progress=False)
+    row = res.history[0]
+    assert row["pref_loss"] == pytest.approx(math.log(2), abs=1e-7)
+    assert row["loss"] == pytest.approx(math.log(2) + 0.5 * float(-c.sum() / len_c.sum()), abs=1e-5)
+
+
 def test_reference_logprobs_are_computed_once_and_match_the_start(tok, monkeypatch):
     model = fresh(tok)
     with torch.no_grad():
@@ -127,7 +138,8 @@ def test_non_finite_loss_stops_training(tok, monkeypatch):
 @pytest.mark.parametrize("field, value", [("beta", -0.1), ("beta", 0.0), ("loss_type", "hinge"),
                                           ("loss_type", "kto"), ("label_smoothing", 0.5),
                                           ("label_smoothing", -0.1), ("lr", -1.0), ("steps", -3),
-                                          ("batch_size", 0), ("group_size", 1), ("rounds", 0)])
+                                          ("batch_size", 0), ("group_size", 1), ("rounds", 0),
+                                          ("rpo_alpha", -1.0)])
 def test_bad_config_values_are_rejected_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         DPOConfig(**{field: value})

@@ -56,7 +56,8 @@ def test_kl_shaped_reward_puts_the_score_on_the_last_token():
         kl_shaped_rewards(scores, logp_old, logp_ref, mask, beta=-1.0)
 
 
-def test_ratio_is_exactly_one_before_the_first_update(lm, monkeypatch):
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_ratio_is_exactly_one_before_the_first_update(lm, monkeypatch, critic):
     calls = []
     real = ppo_module.ppo_clip_loss
 
@@ -66,7 +67,7 @@ def test_ratio_is_exactly_one_before_the_first_update(lm, monkeypatch):
 
     monkeypatch.setattr(ppo_module, "ppo_clip_loss", spy)
     model, tok = fresh(lm)
-    train_ppo(small_cfg(steps=1, lr=1e-3), model, tok, task=TASK, progress=False)
+    train_ppo(small_cfg(steps=1, lr=1e-3, critic=critic), model, tok, task=TASK, progress=False)
     logp, logp_old = calls[0]  # epoch 0, minibatch 0: nothing updated yet
     assert torch.equal(logp, logp_old)
     assert torch.equal(torch.exp(logp - logp_old), torch.ones_like(logp))
@@ -119,9 +120,11 @@ def _strip(row):
     return {k: v for k, v in row.items() if k != "step_seconds"}
 
 
-def test_resume_reproduces_the_uninterrupted_run(lm, tmp_path):
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_resume_reproduces_the_uninterrupted_run(lm, tmp_path, critic):
     model, tok = fresh(lm)
-    full = train_ppo(small_cfg(steps=3, out=str(tmp_path / "a")), model, tok, task=TASK, progress=False)
+    full = train_ppo(small_cfg(steps=3, critic=critic, out=str(tmp_path / "a")), model, tok, task=TASK,
+                     progress=False)
 
     def crash(row):
         if row["step"] == 1:
@@ -129,9 +132,11 @@ def test_resume_reproduces_the_uninterrupted_run(lm, tmp_path):
 
     model, tok = fresh(lm)
     with pytest.raises(KeyboardInterrupt):
-        train_ppo(small_cfg(steps=3, out=str(tmp_path / "b")), model, tok, task=TASK, progress=False, callback=crash)
+        train_ppo(small_cfg(steps=3, critic=critic, out=str(tmp_path / "b")), model, tok, task=TASK, progress=False,
+                  callback=crash)
     model, tok = fresh(lm)  # a new process would start from the SFT start again
-    resumed = train_ppo(small_cfg(steps=3, out=str(tmp_path / "b")), model, tok, task=TASK, progress=False)
+    resumed = train_ppo(small_cfg(steps=3, critic=critic, out=str(tmp_path / "b")), model, tok, task=TASK,
+                        progress=False)
     assert [_strip(r) for r in resumed.history] == [_strip(r) for r in full.history]
     for (name, p), q in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(p, q), name
@@ -150,7 +155,8 @@ def test_non_finite_reward_stops_training(lm):
                                           ("gamma", 1.5), ("gamma", -0.1), ("lam", 1.01), ("lam", -0.5),
                                           ("reward", "oracle"), ("vf_coef", -1.0), ("entropy_coef", -0.1),
                                           ("value_clip", 0.0), ("ppo_epochs", 0), ("minibatches", 0),
-                                          ("kl_target", 0.0), ("lr", 0.0), ("critic_lr", -1e-4)])
+                                          ("kl_target", 0.0), ("lr", 0.0), ("critic_lr", -1e-4),
+                                          ("critic", "none")])
 def test_bad_config_values_are_rejected_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         PPOConfig(**{field: value})

@@ -68,8 +68,9 @@ def test_advantages_of_each_baseline():
 def test_one_step_lowers_the_surrogate_on_its_own_batch(start, baseline):
     model, tok = fresh(start)
     cfg = tiny(baseline=baseline, steps=1, lr=1e-5)
-    _, ro, rewards = sample_groups(model, tok, TASK, n_prompts=8, group_size=8, max_new_tokens=TASK.max_answer_chars + 2,
-                                   temperature=1.0, seed=cfg.seed, step=0)  # the batch of step 0
+    _, ro, rewards = sample_groups(model, tok, TASK, n_prompts=8, group_size=8,
+                                   max_new_tokens=TASK.max_answer_chars + 2, temperature=1.0, seed=cfg.seed,
+                                   step=0)  # the batch of step 0
     adv = reinforce_advantages(rewards, baseline, 8)
 
     def surrogate(m):

@@ -93,7 +93,8 @@ def test_extra_layers_start_as_the_identity_and_save_load_round_trip(lm, tmp_pat
     base, deep = RewardModel.from_causal_lm(model, tok), RewardModel.from_causal_lm(model, tok, extra_layers=2)
     b = encode_completions(tok, ["1+2=", "33-14="], ["3", "19"])
     assert deep.backbone.config.num_hidden_layers == base.backbone.config.num_hidden_layers + 2
-    assert torch.equal(base.hidden_states(b.input_ids, b.attention_mask), deep.hidden_states(b.input_ids, b.attention_mask))
+    assert torch.equal(base.hidden_states(b.input_ids, b.attention_mask),
+                       deep.hidden_states(b.input_ids, b.attention_mask))
     torch.nn.init.normal_(deep.head.weight, std=0.1)
     torch.nn.init.constant_(deep.head.bias, 0.3)
     for p in deep.backbone.layers[-1].parameters():

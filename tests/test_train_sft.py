@@ -140,3 +140,33 @@ def test_default_task_and_shared_evaluation():
     ev = evaluate_policy(model, tok, TASK, n_eval=4, n_samples=8)
     assert set(ev) == {"accuracy", "pass@1", "pass@8", "mean_reward"}
     assert 0 <= ev["pass@1"] <= ev["pass@8"] <= 1
+
+
+def test_progress_bar_redraws_rarely_outside_a_terminal(monkeypatch):
+    """In a Jupyter kernel every redraw is an IOPub message; thousands of them get dropped (nbval then
+    never sees the cell finish). Outside a terminal the bar redraws at most once a second."""
+    import io
+    import time
+
+    from rlcourse.train.common import progress
+
+    def redraws(bar, fake):
+        clock = [time.time()]
+        bar._time = lambda: clock[0]  # a step takes 0.05 s on this clock: 2000 steps = 100 s
+        for i in range(2000):
+            clock[0] += 0.05
+            bar.update(1)
+            bar.set_postfix(loss=f"{i:.3f}", refresh=False)
+        bar.close()
+        return fake.getvalue().count("\r")
+
+    fake = io.StringIO()
+    monkeypatch.setattr("sys.stderr", fake)
+    bar = progress(2000, "sft")
+    assert bar.mininterval == 1.0
+    assert redraws(bar, fake) <= 110
+    # negative control: tqdm's default interval (a terminal's) redraws about ten times as often
+    from tqdm.auto import tqdm
+
+    fake = io.StringIO()
+    assert redraws(tqdm(total=2000, file=fake, mininterval=0.1), fake) > 500

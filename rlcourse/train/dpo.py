@@ -27,7 +27,13 @@ parts, and before each part after the first, fresh pairs are sampled from the *c
 policy (reference unchanged: the SFT start, whose log-probs of the new pairs are computed
 once when they are drawn). The default is the offline algorithm, ``rounds = 1``.
 
-Metrics (TRL's names without the ``rewards/`` prefix): ``loss``, ``reward_accuracy`` (share of
+``rpo_alpha > 0`` adds the negative log-likelihood of the chosen responses (RPO, Pang et al.
+2024, TRL's ``rpo_alpha``). Plain DPO lowers the log-probability of the chosen responses too
+(only the *difference* to the rejected one is pushed up), so part of the probability mass
+lands on other, wrong answers; the NLL term holds the chosen ones up.
+
+Metrics (TRL's names without the ``rewards/`` prefix): ``loss`` (``pref_loss`` plus the RPO term),
+``pref_loss`` (the DPO / IPO loss alone), ``reward_accuracy`` (share of
 pairs whose implicit reward :math:`\\beta\\log\\frac{\\pi_\\theta}{\\pi_{\\text{ref}}}` ranks the chosen
 response first), ``margin`` (mean chosen minus rejected implicit reward), ``chosen_reward``,
 ``rejected_reward``, ``logp_chosen``, ``logp_rejected`` (mean sequence log-probs under the policy),
@@ -63,8 +69,13 @@ class DPOConfig:
 
     Attributes:
         loss_type: ``"sigmoid"`` (DPO) or ``"ipo"`` (IPO; log-probs averaged over the tokens, as in TRL).
-        beta: > 0, the strength of the implicit KL regularisation.
+        beta: > 0, the strength of the implicit KL regularisation. The default 0.5 is larger than
+            TRL's 0.1: measured on the course's SFT starts, beta = 0.1 pushes the rejected "answer + 1"
+            down so hard that the mass lands on "answer - 1" (held-out accuracy +9 to +17 points),
+            while beta = 0.5 stops earlier (+38 to +43 points; IPO with beta = 0.5: +45 to +56).
         label_smoothing: conservative DPO's :math:`\\varepsilon \\in [0, 0.5)` (sigmoid only).
+        rpo_alpha: weight of the negative log-likelihood of the chosen responses added to the loss
+            (RPO, Pang et al. 2024; TRL's ``rpo_alpha``); 0: plain DPO / IPO.
         preset, seed, steps, lr, batch_size: SFT start, seed of everything, AdamW steps, peak
             learning rate (linear warmup over ``warmup_steps``, cosine decay to ``lr * min_lr_ratio``),
             pairs per step.
@@ -76,8 +87,9 @@ class DPOConfig:
     """
 
     loss_type: str = "sigmoid"
-    beta: float = 0.1
+    beta: float = 0.5
     label_smoothing: float = 0.0
+    rpo_alpha: float = 0.0
     preset: str = "tiny"
     seed: int = 0
     steps: int = 200
@@ -104,6 +116,7 @@ class DPOConfig:
         V.positive("beta", self.beta)
         if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must lie in [0, 0.5), got {self.label_smoothing!r}")
+        V.positive("rpo_alpha", self.rpo_alpha, allow_zero=True)
         if self.label_smoothing and self.loss_type == "ipo":
             raise ValueError("label_smoothing has no meaning for loss_type='ipo'; set it to 0")
         for name in ("batch_size", "n_prompts", "rounds"):
@@ -120,7 +133,8 @@ class DPOConfig:
             raise ValueError(f"max_new_tokens must be a positive integer or None, got {self.max_new_tokens!r}")
         if self.max_pairs_per_group is not None and (not isinstance(self.max_pairs_per_group, int)
                                                      or self.max_pairs_per_group < 1):
-            raise ValueError(f"max_pairs_per_group must be a positive integer or None, got {self.max_pairs_per_group!r}")
+            raise ValueError(f"max_pairs_per_group must be a positive integer or None, "
+                             f"got {self.max_pairs_per_group!r}")
         if self.grad_clip is not None:
             V.positive("grad_clip", self.grad_clip)
         if not isinstance(self.eval_n, int) or self.eval_n < 1:
@@ -129,18 +143,22 @@ class DPOConfig:
             raise ValueError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
 
 
-def pair_logprobs(model, tokenizer, pairs, device, temperature: float = 1.0, *, average: bool = False):
+def pair_logprobs(model, tokenizer, pairs, device, temperature: float = 1.0, *, average: bool = False,
+                  return_lengths: bool = False):
     """Sequence log-probs ``(logp_chosen (B,), logp_rejected (B,))`` of the pairs' responses (``<eos>`` included).
 
-    ``average=True`` divides each by its number of tokens (IPO as TRL computes it).
+    ``average=True`` divides each by its number of tokens (IPO as TRL computes it);
+    ``return_lengths=True`` also returns the token counts ``(len_chosen (B,), len_rejected (B,))``.
     Carries the gradient when called with grad enabled.
     """
     b = encode_pairs(tokenizer, pairs, device)
     logp, _ = policy_forward(model, b.input_ids, b.attention_mask, b.response_mask, temperature)
     seq = masked_sum(logp, b.response_mask, dim=-1)
+    lengths = b.response_mask.sum(-1)
     if average:
-        seq = seq / b.response_mask.sum(-1)
-    return seq[:len(pairs)], seq[len(pairs):]
+        seq = seq / lengths
+    out = (seq[:len(pairs)], seq[len(pairs):])
+    return out + ((lengths[:len(pairs)], lengths[len(pairs):]),) if return_lengths else out
 
 
 @torch.no_grad()
@@ -158,7 +176,7 @@ def add_reference_logprobs(ref, tokenizer, pairs, device, *, average: bool = Fal
 
 
 def sample_pairs(cfg: DPOConfig, model, tokenizer, task, round_: int) -> list:
-    """The oracle pairs of round ``round_``: fresh training problems, sampled from ``model`` (a function of seed and round)."""
+    """The oracle pairs of round ``round_``: fresh training problems sampled from ``model``, seeded by (seed, round)."""
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     seed = cfg.seed * 1_000_003 + 7919 * round_
     problems = task.sample(cfg.n_prompts, "train", seed=seed, unique=True)
@@ -242,18 +260,22 @@ def train_dpo(cfg: DPOConfig | None = None, model=None, tokenizer=None, *, task=
         g = step_generator(cfg.seed, step)
         idx = torch.randperm(len(data), generator=g)[:cfg.batch_size].tolist()
         batch = [data[i] for i in idx]
-        pc, pr = pair_logprobs(model, tokenizer, batch, device, average=average)
+        pc, pr, (len_c, _) = pair_logprobs(model, tokenizer, batch, device, average=average, return_lengths=True)
         rc = torch.tensor([p["ref_chosen"] for p in batch], device=device)
         rr = torch.tensor([p["ref_rejected"] for p in batch], device=device)
         loss, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type,
                                                           cfg.label_smoothing)
+        pref_loss = loss
+        if cfg.rpo_alpha:  # RPO: plus the NLL of the chosen responses (token mean)
+            nll = -(pc * len_c).sum() / len_c.sum() if average else -pc.sum() / len_c.sum()
+            loss = loss + cfg.rpo_alpha * nll
         check_finite(loss, name="dpo loss", step=step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         check_finite(grad_norm, name="gradient norm", step=step)
         opt.step()
-        row = {"step": step, "loss": loss.item(),
+        row = {"step": step, "loss": loss.item(), "pref_loss": pref_loss.item(),
                "reward_accuracy": float((chosen_rewards > rejected_rewards).float().mean()),
                "margin": float((chosen_rewards - rejected_rewards).mean()),
                "chosen_reward": float(chosen_rewards.mean()), "rejected_reward": float(rejected_rewards.mean()),
@@ -267,7 +289,7 @@ def train_dpo(cfg: DPOConfig | None = None, model=None, tokenizer=None, *, task=
         if callback is not None:
             callback(row)
         bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['reward_accuracy']:.2f}")
+        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['reward_accuracy']:.2f}", refresh=False)
         if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             run.save(step + 1, {"model": model}, {"opt": opt}, history,
                      {"before": before, "seconds": seconds, "pairs_seconds": pairs_seconds})

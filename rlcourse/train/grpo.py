@@ -7,7 +7,7 @@ One step (``num_iterations = 1``, the default)::
     reward   r_i = rule-based reward of completion i            -> (B*G,)
     advantage  A_i = (r_i - mean_g r) / (std_g r + eps)           grpo, dapo, gspo
                A_i =  r_i - mean_g r                              dr_grpo (no std division)
-    forward  log pi_theta(y_t | ...) of every sampled token      (one forward pass, with gradient)
+    forward  log pi_theta(y_t | ...) of the sampled tokens       (one forward pass, with gradient)
     loss     L = agg_{i,t} [ -min(w A, clip(w, 1-eps_low, 1+eps_high) A) + beta * k(ref) ]
     update   one AdamW step
 
@@ -22,6 +22,14 @@ The old policy is the policy that sampled. With one optimizer step per generatio
 same forward pass, as TRL does — and the ratio is exactly 1 (the gradient of the clipped
 objective is then the plain policy gradient). With ``num_iterations = mu > 1`` the same
 batch is reused for mu steps; the old log-probs are those of the first pass.
+
+No wasted work (beta = 0): a completion with advantage 0 (its group's rewards are all equal)
+contributes nothing, and identical completions of one prompt contribute identical terms, so
+the forward/backward runs once per *distinct* completion with A != 0, its advantage multiplied
+by its number of copies (:func:`rows_that_matter`; exact because the clipped objective is
+positively homogeneous in A, and the loss keeps the full batch's normalisers). A peaked
+policy samples few distinct answers, so this removes most of the compute
+(``benchmarks/grpo_vs_trl.py``).
 
 ========  ===================  =====================  =========================================
 variant   advantage            aggregation            other
@@ -52,7 +60,7 @@ from rlcourse.advantages import dr_grpo_advantages, grpo_advantages
 from rlcourse.kl import KL_ESTIMATORS
 from rlcourse.lm.rollout import encode_completions, position_ids_from_mask, response_logprobs_from_logits
 from rlcourse.losses import grpo_loss
-from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, default_max_new_tokens,
+from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, cpu_threads, default_max_new_tokens,
                                    evaluate_policy, held_out_accuracy, sample_groups, set_seed, validate_common)
 from rlcourse.train.common import progress as progress_bar
 
@@ -90,12 +98,14 @@ class GRPOConfig:
         out, device, checkpoint_every: run directory, device, checkpoint period.
         eval_n: held-out problems for the before/after evaluation.
         eval_every: if > 0, held-out greedy accuracy every ``eval_every`` steps (``eval_accuracy``).
+        threads: torch intra-op threads on the CPU (None: torch's setting); see
+            :func:`rlcourse.train.common.cpu_threads` (when 1 thread is faster).
     """
 
     variant: str = "grpo"
     preset: str = "tiny"
     seed: int = 0
-    steps: int = 200
+    steps: int = 300
     lr: float = 1e-4
     group_size: int = 8
     prompts_per_step: int = 16
@@ -116,6 +126,7 @@ class GRPOConfig:
     checkpoint_every: int = 50
     eval_n: int = EVAL_N
     eval_every: int = 0
+    threads: int | None = None
 
     def __post_init__(self):
         validate_common(self)
@@ -154,6 +165,8 @@ class GRPOConfig:
             raise ValueError(f"eval_n must be a positive integer, got {self.eval_n!r}")
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise ValueError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
 
     @property
     def aggregation(self) -> str:
@@ -171,7 +184,8 @@ def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int) -> tor
 
         R_{\text{length}}(y) = \begin{cases}
             0 & |y| \le L_{\max} - L_{\text{cache}} \\
-            \frac{(L_{\max} - L_{\text{cache}}) - |y|}{L_{\text{cache}}} & L_{\max} - L_{\text{cache}} < |y| \le L_{\max} \\
+            \frac{(L_{\max} - L_{\text{cache}}) - |y|}{L_{\text{cache}}}
+                & L_{\max} - L_{\text{cache}} < |y| \le L_{\max} \\
             -1 & |y| > L_{\max}
         \end{cases}
 
@@ -366,10 +380,18 @@ def train_grpo(cfg: GRPOConfig | None = None, model=None, tokenizer=None, *, tas
     see :func:`rows_that_matter`), ``grad_norm``, ``step_seconds``, and ``eval_accuracy`` every
     ``eval_every`` steps. The clip statistics are over the rows trained on.
     """
+    from rlcourse.lm import pick_device
+
+    cfg = cfg or GRPOConfig()
+    device = pick_device(cfg.device) if cfg.device is not None or model is None else next(model.parameters()).device
+    with cpu_threads(cfg.threads, device):
+        return _train_grpo(cfg, model, tokenizer, task, progress, callback)
+
+
+def _train_grpo(cfg: GRPOConfig, model, tokenizer, task, progress: bool, callback) -> TrainResult:
     from rlcourse.lm import pick_device, save_model
     from rlcourse.train.sft import default_task, sft_start
 
-    cfg = cfg or GRPOConfig()
     task = task or default_task()
     if model is None:
         model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
@@ -414,7 +436,7 @@ def train_grpo(cfg: GRPOConfig | None = None, model=None, tokenizer=None, *, tas
         if callback is not None:
             callback(row)
         bar.update(1)
-        bar.set_postfix(reward=f"{row['reward_mean']:.2f}")
+        bar.set_postfix(reward=f"{row['reward_mean']:.2f}", refresh=False)
         if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             run.save(step + 1, modules, {"opt": opt}, history, {"before": before, "seconds": seconds})
     bar.close()

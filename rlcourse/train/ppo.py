@@ -24,16 +24,20 @@ response; every token pays :math:`\\beta \\log\\frac{\\pi_{\\text{old}}}{\\pi_{\
         s(x, y) - \\beta \\log\\frac{\\pi_{\\text{old}}(y_t \\mid s_t)}{\\pi_{\\text{ref}}(y_t \\mid s_t)} & t = T-1
     \\end{cases}
 
-so the return from the first token is :math:`s(x, y) - \\beta \\log\\frac{\\pi(y \\mid x)}{\\pi_{\\text{ref}}(y \\mid x)}`,
-a one-sample estimate of the KL-regularised objective of seed 004.
+so the return from the first token is
+:math:`s(x, y) - \\beta \\log\\frac{\\pi(y \\mid x)}{\\pi_{\\text{ref}}(y \\mid x)}`, a one-sample
+estimate of the KL-regularised objective of seed 004.
 
-**The critic** is a separate model: a copy of the SFT start's transformer with a scalar head
-(:class:`rlcourse.train.reward_model.RewardModel`, applied at every response position by
-:meth:`~rlcourse.train.reward_model.RewardModel.values`), with its own optimizer. A value head on
-the policy's own backbone saves one forward pass, but its regression gradients then move the
-policy; on this task the separate critic was the more stable choice (the policy's update is
-exactly the PPO-clip update) and costs little with the tiny preset. Its head starts at 0, so
-at the first step :math:`V = 0` and the advantages are the (whitened) returns.
+**The critic** (``critic="separate"``, the default) is a value model: a copy of the SFT start's
+transformer with a scalar head (:class:`rlcourse.train.reward_model.RewardModel`, read at every
+response position by :meth:`~rlcourse.train.reward_model.RewardModel.values`) and its own
+optimizer; the policy's update is then exactly the PPO-clip update. ``critic="shared"`` puts the
+value head on the policy's own last hidden states instead (one forward pass for both; the value
+loss then also moves the policy's backbone, weighted by ``vf_coef``). Measured on the 2-core CPU
+(tiny preset, the defaults otherwise), both reach the same held-out accuracy — 93-95% after
+40-200 steps from an SFT start at 32% — and the separate critic explains more of the returns'
+variance (up to 0.27 against about 0), so it is the default. Its head starts at 0: at the first
+step :math:`V = 0` and the advantages are the (whitened) returns.
 
 **Exact ratio 1.** The old log-probs are recomputed by the policy itself, without gradient,
 on the very minibatches of the first epoch; so the first minibatch's forward pass reproduces
@@ -64,6 +68,7 @@ import torch
 from rlcourse import _validate as V
 from rlcourse.advantages import gae
 from rlcourse.lm import batch_rewards, generate
+from rlcourse.lm.rollout import position_ids_from_mask, response_logprobs_from_logits
 from rlcourse.logprobs import entropy_from_logits, masked_mean, masked_var, masked_whiten
 from rlcourse.losses import AdaptiveKLController, FixedKLController, entropy_bonus, ppo_clip_loss, value_loss
 from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, default_max_new_tokens,
@@ -74,6 +79,10 @@ from rlcourse.train.grpo import policy_forward
 from rlcourse.train.reward_model import RewardModel
 
 REWARDS = ("rule", "model")
+CRITICS = ("separate", "shared")
+#: Defaults of ``critic_lr`` and ``vf_coef`` for each critic: a separate value model learns at its own
+#: rate (vf_coef only scales its gradient); a head on the policy's backbone must not pull it too hard.
+CRITIC_DEFAULTS = {"separate": {"critic_lr": 3e-4, "vf_coef": 0.5}, "shared": {"critic_lr": 1e-3, "vf_coef": 0.1}}
 
 
 @dataclass
@@ -88,7 +97,10 @@ class PPOConfig:
         missing_eos_penalty: subtracted from the score of a completion that did not stop
             (TRL's option; useful with a learned reward, which never saw truncated text). None: off.
         preset, seed, steps: SFT start preset, seed of everything, PPO iterations (rollouts).
-        lr, critic_lr: AdamW learning rates of the actor and the critic (constant).
+        lr, critic_lr: AdamW learning rates of the actor and the critic (constant; critic_lr None:
+            ``CRITIC_DEFAULTS[critic]``).
+        critic: ``"separate"`` (a value model: a copy of the start's transformer + a scalar head) or
+            ``"shared"`` (a scalar value head on the policy's own last hidden states).
         prompts_per_step, group_size: rows per rollout = prompts_per_step * group_size.
         max_new_tokens, temperature: sampling (None: the task's longest answer + 2).
         init_kl_coef: beta at the start, >= 0 (0: no KL shaping).
@@ -98,7 +110,7 @@ class PPOConfig:
         gamma, lam: discount and GAE lambda, in [0, 1].
         eps: clip range of the ratio, in (0, 1).
         value_clip: clip range of the value update around the old values (None: unclipped).
-        vf_coef: weight of the critic's loss.
+        vf_coef: weight of the critic's loss (None: ``CRITIC_DEFAULTS[critic]``).
         entropy_coef: weight of the entropy bonus, >= 0.
         ppo_epochs, minibatches: passes over each rollout, minibatches per pass.
         whiten_advantages: normalise the advantages over the batch's tokens.
@@ -111,10 +123,11 @@ class PPOConfig:
     missing_eos_penalty: float | None = None
     preset: str = "tiny"
     seed: int = 0
-    steps: int = 150
-    lr: float = 1e-4
-    critic_lr: float = 3e-4
-    prompts_per_step: int = 32
+    steps: int = 120
+    lr: float = 5e-5
+    critic_lr: float | None = None
+    critic: str = "separate"
+    prompts_per_step: int = 64
     group_size: int = 2
     max_new_tokens: int | None = None
     temperature: float = 1.0
@@ -126,7 +139,7 @@ class PPOConfig:
     lam: float = 0.95
     eps: float = 0.2
     value_clip: float | None = 0.2
-    vf_coef: float = 0.5
+    vf_coef: float | None = None
     entropy_coef: float = 0.0
     ppo_epochs: int = 2
     minibatches: int = 2
@@ -143,7 +156,12 @@ class PPOConfig:
         V.choice("reward", self.reward, REWARDS)
         if self.missing_eos_penalty is not None:
             V.positive("missing_eos_penalty", self.missing_eos_penalty, allow_zero=True)
+        V.choice("critic", self.critic, CRITICS)
+        if self.critic_lr is None:
+            self.critic_lr = CRITIC_DEFAULTS[self.critic]["critic_lr"]
         V.positive("critic_lr", self.critic_lr)
+        if self.vf_coef is None:
+            self.vf_coef = CRITIC_DEFAULTS[self.critic]["vf_coef"]
         for name in ("prompts_per_step", "group_size", "ppo_epochs", "minibatches"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -176,7 +194,12 @@ class PPOConfig:
 
 def kl_shaped_rewards(scores: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor,
                       beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards of seed 001: :math:`r_t = -\\beta(\\log\\pi_{\\text{old}} - \\log\\pi_{\\text{ref}})_t`, plus the score on the last token.
+    """Per-token rewards of seed 001: a KL penalty on every token, plus the score on the last token.
+
+    .. math::
+
+        r_t = -\\beta\\,(\\log\\pi_{\\text{old}} - \\log\\pi_{\\text{ref}})_t + s\\,\\mathbb{1}[t = T-1]
+
 
     Args:
         scores: (N,) sequence scores.
@@ -185,8 +208,8 @@ def kl_shaped_rewards(scores: torch.Tensor, logp_old: torch.Tensor, logp_ref: to
         beta: KL coefficient >= 0.
 
     Returns:
-        ``(rewards (N, T), kl (N, T))`` with ``kl`` the per-token :math:`\\log\\pi_{\\text{old}} - \\log\\pi_{\\text{ref}}`;
-        both 0 where ``mask`` is 0.
+        ``(rewards (N, T), kl (N, T))`` with ``kl`` the per-token
+        :math:`\\log\\pi_{\\text{old}} - \\log\\pi_{\\text{ref}}`; both 0 where ``mask`` is 0.
     """
     V.tensor("scores", scores, ndim=1)
     V.tensor("logp_old", logp_old, ndim=2)
@@ -204,6 +227,27 @@ def kl_shaped_rewards(scores: torch.Tensor, logp_old: torch.Tensor, logp_ref: to
     last = lengths - 1  # responses are right-padded: the last counted token
     rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.to(rewards.dtype)
     return rewards, kl
+
+
+def actor_critic_forward(model, critic, input_ids, attention_mask, response_mask, temperature: float):
+    """``(logp (N, T), logits (N, T, V), values (N, T))`` of the response tokens: the actor and the critic.
+
+    ``critic`` is a :class:`~rlcourse.train.reward_model.RewardModel` (a separate value model,
+    its own forward pass) or an ``nn.Linear(hidden, 1)`` value head read on the policy's last
+    hidden states (one forward pass for both). ``values[:, t]`` is :math:`V(s_t)`, the value of
+    the state whose logits give token ``t``; entries off the response mask are 0.
+    """
+    if isinstance(critic, RewardModel):
+        logp, logits = policy_forward(model, input_ids, attention_mask, response_mask, temperature)
+        return logp, logits, critic.values(input_ids, attention_mask, response_mask)
+    T = response_mask.shape[1]
+    h = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    h = h[:, -(T + 1):]
+    logits = model.get_output_embeddings()(h)
+    logp = response_logprobs_from_logits(logits, input_ids, response_mask, temperature)
+    v = critic(h[:, :-1]).squeeze(-1).float()
+    return logp, logits[:, :-1], torch.where(response_mask.bool(), v, torch.zeros_like(v))
 
 
 def load_reward(cfg: PPOConfig, reward_model, device):
@@ -233,7 +277,7 @@ def load_reward(cfg: PPOConfig, reward_model, device):
 
 @torch.no_grad()
 def rollout_scores(cfg: PPOConfig, ro, answers, reward_model) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scores, rule_rewards)``: the score PPO maximises, and the task's rule reward (always computed, for ``accuracy``)."""
+    """``(scores, rule_rewards)``: the score PPO maximises, and the rule reward (always computed, for ``accuracy``)."""
     device = ro.input_ids.device
     rule = batch_rewards(ro.completions, answers, ro.finished).to(device)
     if reward_model is None:
@@ -283,10 +327,16 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     rm = load_reward(cfg, reward_model, device)
 
-    # actor, critic (a copy of the start's transformer + a zero value head), frozen reference
+    # actor; critic (a copy of the start's transformer + a zero value head, or a zero value head on
+    # the actor's own hidden states); frozen reference
     ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
-    critic = RewardModel.from_causal_lm(model, tokenizer).to(device)
+    if cfg.critic == "separate":
+        critic = RewardModel.from_causal_lm(model, tokenizer).to(device)
+    else:
+        critic = torch.nn.Linear(model.config.hidden_size, 1).to(device)
+        torch.nn.init.zeros_(critic.weight)
+        torch.nn.init.zeros_(critic.bias)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, betas=(0.9, 0.99), weight_decay=0.0)
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
@@ -323,9 +373,9 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
         critic.eval()
         with torch.no_grad():
             for idx in chunks[0]:
-                logp_old[idx] = policy_forward(model, ids[idx], att[idx], mask[idx], cfg.temperature)[0]
+                logp_old[idx], _, values[idx] = actor_critic_forward(model, critic, ids[idx], att[idx], mask[idx],
+                                                                      cfg.temperature)
                 logp_ref[idx] = policy_forward(ref, ids[idx], att[idx], mask[idx], cfg.temperature)[0]
-                values[idx] = critic.values(ids[idx], att[idx], mask[idx])
 
         # 3. KL-shaped per-token rewards (seed 001), GAE, whitening
         beta = kl_ctl.value
@@ -342,11 +392,10 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
         for epoch_chunks in chunks:
             for idx in epoch_chunks:
                 m = mask[idx]
-                logp, logits = policy_forward(model, ids[idx], att[idx], m, cfg.temperature)
+                logp, logits, v = actor_critic_forward(model, critic, ids[idx], att[idx], m, cfg.temperature)
                 pg_loss, stats = ppo_clip_loss(logp, logp_old[idx], adv[idx], m, eps_low=cfg.eps,
                                                aggregation="token_mean")
                 entropy = entropy_from_logits(logits, cfg.temperature)
-                v = critic.values(ids[idx], att[idx], m)
                 vf_loss = value_loss(v, values[idx], returns[idx], m, cfg.value_clip)
                 loss = pg_loss + cfg.vf_coef * vf_loss + entropy_bonus(entropy, m, cfg.entropy_coef)
                 check_finite(loss, name="ppo loss", step=step)
@@ -390,7 +439,7 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
         if callback is not None:
             callback(row)
         bar.update(1)
-        bar.set_postfix(acc=f"{row['accuracy']:.2f}", kl=f"{row['kl']:.3f}")
+        bar.set_postfix(acc=f"{row['accuracy']:.2f}", kl=f"{row['kl']:.3f}", refresh=False)
         if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             run.save(step + 1, modules, optimizers, history, {"before": before, "seconds": seconds,
                                                                "beta": kl_ctl.value})
@@ -404,4 +453,5 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
                        {"critic": critic, "reference": ref, "beta": kl_ctl.value})
 
 
-__all__ = ["PPOConfig", "train_ppo", "kl_shaped_rewards", "rollout_scores", "load_reward", "REWARDS"]
+__all__ = ["PPOConfig", "train_ppo", "kl_shaped_rewards", "rollout_scores", "load_reward", "actor_critic_forward",
+           "REWARDS", "CRITICS", "CRITIC_DEFAULTS"]

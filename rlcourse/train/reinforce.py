@@ -5,23 +5,25 @@ The policy-gradient theorem with the sequence reward :math:`R(x, y)` placed on t
 
 .. math::
 
-    \\nabla_\\theta J = \\mathbb{E}\\Big[\\sum_t \\big(R(x, y) - b\\big)\\,\\nabla_\\theta \\log \\pi_\\theta(y_t \\mid x, y_{<t})\\Big]
+    \\nabla_\\theta J = \\mathbb{E}\\Big[\\sum_t \\big(R(x, y) - b\\big)\\,
+        \\nabla_\\theta \\log \\pi_\\theta(y_t \\mid x, y_{<t})\\Big]
 
 estimated on ``prompts_per_step`` prompts x ``group_size`` samples, and followed by one AdamW
 step on the surrogate loss :func:`rlcourse.losses.policy_gradient_loss`
 :math:`L = -\\frac{1}{N}\\sum_i \\sum_t A_i \\log \\pi_\\theta(y_{i,t})` (``seq_mean_token_sum``: the
 sum over the tokens of a completion, the mean over completions — exactly the estimator above).
 
-==========  ========================================================  =========================
-baseline    advantage :math:`A_i`                                     bias
-==========  ========================================================  =========================
-``none``    :math:`R_i`                                               unbiased, high variance
-``mean``    :math:`R_i - \\bar R_{g(i)}` (group mean; batch mean if G=1)  scales the gradient by (G-1)/G
-``rloo``    :math:`R_i - \\frac{1}{G-1}\\sum_{j \\ne i} R_j`  (Kool et al. 2019)  unbiased
-==========  ========================================================  =========================
+Baselines (:func:`reinforce_advantages`):
+
+* ``none``: :math:`A_i = R_i` — unbiased, the highest variance;
+* ``mean``: :math:`A_i = R_i - \\bar R_{g(i)}`, the mean of the group of :math:`G` samples of the same
+  prompt (the batch mean if :math:`G = 1`) — the sample's own reward is in its baseline, which
+  scales the expected gradient by :math:`(G-1)/G`;
+* ``rloo``: :math:`A_i = R_i - \\frac{1}{G-1}\\sum_{j \\ne i} R_j`, leave-one-out (Kool et al. 2019;
+  Ahmadian et al. 2024) — unbiased, and equal to :math:`\\frac{G}{G-1}` times the mean-baseline advantage.
 
 (:func:`rlcourse.advantages.dr_grpo_advantages` and :func:`~rlcourse.advantages.rloo_advantages`;
-``rlcourse verify grpo_advantage`` checks the (G-1)/G factor and RLOO's unbiasedness.)
+``rlcourse verify`` checks the (G-1)/G factor and RLOO's unbiasedness.)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from rlcourse import _validate as V
 from rlcourse.advantages import dr_grpo_advantages, rloo_advantages
 from rlcourse.logprobs import AGGREGATIONS, entropy_from_logits, masked_mean
 from rlcourse.losses import policy_gradient_loss
-from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, default_max_new_tokens,
+from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, cpu_threads, default_max_new_tokens,
                                    evaluate_policy, held_out_accuracy, sample_groups, set_seed, validate_common)
 from rlcourse.train.common import progress as progress_bar
 from rlcourse.train.grpo import policy_forward
@@ -56,7 +58,7 @@ class ReinforceConfig:
         temperature: sampling temperature (log-probs are those of logits / temperature).
         aggregation: reduction of the per-token surrogate (default: the unbiased ``seq_mean_token_sum``).
         grad_clip: max gradient norm (None: none).
-        out, device, checkpoint_every, eval_n, eval_every: as in :class:`rlcourse.train.grpo.GRPOConfig`.
+        out, device, checkpoint_every, eval_n, eval_every, threads: as in :class:`rlcourse.train.grpo.GRPOConfig`.
     """
 
     baseline: str = "rloo"
@@ -75,6 +77,7 @@ class ReinforceConfig:
     checkpoint_every: int = 50
     eval_n: int = EVAL_N
     eval_every: int = 0
+    threads: int | None = None
 
     def __post_init__(self):
         validate_common(self)
@@ -100,6 +103,8 @@ class ReinforceConfig:
             raise ValueError(f"eval_n must be a positive integer, got {self.eval_n!r}")
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise ValueError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
 
 
 def reinforce_advantages(rewards: torch.Tensor, baseline: str, group_size: int) -> torch.Tensor:
@@ -122,10 +127,18 @@ def train_reinforce(cfg: ReinforceConfig | None = None, model=None, tokenizer=No
     reward 1), ``loss``, ``advantage_abs_mean``, ``entropy``, ``completion_length``,
     ``grad_norm``, ``step_seconds``, and ``eval_accuracy`` every ``eval_every`` steps.
     """
+    from rlcourse.lm import pick_device
+
+    cfg = cfg or ReinforceConfig()
+    device = pick_device(cfg.device) if cfg.device is not None or model is None else next(model.parameters()).device
+    with cpu_threads(cfg.threads, device):
+        return _train_reinforce(cfg, model, tokenizer, task, progress, callback)
+
+
+def _train_reinforce(cfg: ReinforceConfig, model, tokenizer, task, progress: bool, callback) -> TrainResult:
     from rlcourse.lm import pick_device, save_model
     from rlcourse.train.sft import default_task, sft_start
 
-    cfg = cfg or ReinforceConfig()
     task = task or default_task()
     if model is None:
         model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
@@ -174,7 +187,7 @@ def train_reinforce(cfg: ReinforceConfig | None = None, model=None, tokenizer=No
         if callback is not None:
             callback(row)
         bar.update(1)
-        bar.set_postfix(reward=f"{row['reward_mean']:.2f}")
+        bar.set_postfix(reward=f"{row['reward_mean']:.2f}", refresh=False)
         if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             run.save(step + 1, {"model": model}, {"opt": opt}, history, {"before": before, "seconds": seconds})
     bar.close()

@@ -268,7 +268,8 @@ def expand_layers(backbone: nn.Module, n: int) -> nn.Module:
             nn.init.zeros_(layer.self_attn.o_proj.weight)
             nn.init.zeros_(layer.mlp.down_proj.weight)
         except AttributeError as e:
-            raise ValueError(f"cannot expand {type(layer).__name__}: expected self_attn.o_proj and mlp.down_proj") from e
+            raise ValueError(f"cannot expand {type(layer).__name__}: expected self_attn.o_proj and "
+                             "mlp.down_proj") from e
         if hasattr(layer.self_attn, "layer_idx"):
             layer.self_attn.layer_idx = len(layers)
         layers.append(layer)
@@ -278,7 +279,8 @@ def expand_layers(backbone: nn.Module, n: int) -> nn.Module:
     return backbone
 
 
-def chosen_nll(rm: RewardModel, hidden: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+def chosen_nll(rm: RewardModel, hidden: torch.Tensor, input_ids: torch.Tensor,
+               response_mask: torch.Tensor) -> torch.Tensor:
     """Token-mean negative log-likelihood of the response tokens (``<eos>`` included) under the backbone's LM head.
 
     The auxiliary loss of a generalizable reward model (GRM, Yang et al. 2024): applied to the
@@ -327,7 +329,7 @@ def oracle_pairs(model, tokenizer, problems, *, group_size: int = 8, temperature
 
 
 def pair_kind(pair: dict) -> str:
-    """``"correct_vs_wrong"`` when the chosen answer is right, else ``"closer_vs_farther"`` (both wrong or malformed)."""
+    """``"correct_vs_wrong"`` if the chosen answer is right, else ``"closer_vs_farther"`` (both wrong or malformed)."""
     from rlcourse.lm import reward
 
     return "correct_vs_wrong" if reward(pair["chosen"], pair["answer"]) == 1.0 else "closer_vs_farther"
@@ -336,8 +338,8 @@ def pair_kind(pair: dict) -> str:
 def encode_pairs(tokenizer, pairs: Sequence[dict], device=None):
     """One batch of ``2B`` rows: the B chosen sequences, then the B rejected ones (completions end with ``<eos>``)."""
     prompts = [p["prompt"] for p in pairs]
-    return encode_completions(tokenizer, prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs],
-                              device=device)
+    completions = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    return encode_completions(tokenizer, prompts + prompts, completions, device=device)
 
 
 @torch.no_grad()
@@ -430,7 +432,8 @@ class RewardModelConfig:
             raise ValueError(f"max_new_tokens must be a positive integer or None, got {self.max_new_tokens!r}")
         if self.max_pairs_per_group is not None and (not isinstance(self.max_pairs_per_group, int)
                                                      or self.max_pairs_per_group < 1):
-            raise ValueError(f"max_pairs_per_group must be a positive integer or None, got {self.max_pairs_per_group!r}")
+            raise ValueError(f"max_pairs_per_group must be a positive integer or None, "
+                             f"got {self.max_pairs_per_group!r}")
         V.positive("sft_coef", self.sft_coef, allow_zero=True)
         if not isinstance(self.margin, (int, float)) or not math.isfinite(self.margin):
             raise ValueError(f"margin must be a finite number, got {self.margin!r}")
@@ -563,7 +566,7 @@ def train_reward_model(cfg: RewardModelConfig | None = None, model=None, tokeniz
         if callback is not None:
             callback(row)
         bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
+        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}", refresh=False)
         if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             run.save(step + 1, {"reward_model": rm}, {"opt": opt}, history, {"before": before, "seconds": seconds})
     bar.close()
@@ -583,7 +586,7 @@ def train_reward_model(cfg: RewardModelConfig | None = None, model=None, tokeniz
 
 @torch.no_grad()
 def normalize_scores(rm: RewardModel, tokenizer, pairs: Sequence[dict], shift: bool = True) -> tuple[float, float]:
-    """Mean and std of the scores of the distinct responses in ``pairs``; with ``shift``, subtract the mean from the head's bias.
+    """Mean and std of the scores of the distinct responses in ``pairs``; ``shift`` subtracts the mean from the bias.
 
     Differences of scores (all the BT likelihood sees) are unchanged.
     """
