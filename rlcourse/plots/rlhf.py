@@ -427,15 +427,17 @@ def build_dpo_ipo() -> plt.Figure:
 #: The reward model of notebooks 07 and 08: a Bradley–Terry model on oracle pairs from the SFT start
 #: (fields of :class:`rlcourse.train.reward_model.RewardModelConfig`). Every field that shapes the result is
 #: pinned here, so that the experiments of notebooks 07 and 08 do not change when the trainer's defaults do:
-#: 1500 training problems, two identity-initialised extra layers and the GRM language-model regulariser
-#: (``sft_coef``), 200 steps; about a minute of training on an idle 2-core CPU.
-RM_CONFIG = dict(n_prompts=1500, steps=200, lr=1e-3, batch_size=128, eval_prompts=200, eval_every=25,
+#: 6000 training problems (about 8500 pairs), two identity-initialised extra layers and the GRM
+#: language-model regulariser (``sft_coef``), 400 steps. Measured on an idle 2-core CPU: 72 s of
+#: training (88 s with the pair sampling), held-out pair accuracy 0.932. Half the steps on 1500
+#: problems reached 0.76, 400 steps on 3000 problems 0.87: data, more than steps, is what it lacks.
+RM_CONFIG = dict(n_prompts=6000, steps=400, lr=1e-3, batch_size=128, eval_prompts=200, eval_every=25,
                  sft_coef=1.0, extra_layers=2)
 
-#: The *textbook* reward model (scalar head only, no regulariser) on fewer pairs: the changes to
-#: :data:`RM_CONFIG`. It fits its training pairs and barely generalises; notebook 07 compares it with the
-#: one above, and notebook 08 optimises against it to show reward hacking.
-TEXTBOOK_RM = dict(n_prompts=400, sft_coef=0.0, extra_layers=0)
+#: The *textbook* reward model (scalar head only, no regulariser) on fewer pairs and steps: the changes
+#: to :data:`RM_CONFIG`. It fits its training pairs and barely generalises; notebook 07 compares it with
+#: the one above, and notebook 08 optimises against it to show reward hacking.
+TEXTBOOK_RM = dict(n_prompts=400, steps=200, sft_coef=0.0, extra_layers=0)
 
 
 def rm_config(preset: str = "tiny", seed: int = 0, **changes):

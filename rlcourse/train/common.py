@@ -256,3 +256,25 @@ def cpu_threads(n: int | None, device=None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def start_policy(cfg, model=None, tokenizer=None, task=None, *, progress: bool = True):
+    """``(model, tokenizer, task, device)``: what a trainer starts from, on its device, seeds set.
+
+    ``model=None`` loads the course's cached SFT start for ``(cfg.preset, cfg.seed)``
+    (:func:`rlcourse.train.sft.sft_start`, trained on first use); a given ``model`` needs its
+    ``tokenizer``. ``task=None`` is the course's default task. The device is ``cfg.device`` when
+    set, else the model's own.
+    """
+    from rlcourse.lm import pick_device
+    from rlcourse.train.sft import default_task, sft_start
+
+    task = task or default_task()
+    if model is None:
+        model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
+    elif tokenizer is None:
+        raise ValueError("tokenizer is required when model is given")
+    device = pick_device(cfg.device) if cfg.device is not None else next(model.parameters()).device
+    model.to(device)
+    set_seed(cfg.seed)
+    return model, tokenizer, task, device

@@ -51,11 +51,11 @@ from dataclasses import dataclass
 import torch
 
 from rlcourse import _validate as V
-from rlcourse.lm import pick_device, save_model
+from rlcourse.lm import save_model
 from rlcourse.logprobs import masked_sum
 from rlcourse.preference import dpo_loss
 from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, default_max_new_tokens,
-                                   evaluate_policy, held_out_accuracy, set_seed, step_generator, validate_common)
+                                   evaluate_policy, held_out_accuracy, step_generator, validate_common, start_policy)
 from rlcourse.train.common import progress as progress_bar
 from rlcourse.train.grpo import policy_forward
 from rlcourse.train.reward_model import encode_pairs, lr_at, oracle_pairs
@@ -205,17 +205,8 @@ def train_dpo(cfg: DPOConfig | None = None, model=None, tokenizer=None, *, task=
         ``pairs.json`` (with the reference log-probs), ``history.jsonl``, ``checkpoint.pt`` and
         ``final/`` to ``cfg.out`` if given, and resumes from its checkpoint.
     """
-    from rlcourse.train.sft import default_task, sft_start
-
     cfg = cfg or DPOConfig()
-    task = task or default_task()
-    if model is None:
-        model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
-    elif tokenizer is None:
-        raise ValueError("tokenizer is required when model is given")
-    device = pick_device(cfg.device) if cfg.device is not None else next(model.parameters()).device
-    model.to(device)
-    set_seed(cfg.seed)
+    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task, progress=progress)
     average = cfg.loss_type == "ipo"
     # The reference is the starting policy. It is only needed to score pairs: once for offline
     # DPO (then dropped), and at each new round for iterative DPO.

@@ -61,7 +61,7 @@ from rlcourse.kl import KL_ESTIMATORS
 from rlcourse.lm.rollout import encode_completions, position_ids_from_mask, response_logprobs_from_logits
 from rlcourse.losses import grpo_loss
 from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, cpu_threads, default_max_new_tokens,
-                                   evaluate_policy, held_out_accuracy, sample_groups, set_seed, validate_common)
+                                   evaluate_policy, held_out_accuracy, sample_groups, validate_common, start_policy)
 from rlcourse.train.common import progress as progress_bar
 
 VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo")
@@ -389,17 +389,10 @@ def train_grpo(cfg: GRPOConfig | None = None, model=None, tokenizer=None, *, tas
 
 
 def _train_grpo(cfg: GRPOConfig, model, tokenizer, task, progress: bool, callback) -> TrainResult:
-    from rlcourse.lm import pick_device, save_model
-    from rlcourse.train.sft import default_task, sft_start
+    from rlcourse.lm import save_model
 
-    task = task or default_task()
-    if model is None:
-        model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
-    elif tokenizer is None:
-        raise ValueError("tokenizer is required when model is given")
-    device = pick_device(cfg.device) if cfg.device is not None else next(model.parameters()).device
-    model.to(device)
-    set_seed(cfg.seed)
+
+    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task, progress=progress)
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     ref = None
     if cfg.beta > 0:

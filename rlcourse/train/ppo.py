@@ -72,8 +72,8 @@ from rlcourse.lm.rollout import position_ids_from_mask, response_logprobs_from_l
 from rlcourse.logprobs import entropy_from_logits, masked_mean, masked_var, masked_whiten
 from rlcourse.losses import AdaptiveKLController, FixedKLController, entropy_bonus, ppo_clip_loss, value_loss
 from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, default_max_new_tokens,
-                                   evaluate_policy, held_out_accuracy, problems_for_step, set_seed, step_generator,
-                                   validate_common)
+                                   evaluate_policy, held_out_accuracy, problems_for_step, step_generator,
+                                   validate_common, start_policy)
 from rlcourse.train.common import progress as progress_bar
 from rlcourse.train.grpo import policy_forward
 from rlcourse.train.reward_model import RewardModel
@@ -312,18 +312,11 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
         ``config.json``, ``history.jsonl``, ``checkpoint.pt`` and ``final/`` (the policy) to
         ``cfg.out`` if given, and resumes from its checkpoint.
     """
-    from rlcourse.lm import pick_device, save_model
-    from rlcourse.train.sft import default_task, sft_start
+    from rlcourse.lm import save_model
+
 
     cfg = cfg or PPOConfig()
-    task = task or default_task()
-    if model is None:
-        model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
-    elif tokenizer is None:
-        raise ValueError("tokenizer is required when model is given")
-    device = pick_device(cfg.device) if cfg.device is not None else next(model.parameters()).device
-    model.to(device)
-    set_seed(cfg.seed)
+    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task, progress=progress)
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     rm = load_reward(cfg, reward_model, device)
 

@@ -38,7 +38,7 @@ from rlcourse.advantages import dr_grpo_advantages, rloo_advantages
 from rlcourse.logprobs import AGGREGATIONS, entropy_from_logits, masked_mean
 from rlcourse.losses import policy_gradient_loss
 from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, cpu_threads, default_max_new_tokens,
-                                   evaluate_policy, held_out_accuracy, sample_groups, set_seed, validate_common)
+                                   evaluate_policy, held_out_accuracy, sample_groups, validate_common, start_policy)
 from rlcourse.train.common import progress as progress_bar
 from rlcourse.train.grpo import policy_forward
 
@@ -136,17 +136,10 @@ def train_reinforce(cfg: ReinforceConfig | None = None, model=None, tokenizer=No
 
 
 def _train_reinforce(cfg: ReinforceConfig, model, tokenizer, task, progress: bool, callback) -> TrainResult:
-    from rlcourse.lm import pick_device, save_model
-    from rlcourse.train.sft import default_task, sft_start
+    from rlcourse.lm import save_model
 
-    task = task or default_task()
-    if model is None:
-        model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
-    elif tokenizer is None:
-        raise ValueError("tokenizer is required when model is given")
-    device = pick_device(cfg.device) if cfg.device is not None else next(model.parameters()).device
-    model.to(device)
-    set_seed(cfg.seed)
+
+    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task, progress=progress)
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
 

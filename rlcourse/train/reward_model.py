@@ -76,8 +76,8 @@ from rlcourse import _validate as V
 from rlcourse.lm import encode_completions, generate, make_preference_pairs, pick_device
 from rlcourse.lm.rollout import position_ids_from_mask
 from rlcourse.preference import bradley_terry_loss
-from rlcourse.train.common import RunDir, TrainResult, check_finite, default_max_new_tokens, set_seed, \
-    step_generator, validate_common
+from rlcourse.train.common import (RunDir, TrainResult, check_finite, default_max_new_tokens, start_policy,
+                                   step_generator, validate_common)
 from rlcourse.train.common import progress as progress_bar
 
 HEAD_FILE = "head.safetensors"
@@ -498,17 +498,8 @@ def train_reward_model(cfg: RewardModelConfig | None = None, model=None, tokeniz
         Writes ``config.json``, ``pairs.json``, ``history.jsonl``, ``checkpoint.pt`` and ``final/``
         (:meth:`RewardModel.save`) to ``cfg.out`` if given, and resumes from its checkpoint.
     """
-    from rlcourse.train.sft import default_task, sft_start
-
     cfg = cfg or RewardModelConfig()
-    task = task or default_task()
-    if model is None:
-        model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
-    elif tokenizer is None:
-        raise ValueError("tokenizer is required when model is given")
-    device = pick_device(cfg.device) if cfg.device is not None else next(model.parameters()).device
-    model.to(device)
-    set_seed(cfg.seed)
+    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task, progress=progress)
     run = RunDir(cfg.out)
     run.write_config(cfg)
 
