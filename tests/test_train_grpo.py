@@ -102,6 +102,16 @@ def test_ratio_is_exactly_one_before_the_first_update(start, variant, mu):
     assert row["clipfrac"] == 0.0 and row["approx_kl"] == 0.0
 
 
+def test_second_iteration_reports_the_moved_ratio(start):
+    model, tok = fresh(start)
+    row = train_grpo(tiny(steps=1, num_iterations=2, lr=3e-3), model, tok, task=TASK, progress=False).history[0]
+    assert row["ratio_mean"] == 1.0 and row["approx_kl"] == 0.0  # first iteration: the sampling policy
+    assert row["approx_kl_last"] > 0.0 and row["ratio_mean_last"] != 1.0  # after one update on the batch
+    model, tok = fresh(start)
+    row = train_grpo(tiny(steps=1, num_iterations=1), model, tok, task=TASK, progress=False).history[0]
+    assert "approx_kl_last" not in row
+
+
 def test_kl_to_reference_is_zero_at_the_start_and_the_reference_is_frozen(start):
     model, tok = fresh(start)
     init = [p.detach().clone() for p in model.parameters()]

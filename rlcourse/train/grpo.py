@@ -317,7 +317,10 @@ def policy_forward(model, input_ids, attention_mask, response_mask, temperature)
 def grpo_update(model, opt, batch: dict, cfg: GRPOConfig, ref, max_new_tokens: int, step: int) -> dict:
     """The learning half of a step: advantages, then ``num_iterations`` optimizer steps on the batch.
 
-    Returns the metrics of the first iteration (loss, clip statistics, gradient norm, ...).
+    Returns the metrics of the first iteration (loss, clip statistics, gradient norm, ...), where
+    the ratio is exactly 1 and nothing is clipped; with ``num_iterations > 1`` also the clip
+    statistics of the last iteration, where the ratio has moved (``clipfrac_last``,
+    ``approx_kl_last``, ``ratio_mean_last``, ...).
     """
     adv_full = _advantages(batch["rewards"], cfg)
     full_mask = batch["response_mask"]
@@ -363,6 +366,8 @@ def grpo_update(model, opt, batch: dict, cfg: GRPOConfig, ref, max_new_tokens: i
                      "completion_length": float(full_mask.sum(-1).mean()),
                      "advantage_abs_mean": float(adv_full.abs().mean()),
                      "rows_trained": float(0 if ids is None else ids.shape[0])}
+    if cfg.num_iterations > 1:
+        first |= {f"{k}_last": v for k, v in stats.items() if k.startswith(("clipfrac", "approx_kl", "ratio_"))}
     return first
 
 
@@ -374,7 +379,8 @@ def train_grpo(cfg: GRPOConfig | None = None, model=None, tokenizer=None, *, tas
     writes ``config.json``, ``history.jsonl``, ``checkpoint.pt`` and ``final/`` to ``cfg.out`` if
     given, and resumes from its checkpoint. History rows: ``step``, ``reward_mean``,
     ``reward_std``, ``accuracy`` (share of samples with reward 1), ``loss``, ``clipfrac``,
-    ``clipfrac_low``, ``clipfrac_high``, ``approx_kl``, ``ratio_mean``, ``kl`` (beta > 0),
+    ``clipfrac_low``, ``clipfrac_high``, ``approx_kl``, ``ratio_mean`` (first iteration; with
+    ``num_iterations > 1`` also the same with ``_last``: the last iteration), ``kl`` (beta > 0),
     ``entropy`` (see :func:`collect_batch`), ``completion_length``, ``frac_zero_std``,
     ``rows_trained`` (distinct completions with A != 0 that went through the forward pass,
     see :func:`rows_that_matter`), ``grad_norm``, ``step_seconds``, and ``eval_accuracy`` every
