@@ -66,15 +66,40 @@ def progress(total: int, desc: str, enabled: bool = True):
                 mininterval=0.1 if interactive else 1.0)
 
 
+#: Optional fields that several trainer configs share, and what each must be.
+_POSITIVE_INT_OR_NONE = ("max_new_tokens", "max_pairs_per_group", "threads")
+_POSITIVE_INT = ("eval_n", "checkpoint_every")
+_NON_NEGATIVE_INT = ("eval_every",)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def validate_common(cfg) -> None:
-    """Checks shared by every trainer config (steps, learning rate, seed)."""
-    if not isinstance(cfg.steps, int) or cfg.steps < 0:
+    """Checks shared by every trainer config: steps, learning rate, seed, and, where the config has
+    them, ``max_new_tokens`` / ``max_pairs_per_group`` / ``threads`` (a positive integer or None),
+    ``eval_n`` / ``checkpoint_every`` (positive integers), ``eval_every`` (>= 0) and
+    ``grad_clip`` (> 0 or None). Raises ``ValueError`` naming the field."""
+    if not _is_int(cfg.steps) or cfg.steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {cfg.steps!r}")
     V.positive("lr", cfg.lr)
-    if not isinstance(cfg.seed, int):
+    if not _is_int(cfg.seed):
         raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
-    if getattr(cfg, "checkpoint_every", 1) < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {cfg.checkpoint_every}")
+    for name in _POSITIVE_INT_OR_NONE:
+        v = getattr(cfg, name, None)
+        if v is not None and (not _is_int(v) or v < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+    for name in _POSITIVE_INT:
+        v = getattr(cfg, name, 1)
+        if not _is_int(v) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    for name in _NON_NEGATIVE_INT:
+        v = getattr(cfg, name, 0)
+        if not _is_int(v) or v < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    if getattr(cfg, "grad_clip", None) is not None:
+        V.positive("grad_clip", cfg.grad_clip)
 
 
 class RunDir:

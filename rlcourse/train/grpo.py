@@ -135,8 +135,6 @@ class GRPOConfig:
             raise ValueError(f"group_size must be an integer >= 2 (G completions per prompt), got {self.group_size!r}")
         if not isinstance(self.prompts_per_step, int) or self.prompts_per_step < 1:
             raise ValueError(f"prompts_per_step must be a positive integer, got {self.prompts_per_step!r}")
-        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
-            raise ValueError(f"max_new_tokens must be a positive integer or None, got {self.max_new_tokens!r}")
         V.positive("temperature", self.temperature)
         if self.eps_low is None:  # the variant's range (eps_high too, if not given)
             self.eps_low = EPS[self.variant][0]
@@ -159,14 +157,6 @@ class GRPOConfig:
             self.overlong_buffer = 1 if self.variant == "dapo" else 0
         if not isinstance(self.overlong_buffer, int) or self.overlong_buffer < 0:
             raise ValueError(f"overlong_buffer must be a non-negative integer, got {self.overlong_buffer!r}")
-        if self.grad_clip is not None:
-            V.positive("grad_clip", self.grad_clip)
-        if not isinstance(self.eval_n, int) or self.eval_n < 1:
-            raise ValueError(f"eval_n must be a positive integer, got {self.eval_n!r}")
-        if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
 
     @property
     def aggregation(self) -> str:

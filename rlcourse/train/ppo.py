@@ -169,8 +169,6 @@ class PPOConfig:
         if self.prompts_per_step * self.group_size < self.minibatches:
             raise ValueError(f"minibatches={self.minibatches} is more than the rows per step "
                              f"(prompts_per_step * group_size = {self.prompts_per_step * self.group_size})")
-        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
-            raise ValueError(f"max_new_tokens must be a positive integer or None, got {self.max_new_tokens!r}")
         V.positive("temperature", self.temperature)
         V.positive("init_kl_coef", self.init_kl_coef, allow_zero=True)
         if self.adaptive_kl and self.init_kl_coef == 0:
@@ -184,12 +182,6 @@ class PPOConfig:
             V.positive("value_clip", self.value_clip)
         V.positive("vf_coef", self.vf_coef, allow_zero=True)
         V.positive("entropy_coef", self.entropy_coef, allow_zero=True)
-        if self.grad_clip is not None:
-            V.positive("grad_clip", self.grad_clip)
-        if not isinstance(self.eval_n, int) or self.eval_n < 1:
-            raise ValueError(f"eval_n must be a positive integer, got {self.eval_n!r}")
-        if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
 
 
 def kl_shaped_rewards(scores: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor,

@@ -90,21 +90,11 @@ class ReinforceConfig:
             raise ValueError(f"prompts_per_step must be a positive integer, got {self.prompts_per_step!r}")
         if self.baseline == "mean" and self.group_size * self.prompts_per_step < 2:
             raise ValueError("a mean baseline needs at least 2 samples per step (group_size * prompts_per_step)")
-        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
-            raise ValueError(f"max_new_tokens must be a positive integer or None, got {self.max_new_tokens!r}")
         V.positive("temperature", self.temperature)
         V.choice("aggregation", self.aggregation, AGGREGATIONS)
         if self.aggregation == "constant":
             raise ValueError("aggregation='constant' needs L_max; use token_mean, seq_mean_token_mean or "
                              "seq_mean_token_sum")
-        if self.grad_clip is not None:
-            V.positive("grad_clip", self.grad_clip)
-        if not isinstance(self.eval_n, int) or self.eval_n < 1:
-            raise ValueError(f"eval_n must be a positive integer, got {self.eval_n!r}")
-        if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
 
 
 def reinforce_advantages(rewards: torch.Tensor, baseline: str, group_size: int) -> torch.Tensor:

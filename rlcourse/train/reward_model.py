@@ -428,20 +428,10 @@ class RewardModelConfig:
             raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         V.in_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         V.positive("temperature", self.temperature)
-        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
-            raise ValueError(f"max_new_tokens must be a positive integer or None, got {self.max_new_tokens!r}")
-        if self.max_pairs_per_group is not None and (not isinstance(self.max_pairs_per_group, int)
-                                                     or self.max_pairs_per_group < 1):
-            raise ValueError(f"max_pairs_per_group must be a positive integer or None, "
-                             f"got {self.max_pairs_per_group!r}")
         V.positive("sft_coef", self.sft_coef, allow_zero=True)
         if not isinstance(self.margin, (int, float)) or not math.isfinite(self.margin):
             raise ValueError(f"margin must be a finite number, got {self.margin!r}")
-        if self.grad_clip is not None:
-            V.positive("grad_clip", self.grad_clip)
         V.positive("weight_decay", self.weight_decay, allow_zero=True)
-        if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
 
 
 def lr_at(cfg, step: int) -> float:

@@ -130,13 +130,7 @@ class SFTConfig:
             raise ValueError(f"offsets must be non-zero integers, got {self.offsets!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         self.betas = tuple(self.betas)
-        if not isinstance(self.eval_n, int) or self.eval_n < 1:
-            raise ValueError(f"eval_n must be a positive integer, got {self.eval_n!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
 
 
 def lr_at(cfg: SFTConfig, step: int) -> float:
