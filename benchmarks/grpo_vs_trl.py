@@ -1,6 +1,6 @@
 """Our GRPO against TRL's ``GRPOTrainer`` on the identical model, task and hyper-parameters (CPU).
 
-    python benchmarks/grpo_vs_trl.py [--steps 60] [--prompts 16] [--group 8] [--lr 1e-4] [--repeats 2] [--json]
+    python benchmarks/grpo_vs_trl.py [--steps 60] [--prompts 16] [--group 8] [--lr 1e-4] [--repeats 2] [--seeds 1] [--json]
 
 Both start from the same SFT model (``sft_start("tiny", seed)``, trained once and cached), see
 the same prompts in the same order (TRL reads them from a ``datasets.Dataset`` without
@@ -10,7 +10,8 @@ shuffling), sample ``--group`` completions per prompt at temperature 1 with at m
 learning rate, betas (0.9, 0.99), no weight decay, gradient norm clipped at 1) per generation
 batch. Step time is measured per optimizer step, evaluation excluded; the figure reported is
 the median. Held-out greedy accuracy is measured on the same 500 problems after the same
-number of steps.
+number of steps; ``--seeds K`` trains K seeds (other prompts, other samples) from the same start
+and reports the mean accuracy of each, since one seed's difference of a few problems is noise.
 
 Where the time goes (``--profile`` prints a cProfile of 3 steps of each). Both do one generation
 and one forward/backward per step (TRL skips its old-policy pass when, as here, there is one
@@ -129,6 +130,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads for both (1: robust on a shared 2-core CPU)")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each, in ABBA order (step times pooled)")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="training seeds from the same start; the accuracies reported are their means")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of 3 steps of each and exit")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
@@ -147,22 +150,28 @@ def main(argv=None):
         return 0
 
     start_acc = held_out_accuracy(model, tok, task, a.eval_n)
-    # ABBA order (ours, TRL, TRL, ours, ...): a burst of load from other processes falls on both alike
-    ours_times, trl_times, models = [], [], {}
-    for r in range(a.repeats):
-        order = ("ours", "trl") if r % 2 == 0 else ("trl", "ours")
-        for who in order:
-            run = _our_run if who == "ours" else _trl_run
-            trained, times = run(copy.deepcopy(model), tok, task, a, max_new)
-            (ours_times if who == "ours" else trl_times).extend(times)
-            models.setdefault(who, trained)  # accuracy of the first run of each (runs are seeded)
+    # Training seeds a.seed, a.seed + 1, ... from the same start (they change the prompts and the
+    # samples). ABBA order (ours, TRL, TRL, ours, ...): a burst of load from other processes falls on
+    # both alike. The first seed runs ``repeats`` times for the step times; every run's steps are pooled.
+    ours_times, trl_times = [], []
+    acc = {"ours": [], "trl": []}
+    for i in range(a.seeds):
+        seed_args = argparse.Namespace(**{**vars(a), "seed": a.seed + i})
+        for r in range(a.repeats if i == 0 else 1):
+            order = ("ours", "trl") if (r + i) % 2 == 0 else ("trl", "ours")
+            for who in order:
+                run = _our_run if who == "ours" else _trl_run
+                trained, times = run(copy.deepcopy(model), tok, task, seed_args, max_new)
+                (ours_times if who == "ours" else trl_times).extend(times)
+                if r == 0:  # runs are seeded: a repeat trains the same model
+                    acc[who].append(held_out_accuracy(trained, tok, task, a.eval_n))
     ours_step, trl_step = statistics.median(ours_times), statistics.median(trl_times)
     res = {
         "steps": a.steps, "prompts_per_step": a.prompts, "group_size": a.group, "max_new_tokens": max_new,
-        "lr": a.lr, "threads": a.threads, "repeats": a.repeats, "start_accuracy": start_acc,
+        "lr": a.lr, "threads": a.threads, "repeats": a.repeats, "seeds": a.seeds, "start_accuracy": start_acc,
         "ours_step_seconds": ours_step, "trl_step_seconds": trl_step, "ratio": ours_step / trl_step,
-        "ours_accuracy": held_out_accuracy(models["ours"], tok, task, a.eval_n),
-        "trl_accuracy": held_out_accuracy(models["trl"], tok, task, a.eval_n),
+        "ours_accuracy": statistics.fmean(acc["ours"]), "trl_accuracy": statistics.fmean(acc["trl"]),
+        "ours_accuracies": acc["ours"], "trl_accuracies": acc["trl"],
         "ours_mean_step_seconds": statistics.fmean(ours_times), "trl_mean_step_seconds": statistics.fmean(trl_times),
     }
     if a.json:
@@ -170,8 +179,10 @@ def main(argv=None):
     else:
         print(f"start: held-out greedy accuracy {start_acc:.3f}; {a.steps} steps of {a.prompts} prompts x "
               f"{a.group} completions, lr {a.lr}, {a.threads} thread(s)")
-        print(f"ours: median step {ours_step * 1000:.0f} ms, accuracy after {res['ours_accuracy']:.3f}")
-        print(f"TRL : median step {trl_step * 1000:.0f} ms, accuracy after {res['trl_accuracy']:.3f}")
+        print(f"ours: median step {ours_step * 1000:.0f} ms, accuracy after {res['ours_accuracy']:.3f}"
+              f" (per seed: {', '.join(f'{x:.3f}' for x in acc['ours'])})")
+        print(f"TRL : median step {trl_step * 1000:.0f} ms, accuracy after {res['trl_accuracy']:.3f}"
+              f" (per seed: {', '.join(f'{x:.3f}' for x in acc['trl'])})")
         print(f"ratio (ours / TRL): {res['ratio']:.3f}  (target <= 0.5 at equal or better accuracy); "
               f"mean step {res['ours_mean_step_seconds'] * 1000:.0f} vs {res['trl_mean_step_seconds'] * 1000:.0f} ms")
     return 0

@@ -42,14 +42,15 @@ def main(argv=None) -> int:
             info = sft_start_info(args.preset, args.seed)
             rows.append({"algorithm": "sft", "accuracy_before": info["before"].get("accuracy"),
                          "accuracy_after": info["after"]["accuracy"], "train_seconds": info["seconds"],
-                         "pass@8_after": info["after"].get("pass@8")})
+                         "pass@1_after": info["after"].get("pass@1"), "pass@8_after": info["after"].get("pass@8")})
             continue
         res = registry.run(name, preset=args.preset, seed=args.seed, progress=not args.json)
         key = registry.headline(name)
         row = {"algorithm": name, "accuracy_before": res.before.get(key), "accuracy_after": res.after.get(key),
                "train_seconds": round(res.seconds, 2)}
-        if "pass@8" in res.after:
-            row["pass@8_after"] = res.after["pass@8"]
+        for k in ("pass@1", "pass@8"):  # RL turns pass@k into pass@1: both, before and after
+            if k in res.after:
+                row[f"{k}_before"], row[f"{k}_after"] = res.before.get(k), res.after[k]
         rows.append(row)
         if not args.json:
             print(f"{name}: {row}", file=sys.stderr, flush=True)
@@ -57,11 +58,15 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'algorithm':<10} {'before':>8} {'after':>8} {'pass@8':>8} {'train s':>9}")
+    def pct(r, key):
+        return "-" if r.get(key) is None else f"{r[key]:.1%}"
+
+    print(f"{'algorithm':<10} {'before':>8} {'after':>8} {'pass@1':>17} {'pass@8':>17} {'train s':>9}")
     for r in rows:
-        b = "-" if r["accuracy_before"] is None else f"{r['accuracy_before']:.1%}"
-        p8 = "-" if r.get("pass@8_after") is None else f"{r['pass@8_after']:.1%}"
-        print(f"{r['algorithm']:<10} {b:>8} {r['accuracy_after']:>8.1%} {p8:>8} {r['train_seconds']:>9.1f}")
+        p1 = f"{pct(r, 'pass@1_before')} -> {pct(r, 'pass@1_after')}"
+        p8 = f"{pct(r, 'pass@8_before')} -> {pct(r, 'pass@8_after')}"
+        print(f"{r['algorithm']:<10} {pct(r, 'accuracy_before'):>8} {pct(r, 'accuracy_after'):>8} {p1:>17} {p8:>17} "
+              f"{r['train_seconds']:>9.1f}")
     print(f"(rm: held-out pairwise accuracy; others: held-out greedy accuracy; total {time.perf_counter() - t0:.0f} s)")
     return 0
 
