@@ -24,11 +24,10 @@ from rlcourse import derivations  # noqa: E402
 
 derivations.load_all()  # keep the derivation registry in course order (tests/test_derivations.py)
 
-from rlcourse.lm import ArithmeticTask  # noqa: E402
+from conftest import MINI_TASK as TASK  # noqa: E402
 from rlcourse.plots import BUILDERS, load_all, save  # noqa: E402
 from rlcourse.plots import lm_rl as L  # noqa: E402
 
-TASK = ArithmeticTask(digits=1, ops="+", held_out_fraction=0.2)
 NAMES = ("04_reinforce_baselines", "04_pass_at_k", "04_gradient_noise", "09_grpo_variants")
 
 
@@ -156,26 +155,6 @@ def test_builder_returns_a_small_figure(name, synthetic, tmp_path):
 
 
 # --------------------------------------------------------------------------- experiments (tiny real runs)
-
-@pytest.fixture(scope="module")
-def start():
-    from rlcourse.train.sft import SFTConfig, train_sft
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = SFTConfig(steps=60, batch_size=64, lr=3e-3, warmup_steps=10, wrong_fraction=0.6, eval_n=4,
-                        device="cpu")
-        res = train_sft(cfg, task=TASK, progress=False)
-    finally:
-        torch.set_num_threads(n)
-    return res.model, res.tokenizer
-
-
-@pytest.fixture(autouse=True)
-def _tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLCOURSE_CACHE", str(tmp_path / "cache"))
-
 
 def _is_plain(x) -> bool:
     try:

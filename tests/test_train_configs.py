@@ -1,4 +1,4 @@
-"""Every trainer config rejects bad shared fields with an error naming the field (rlcourse.train.common.validate_common)."""
+"""Every trainer config rejects bad shared fields with an error naming the field (``validate_common``)."""
 
 from __future__ import annotations
 

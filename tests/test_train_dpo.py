@@ -7,17 +7,13 @@ import math
 import pytest
 import torch
 
+from conftest import assert_resume_reproduces
 from rlcourse.lm import ArithmeticTask, build_model, build_tokenizer
 from rlcourse.train import dpo as dpo_module
 from rlcourse.train.common import NonFiniteLossError
 from rlcourse.train.dpo import DPOConfig, add_reference_logprobs, pair_logprobs, train_dpo
 
 TASK = ArithmeticTask(digits=2, ops="+-")
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLCOURSE_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -88,26 +84,9 @@ def test_reference_logprobs_are_computed_once_and_match_the_start(tok, monkeypat
     assert len(calls) == 1  # offline DPO: once, before training
 
 
-def _strip(row):
-    return {k: v for k, v in row.items() if k != "step_seconds"}
-
-
 def test_resume_reproduces_the_uninterrupted_run(tok, tmp_path):
-    full = train_dpo(small_cfg(steps=4, out=str(tmp_path / "a")), fresh(tok), tok, task=TASK, pairs=PAIRS,
-                     progress=False)
-
-    def crash(row):
-        if row["step"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_dpo(small_cfg(steps=4, out=str(tmp_path / "b")), fresh(tok), tok, task=TASK, pairs=PAIRS,
-                  progress=False, callback=crash)
-    resumed = train_dpo(small_cfg(steps=4, out=str(tmp_path / "b")), fresh(tok), tok, task=TASK, pairs=PAIRS,
-                        progress=False)
-    assert [_strip(r) for r in resumed.history] == [_strip(r) for r in full.history]
-    for (name, p), q in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(p, q), name
+    assert_resume_reproduces(lambda out, cb: train_dpo(small_cfg(steps=4, out=out), fresh(tok), tok, task=TASK,
+                                                       pairs=PAIRS, progress=False, callback=cb), tmp_path)
 
 
 def test_iterative_dpo_samples_fresh_pairs_each_round(tok, monkeypatch):

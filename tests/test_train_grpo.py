@@ -7,52 +7,26 @@ rewards vary within groups; nothing depends on a warm cache (``RLCOURSE_CACHE`` 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import pytest
 import torch
 
 import rlcourse.train.grpo as grpo_mod
-from rlcourse.lm import ArithmeticTask, pass_at_k
+from conftest import MINI_TASK as TASK
+from conftest import assert_resume_reproduces, fresh
+from rlcourse.lm import pass_at_k
 from rlcourse.losses import grpo_loss
 from rlcourse.train.common import NonFiniteLossError
 from rlcourse.train.grpo import (AGGREGATION, VARIANTS, GRPOConfig, collect_batch, overlong_penalty, policy_forward,
                                  train_grpo)
-from rlcourse.train.sft import SFTConfig, train_sft
 
-TASK = ArithmeticTask(digits=1, ops="+", held_out_fraction=0.2)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model on a shared CPU: one thread is much faster (see test_train_sft)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLCOURSE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def start():
-    """The course's start in miniature: 60% of demonstrations say "answer + 1" (greedy ~0.4, pass@1 ~0.3)."""
-    cfg = SFTConfig(steps=100, batch_size=64, lr=3e-3, warmup_steps=10, wrong_fraction=0.6, eval_n=4, device="cpu")
-    res = train_sft(cfg, task=TASK, progress=False)
-    return res.model, res.tokenizer
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> GRPOConfig:
     base = dict(steps=3, lr=3e-4, prompts_per_step=8, group_size=8, eval_n=4, device="cpu")
     return GRPOConfig(**(base | kw))
-
-
-def fresh(start):
-    model, tok = start
-    return copy.deepcopy(model), tok
 
 
 def batch_loss(model, batch, logp_old, cfg, max_new):
@@ -124,27 +98,9 @@ def test_kl_to_reference_is_zero_at_the_start_and_the_reference_is_frozen(start)
 
 
 def test_resume_reproduces_the_uninterrupted_run(start, tmp_path):
-    model, tok = fresh(start)
     cfg = tiny(variant="dapo", steps=4, checkpoint_every=2, beta=0.05)
-    full = train_grpo(cfg, copy.deepcopy(model), tok, task=TASK, progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop(row):
-        if row["step"] == 2:
-            raise Stop
-
-    out = str(tmp_path / "run")
-    with pytest.raises(Stop):
-        train_grpo(dataclasses.replace(cfg, out=out), copy.deepcopy(model), tok, task=TASK, progress=False,
-                   callback=stop)
-    # resuming starts from a *different* model object: the checkpoint must restore everything
-    resumed = train_grpo(dataclasses.replace(cfg, out=out), copy.deepcopy(model), tok, task=TASK, progress=False)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "step_seconds"} for r in rows]  # noqa: E731
-    assert strip(resumed.history) == strip(full.history)
-    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
-        assert torch.equal(a, b), name
+    assert_resume_reproduces(lambda out, cb: train_grpo(dataclasses.replace(cfg, out=out), *fresh(start), task=TASK,
+                                                        progress=False, callback=cb), tmp_path)
 
 
 def test_non_finite_loss_stops_training(start, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import assert_resume_reproduces
 from rlcourse.lm import ArithmeticTask, build_model, build_tokenizer
 from rlcourse.train import ppo as ppo_module
 from rlcourse.train.common import NonFiniteLossError
@@ -12,11 +13,6 @@ from rlcourse.train.ppo import PPOConfig, kl_shaped_rewards, train_ppo
 from rlcourse.train.reward_model import RewardModel
 
 TASK = ArithmeticTask(digits=2, ops="+-")
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLCOURSE_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -116,30 +112,11 @@ def test_learned_reward_model_and_adaptive_beta(lm):
         train_ppo(small_cfg(steps=1), model, tok, task=TASK, reward_model=rm, progress=False)
 
 
-def _strip(row):
-    return {k: v for k, v in row.items() if k != "step_seconds"}
-
-
 @pytest.mark.parametrize("critic", ["separate", "shared"])
 def test_resume_reproduces_the_uninterrupted_run(lm, tmp_path, critic):
-    model, tok = fresh(lm)
-    full = train_ppo(small_cfg(steps=3, critic=critic, out=str(tmp_path / "a")), model, tok, task=TASK,
-                     progress=False)
-
-    def crash(row):
-        if row["step"] == 1:
-            raise KeyboardInterrupt
-
-    model, tok = fresh(lm)
-    with pytest.raises(KeyboardInterrupt):
-        train_ppo(small_cfg(steps=3, critic=critic, out=str(tmp_path / "b")), model, tok, task=TASK, progress=False,
-                  callback=crash)
-    model, tok = fresh(lm)  # a new process would start from the SFT start again
-    resumed = train_ppo(small_cfg(steps=3, critic=critic, out=str(tmp_path / "b")), model, tok, task=TASK,
-                        progress=False)
-    assert [_strip(r) for r in resumed.history] == [_strip(r) for r in full.history]
-    for (name, p), q in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(p, q), name
+    full, resumed = assert_resume_reproduces(
+        lambda out, cb: train_ppo(small_cfg(steps=3, critic=critic, out=out), *fresh(lm), task=TASK, progress=False,
+                                  callback=cb), tmp_path, crash_after=1)
     for (name, p), q in zip(full.extra["critic"].state_dict().items(), resumed.extra["critic"].state_dict().values()):
         assert torch.equal(p, q), name
 

@@ -7,51 +7,26 @@ The policy is a briefly trained model (SFT on 1-digit addition in which 60% of t
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import pytest
 import torch
 
 import rlcourse.train.reinforce as reinforce_mod
-from rlcourse.lm import ArithmeticTask, pass_at_k
+from conftest import MINI_TASK as TASK
+from conftest import assert_resume_reproduces, fresh
+from rlcourse.lm import pass_at_k
 from rlcourse.losses import policy_gradient_loss
 from rlcourse.train.common import NonFiniteLossError, sample_groups
 from rlcourse.train.grpo import policy_forward
 from rlcourse.train.reinforce import BASELINES, ReinforceConfig, reinforce_advantages, train_reinforce
-from rlcourse.train.sft import SFTConfig, train_sft
 
-TASK = ArithmeticTask(digits=1, ops="+", held_out_fraction=0.2)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model on a shared CPU: one thread is much faster (see test_train_sft)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLCOURSE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def start():
-    cfg = SFTConfig(steps=100, batch_size=64, lr=3e-3, warmup_steps=10, wrong_fraction=0.6, eval_n=4, device="cpu")
-    res = train_sft(cfg, task=TASK, progress=False)
-    return res.model, res.tokenizer
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> ReinforceConfig:
     base = dict(steps=3, lr=3e-4, prompts_per_step=8, group_size=8, eval_n=4, device="cpu")
     return ReinforceConfig(**(base | kw))
-
-
-def fresh(start):
-    model, tok = start
-    return copy.deepcopy(model), tok
 
 
 def test_advantages_of_each_baseline():
@@ -95,27 +70,9 @@ def test_reinforce_with_a_baseline_raises_the_reward(start, baseline):
 
 
 def test_resume_reproduces_the_uninterrupted_run(start, tmp_path):
-    model, tok = fresh(start)
     cfg = tiny(steps=4, checkpoint_every=2)
-    full = train_reinforce(cfg, copy.deepcopy(model), tok, task=TASK, progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop(row):
-        if row["step"] == 2:
-            raise Stop
-
-    out = str(tmp_path / "run")
-    with pytest.raises(Stop):
-        train_reinforce(dataclasses.replace(cfg, out=out), copy.deepcopy(model), tok, task=TASK, progress=False,
-                        callback=stop)
-    resumed = train_reinforce(dataclasses.replace(cfg, out=out), copy.deepcopy(model), tok, task=TASK,
-                              progress=False)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "step_seconds"} for r in rows]  # noqa: E731
-    assert strip(resumed.history) == strip(full.history)
-    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
-        assert torch.equal(a, b), name
+    assert_resume_reproduces(lambda out, cb: train_reinforce(dataclasses.replace(cfg, out=out), *fresh(start),
+                                                             task=TASK, progress=False, callback=cb), tmp_path)
 
 
 def test_non_finite_loss_stops_training(start, monkeypatch):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import assert_resume_reproduces
 from rlcourse.lm import ArithmeticTask, build_model, build_tokenizer, encode_completions
 from rlcourse.train import reward_model as rm_module
 from rlcourse.train.common import NonFiniteLossError
@@ -14,11 +15,6 @@ from rlcourse.train.reward_model import (RewardModel, RewardModelConfig, make_pa
                                          pair_kind, rule_reward, train_reward_model)
 
 TASK = ArithmeticTask(digits=2, ops="+-")
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLCOURSE_CACHE", str(tmp_path / "cache"))  # never touch (or depend on) a warm cache
 
 
 @pytest.fixture(scope="module")
@@ -158,28 +154,11 @@ def test_held_out_pairs_come_from_held_out_prompts_only(lm, monkeypatch):
     assert all(TASK.is_held_out(p) for p in seen["held_out"])
 
 
-def _strip(row):
-    return {k: v for k, v in row.items() if k != "step_seconds"}
-
-
 def test_resume_reproduces_the_uninterrupted_run(lm, tmp_path):
     model, tok = lm
-    full = train_reward_model(small_cfg(steps=4, out=str(tmp_path / "a")), model, tok, task=TASK, pairs=PAIRS,
-                              progress=False)
-
-    def crash(row):
-        if row["step"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_reward_model(small_cfg(steps=4, out=str(tmp_path / "b")), model, tok, task=TASK, pairs=PAIRS,
-                           progress=False, callback=crash)
-    resumed = train_reward_model(small_cfg(steps=4, out=str(tmp_path / "b")), model, tok, task=TASK, pairs=PAIRS,
-                                 progress=False)
-    assert [_strip(r) for r in resumed.history] == [_strip(r) for r in full.history]
-    for (name, p), q in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(p, q), name
-    assert (tmp_path / "b" / "final" / "head.safetensors").exists()
+    assert_resume_reproduces(lambda out, cb: train_reward_model(small_cfg(steps=4, out=out), model, tok, task=TASK,
+                                                                pairs=PAIRS, progress=False, callback=cb), tmp_path)
+    assert (tmp_path / "resumed" / "final" / "head.safetensors").exists()
 
 
 def test_non_finite_loss_stops_training(lm, monkeypatch):

@@ -13,31 +13,18 @@ import pytest
 import torch
 
 import rlcourse.train.sft as sft
+from conftest import MINI_TASK as TASK
+from conftest import assert_resume_reproduces
 from rlcourse.lm import ArithmeticTask
 from rlcourse.train.common import NonFiniteLossError, TrainResult, evaluate_policy
 from rlcourse.train.sft import SFTConfig, cache_dir, default_task, lr_at, sft_start, train_sft
 
-TASK = ArithmeticTask(digits=1, ops="+", held_out_fraction=0.2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> SFTConfig:
     base = dict(steps=12, batch_size=16, lr=3e-3, warmup_steps=2, wrong_fraction=0.0, eval_n=4, device="cpu")
     return SFTConfig(**(base | kw))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # A tiny model on a shared 2-core CPU: one intra-op thread is many times faster than two
-    # when other processes compete for the cores (measured 0.11 s vs 3.4 s per SFT step).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLCOURSE_CACHE", str(tmp_path / "cache"))
 
 
 def test_sft_loss_decreases_over_a_few_steps():
@@ -51,25 +38,11 @@ def test_sft_loss_decreases_over_a_few_steps():
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    cfg = tiny(steps=6, checkpoint_every=3)
-    full = train_sft(cfg, task=TASK, progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_step_3(row):
-        if row["step"] == 3:  # the checkpoint of step 3 (rows 0..2) exists; this step is lost
-            raise Stop
-
-    out = tmp_path / "run"
-    with pytest.raises(Stop):
-        train_sft(tiny(steps=6, checkpoint_every=3, out=str(out)), task=TASK, progress=False,
-                  callback=stop_after_step_3)
+    # the checkpoint of step 3 (rows 0..2) exists when step 3 crashes; that step is lost and redone
+    assert_resume_reproduces(lambda out, cb: train_sft(tiny(steps=6, checkpoint_every=3, out=out), task=TASK,
+                                                       progress=False, callback=cb), tmp_path, crash_after=3)
+    out = tmp_path / "resumed"
     assert json.loads((out / "config.json").read_text())["steps"] == 6
-    resumed = train_sft(tiny(steps=6, checkpoint_every=3, out=str(out)), task=TASK, progress=False)
-    assert resumed.history == full.history  # identical rows, including the resumed steps 3..5
-    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
-        assert torch.equal(a, b), name
     assert (out / "final" / "model.safetensors").exists() and (out / "history.jsonl").exists()
 
 
@@ -170,3 +143,26 @@ def test_progress_bar_redraws_rarely_outside_a_terminal(monkeypatch):
 
     fake = io.StringIO()
     assert redraws(tqdm(total=2000, file=fake, mininterval=0.1), fake) > 500
+
+
+def test_threads_are_set_for_the_run_and_restored(monkeypatch):
+    seen = []
+    real = sft.sft_loss
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "sft_loss", spy)
+    torch.set_num_threads(2)  # (the module's one_thread fixture restores its own setting afterwards)
+    train_sft(tiny(steps=2, threads=1), task=TASK, progress=False)
+    assert seen == [1, 1] and torch.get_num_threads() == 2
+    seen.clear()
+    train_sft(tiny(steps=1, threads=None), task=TASK, progress=False)  # None: torch's setting, untouched
+    assert seen == [2]
+
+
+def test_eval_every_adds_the_held_out_accuracy_to_the_history():
+    res = train_sft(tiny(steps=4, eval_every=2), task=TASK, progress=False)
+    assert [("eval_accuracy" in r) for r in res.history] == [False, True, False, True]
+    assert 0.0 <= res.history[-1]["eval_accuracy"] <= 1.0

@@ -458,7 +458,7 @@ def reward_model_start_dir(preset: str = "tiny", seed: int = 0, cfg=None) -> Pat
 
     cfg = cfg or rm_config(preset, seed)
     keep = {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in ("out", "device", "checkpoint_every", "eval_every")}
+            if k not in ("out", "device", "checkpoint_every", "eval_every", "threads")}
     blob = json.dumps({"cfg": keep, "task": dataclasses.asdict(default_task()),
                        "sft": sft_start_dir(cfg.preset, cfg.seed).name}, sort_keys=True, default=str)
     return cache_dir() / f"rm-{cfg.preset}-seed{cfg.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"

@@ -8,7 +8,7 @@ stream that would have to be saved and restored.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import math
 import os
@@ -76,6 +76,27 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+@dataclass
+class RunConfig:
+    """The fields every trainer config shares (each trainer's config derives from this one).
+
+    Attributes:
+        grad_clip: max gradient norm (None: no clipping).
+        out: run directory (``config.json``, ``history.jsonl``, ``checkpoint.pt``, ``final/``), or None.
+        device: None -> :func:`rlcourse.lm.pick_device` (cuda, then mps, then cpu).
+        checkpoint_every: steps between checkpoints (when ``out`` is set); one is also saved after the last step.
+        eval_every: if > 0, a held-out evaluation every this many steps, in the history.
+        threads: torch intra-op threads while training (None: torch's setting); see :func:`uses_cpu_threads`.
+    """
+
+    grad_clip: float | None = 1.0
+    out: str | None = None
+    device: str | None = None
+    checkpoint_every: int = 50
+    eval_every: int = 0
+    threads: int | None = None
+
+
 def validate_common(cfg) -> None:
     """Checks shared by every trainer config: steps, learning rate, seed, and, where the config has
     them, ``max_new_tokens`` / ``max_pairs_per_group`` / ``threads`` (a positive integer or None),
@@ -100,6 +121,11 @@ def validate_common(cfg) -> None:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
     if getattr(cfg, "grad_clip", None) is not None:
         V.positive("grad_clip", cfg.grad_clip)
+
+
+def due(step: int, every: int) -> bool:
+    """Whether something done every ``every`` steps (0: never) is due after step ``step`` (0-based)."""
+    return every > 0 and (step + 1) % every == 0
 
 
 class RunDir:
@@ -145,6 +171,19 @@ class RunDir:
         torch.save(state, tmp)
         os.replace(tmp, self.path / "checkpoint.pt")
         self.write_history(history)
+
+    def end_step(self, step: int, row: dict[str, Any], history: list[dict[str, Any]], cfg, *, bar, callback,
+                 modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                 extra: dict[str, Any], postfix: dict[str, str]) -> None:
+        """The end of every trainer's step: append ``row`` to ``history``, call ``callback(row)``, advance
+        the progress bar, and checkpoint every ``cfg.checkpoint_every`` steps and after the last."""
+        history.append(row)
+        if callback is not None:
+            callback(row)
+        bar.update(1)
+        bar.set_postfix(postfix, refresh=False)
+        if due(step, cfg.checkpoint_every) or step + 1 == cfg.steps:
+            self.save(step + 1, modules, optimizers, history, extra)
 
     def load(self) -> dict[str, Any] | None:
         """The last checkpoint, or None if there is none."""
@@ -259,28 +298,30 @@ def held_out_accuracy(model, tokenizer, task, n_eval: int = EVAL_N, seed: int = 
     return accuracy(model, tokenizer, task.held_out(n_eval, seed=seed), batch_size=512)
 
 
-@contextlib.contextmanager
-def cpu_threads(n: int | None, device=None):
-    """Run a block with ``n`` torch intra-op threads when ``device`` is the CPU (restored afterwards).
+def uses_cpu_threads(train):
+    """Decorate a trainer ``train(cfg, ...)`` to run with ``cfg.threads`` torch intra-op threads (restored after).
 
     Why: the course's tiny model does many small operations. On the idle 2-core baseline
     machine two threads are faster (an SFT step: 0.068 s against 0.109 s for one; the default
     REINFORCE run: 16.5 s against 25.4 s), so every trainer's default is ``None`` (torch's
     setting). But when another process competes for the cores (parallel experiments), two
     threads spin-wait on each other and a step took 0.6-5 s in our measurements, while one
-    thread stayed near 0.1-0.2 s: pass ``threads=1`` there. A CUDA/MPS device is not affected.
+    thread stayed near 0.1-0.2 s: pass ``threads=1`` there. Only CPU work is affected.
     """
-    if n is None or (device is not None and torch.device(device).type != "cpu"):
-        yield
-        return
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"threads must be a positive integer or None, got {n!r}")
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+
+    @functools.wraps(train)
+    def run(cfg=None, *args, **kwargs):
+        n = getattr(cfg, "threads", None)
+        if n is None:
+            return train(cfg, *args, **kwargs)
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return train(cfg, *args, **kwargs)
+        finally:
+            torch.set_num_threads(old)
+
+    return run
 
 
 def start_policy(cfg, model=None, tokenizer=None, task=None, *, progress: bool = True):

@@ -54,8 +54,9 @@ from rlcourse import _validate as V
 from rlcourse.lm import save_model
 from rlcourse.logprobs import masked_sum
 from rlcourse.preference import dpo_loss
-from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, default_max_new_tokens,
-                                   evaluate_policy, held_out_accuracy, step_generator, validate_common, start_policy)
+from rlcourse.train.common import (EVAL_N, RunConfig, RunDir, TrainResult, check_finite, default_max_new_tokens, due,
+                                   evaluate_policy, held_out_accuracy, start_policy, step_generator, uses_cpu_threads,
+                                   validate_common)
 from rlcourse.train.common import progress as progress_bar
 from rlcourse.train.grpo import policy_forward
 from rlcourse.train.reward_model import encode_pairs, lr_at, oracle_pairs
@@ -64,7 +65,7 @@ LOSS_TYPES = ("sigmoid", "ipo")
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(RunConfig):
     """Configuration of :func:`train_dpo`.
 
     Attributes:
@@ -82,8 +83,9 @@ class DPOConfig:
         n_prompts, group_size, temperature, max_new_tokens, max_pairs_per_group: the pairs: ``group_size``
             samples of each of ``n_prompts`` distinct training problems, labelled by the oracle.
         rounds: 1 = offline DPO; > 1 = iterative DPO with fresh pairs from the current policy each round.
-        grad_clip: max gradient norm (None: none).
-        out, device, checkpoint_every, eval_n, eval_every: as in the other trainers.
+        eval_n: held-out problems for the before/after evaluation.
+        (and the run fields of :class:`~rlcourse.train.common.RunConfig`: ``grad_clip``, ``out``,
+        ``device``, ``checkpoint_every``, ``eval_every``, ``threads``)
     """
 
     loss_type: str = "sigmoid"
@@ -103,12 +105,7 @@ class DPOConfig:
     max_new_tokens: int | None = None
     max_pairs_per_group: int | None = None
     rounds: int = 1
-    grad_clip: float | None = 1.0
-    out: str | None = None
-    device: str | None = None
-    checkpoint_every: int = 50
     eval_n: int = EVAL_N
-    eval_every: int = 0
 
     def __post_init__(self):
         validate_common(self)
@@ -176,6 +173,7 @@ def sample_pairs(cfg: DPOConfig, model, tokenizer, task, round_: int) -> list:
     return pairs
 
 
+@uses_cpu_threads
 def train_dpo(cfg: DPOConfig | None = None, model=None, tokenizer=None, *, task=None, pairs: list | None = None,
               progress: bool = True, callback=None) -> TrainResult:
     """Train ``model`` (default: the cached SFT start) with DPO or IPO on oracle pairs; see the module docstring.
@@ -262,16 +260,12 @@ def train_dpo(cfg: DPOConfig | None = None, model=None, tokenizer=None, *, task=
                "round": float(round_), "lr": lr, "grad_norm": grad_norm.item(),
                "step_seconds": time.perf_counter() - t0}
         seconds += row["step_seconds"]
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+        if due(step, cfg.eval_every):
             row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
-        history.append(row)
-        if callback is not None:
-            callback(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['reward_accuracy']:.2f}", refresh=False)
-        if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            run.save(step + 1, {"model": model}, {"opt": opt}, history,
-                     {"before": before, "seconds": seconds, "pairs_seconds": pairs_seconds})
+        run.end_step(step, row, history, cfg, bar=bar, callback=callback, modules={"model": model},
+                     optimizers={"opt": opt},
+                     extra={"before": before, "seconds": seconds, "pairs_seconds": pairs_seconds},
+                     postfix={"loss": f"{row['loss']:.3f}", "acc": f"{row['reward_accuracy']:.2f}"})
     bar.close()
 
     after = evaluate_policy(model, tokenizer, task, cfg.eval_n)

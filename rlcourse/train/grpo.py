@@ -60,8 +60,9 @@ from rlcourse.advantages import dr_grpo_advantages, grpo_advantages
 from rlcourse.kl import KL_ESTIMATORS
 from rlcourse.lm.rollout import encode_completions, position_ids_from_mask, response_logprobs_from_logits
 from rlcourse.losses import grpo_loss
-from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, cpu_threads, default_max_new_tokens,
-                                   evaluate_policy, held_out_accuracy, sample_groups, validate_common, start_policy)
+from rlcourse.train.common import (EVAL_N, RunConfig, RunDir, TrainResult, check_finite, default_max_new_tokens, due,
+                                   evaluate_policy, held_out_accuracy, sample_groups, start_policy, uses_cpu_threads,
+                                   validate_common)
 from rlcourse.train.common import progress as progress_bar
 
 VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo")
@@ -74,7 +75,7 @@ EPS = {"grpo": (0.2, 0.2), "dr_grpo": (0.2, 0.2), "dapo": (0.2, 0.28), "gspo": (
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(RunConfig):
     """Configuration of :func:`train_grpo`.
 
     Attributes:
@@ -94,12 +95,9 @@ class GRPOConfig:
         dynamic_sampling: drop zero-variance groups and resample; None -> ``variant == "dapo"``.
         max_sampling_rounds: generation rounds per step for dynamic sampling.
         overlong_buffer: DAPO's L_cache (tokens); None -> 1 for dapo, 0 (off) otherwise.
-        grad_clip: max gradient norm (None: no clipping).
-        out, device, checkpoint_every: run directory, device, checkpoint period.
         eval_n: held-out problems for the before/after evaluation.
-        eval_every: if > 0, held-out greedy accuracy every ``eval_every`` steps (``eval_accuracy``).
-        threads: torch intra-op threads on the CPU (None: torch's setting); see
-            :func:`rlcourse.train.common.cpu_threads` (when 1 thread is faster).
+        (and the run fields of :class:`~rlcourse.train.common.RunConfig`: ``grad_clip``, ``out``,
+        ``device``, ``checkpoint_every``, ``eval_every``, ``threads``)
     """
 
     variant: str = "grpo"
@@ -120,13 +118,7 @@ class GRPOConfig:
     dynamic_sampling: bool | None = None
     max_sampling_rounds: int = 3
     overlong_buffer: int | None = None
-    grad_clip: float | None = 1.0
-    out: str | None = None
-    device: str | None = None
-    checkpoint_every: int = 50
     eval_n: int = EVAL_N
-    eval_every: int = 0
-    threads: int | None = None
 
     def __post_init__(self):
         validate_common(self)
@@ -361,6 +353,7 @@ def grpo_update(model, opt, batch: dict, cfg: GRPOConfig, ref, max_new_tokens: i
     return first
 
 
+@uses_cpu_threads
 def train_grpo(cfg: GRPOConfig | None = None, model=None, tokenizer=None, *, task=None, progress: bool = True,
                callback=None) -> TrainResult:
     """Train ``model`` (default: the cached SFT start) with GRPO or one of its variants.
@@ -376,18 +369,9 @@ def train_grpo(cfg: GRPOConfig | None = None, model=None, tokenizer=None, *, tas
     see :func:`rows_that_matter`), ``grad_norm``, ``step_seconds``, and ``eval_accuracy`` every
     ``eval_every`` steps. The clip statistics are over the rows trained on.
     """
-    from rlcourse.lm import pick_device
-
-    cfg = cfg or GRPOConfig()
-    device = pick_device(cfg.device) if cfg.device is not None or model is None else next(model.parameters()).device
-    with cpu_threads(cfg.threads, device):
-        return _train_grpo(cfg, model, tokenizer, task, progress, callback)
-
-
-def _train_grpo(cfg: GRPOConfig, model, tokenizer, task, progress: bool, callback) -> TrainResult:
     from rlcourse.lm import save_model
 
-
+    cfg = cfg or GRPOConfig()
     model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task, progress=progress)
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     ref = None
@@ -419,15 +403,10 @@ def _train_grpo(cfg: GRPOConfig, model, tokenizer, task, progress: bool, callbac
             row.update(grpo_update(model, opt, batch, cfg, ref, max_new, step))
         row["step_seconds"] = time.perf_counter() - t0
         seconds += row["step_seconds"]
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+        if due(step, cfg.eval_every):
             row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
-        history.append(row)
-        if callback is not None:
-            callback(row)
-        bar.update(1)
-        bar.set_postfix(reward=f"{row['reward_mean']:.2f}", refresh=False)
-        if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            run.save(step + 1, modules, {"opt": opt}, history, {"before": before, "seconds": seconds})
+        run.end_step(step, row, history, cfg, bar=bar, callback=callback, modules=modules, optimizers={"opt": opt},
+                     extra={"before": before, "seconds": seconds}, postfix={"reward": f"{row['reward_mean']:.2f}"})
     bar.close()
 
     after = evaluate_policy(model, tokenizer, task, cfg.eval_n)

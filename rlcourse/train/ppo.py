@@ -71,9 +71,9 @@ from rlcourse.lm import batch_rewards, generate
 from rlcourse.lm.rollout import position_ids_from_mask, response_logprobs_from_logits
 from rlcourse.logprobs import entropy_from_logits, masked_mean, masked_var, masked_whiten
 from rlcourse.losses import AdaptiveKLController, FixedKLController, entropy_bonus, ppo_clip_loss, value_loss
-from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, default_max_new_tokens,
-                                   evaluate_policy, held_out_accuracy, problems_for_step, step_generator,
-                                   validate_common, start_policy)
+from rlcourse.train.common import (EVAL_N, RunConfig, RunDir, TrainResult, check_finite, default_max_new_tokens, due,
+                                   evaluate_policy, held_out_accuracy, problems_for_step, start_policy,
+                                   step_generator, uses_cpu_threads, validate_common)
 from rlcourse.train.common import progress as progress_bar
 from rlcourse.train.grpo import policy_forward
 from rlcourse.train.reward_model import RewardModel
@@ -86,7 +86,7 @@ CRITIC_DEFAULTS = {"separate": {"critic_lr": 3e-4, "vf_coef": 0.5}, "shared": {"
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(RunConfig):
     """Configuration of :func:`train_ppo`.
 
     Attributes:
@@ -114,8 +114,9 @@ class PPOConfig:
         entropy_coef: weight of the entropy bonus, >= 0.
         ppo_epochs, minibatches: passes over each rollout, minibatches per pass.
         whiten_advantages: normalise the advantages over the batch's tokens.
-        grad_clip: max gradient norm of each model (None: none).
-        out, device, checkpoint_every, eval_n, eval_every: as in the other trainers.
+        eval_n: held-out problems for the before/after evaluation.
+        (and the run fields of :class:`~rlcourse.train.common.RunConfig`: ``grad_clip``, ``out``,
+        ``device``, ``checkpoint_every``, ``eval_every``, ``threads``)
     """
 
     reward: str = "rule"
@@ -144,12 +145,7 @@ class PPOConfig:
     ppo_epochs: int = 2
     minibatches: int = 2
     whiten_advantages: bool = True
-    grad_clip: float | None = 1.0
-    out: str | None = None
-    device: str | None = None
-    checkpoint_every: int = 50
     eval_n: int = EVAL_N
-    eval_every: int = 0
 
     def __post_init__(self):
         validate_common(self)
@@ -286,6 +282,7 @@ def rollout_scores(cfg: PPOConfig, ro, answers, reward_model) -> tuple[torch.Ten
     return scores, rule
 
 
+@uses_cpu_threads
 def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=None, reward_model=None,
               progress: bool = True, callback=None) -> TrainResult:
     """Train ``model`` (default: the cached SFT start) with PPO; see the module docstring.
@@ -418,16 +415,11 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
                "advantages_mean": float(masked_mean(advantages, mask)), "explained_variance": explained,
                "completion_length": float(mask.sum(-1).mean()), "step_seconds": time.perf_counter() - t0}
         seconds += row["step_seconds"]
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+        if due(step, cfg.eval_every):
             row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
-        history.append(row)
-        if callback is not None:
-            callback(row)
-        bar.update(1)
-        bar.set_postfix(acc=f"{row['accuracy']:.2f}", kl=f"{row['kl']:.3f}", refresh=False)
-        if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            run.save(step + 1, modules, optimizers, history, {"before": before, "seconds": seconds,
-                                                               "beta": kl_ctl.value})
+        run.end_step(step, row, history, cfg, bar=bar, callback=callback, modules=modules, optimizers=optimizers,
+                     extra={"before": before, "seconds": seconds, "beta": kl_ctl.value},
+                     postfix={"acc": f"{row['accuracy']:.2f}", "kl": f"{row['kl']:.3f}"})
     bar.close()
 
     after = evaluate_policy(model, tokenizer, task, cfg.eval_n)

@@ -37,8 +37,9 @@ from rlcourse import _validate as V
 from rlcourse.advantages import dr_grpo_advantages, rloo_advantages
 from rlcourse.logprobs import AGGREGATIONS, entropy_from_logits, masked_mean
 from rlcourse.losses import policy_gradient_loss
-from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, cpu_threads, default_max_new_tokens,
-                                   evaluate_policy, held_out_accuracy, sample_groups, validate_common, start_policy)
+from rlcourse.train.common import (EVAL_N, RunConfig, RunDir, TrainResult, check_finite, default_max_new_tokens, due,
+                                   evaluate_policy, held_out_accuracy, sample_groups, start_policy, uses_cpu_threads,
+                                   validate_common)
 from rlcourse.train.common import progress as progress_bar
 from rlcourse.train.grpo import policy_forward
 
@@ -46,7 +47,7 @@ BASELINES = ("none", "mean", "rloo")
 
 
 @dataclass
-class ReinforceConfig:
+class ReinforceConfig(RunConfig):
     """Configuration of :func:`train_reinforce`.
 
     Attributes:
@@ -57,8 +58,9 @@ class ReinforceConfig:
         max_new_tokens: completion length limit (None: the task's longest answer + 2).
         temperature: sampling temperature (log-probs are those of logits / temperature).
         aggregation: reduction of the per-token surrogate (default: the unbiased ``seq_mean_token_sum``).
-        grad_clip: max gradient norm (None: none).
-        out, device, checkpoint_every, eval_n, eval_every, threads: as in :class:`rlcourse.train.grpo.GRPOConfig`.
+        eval_n: held-out problems for the before/after evaluation.
+        (and the run fields of :class:`~rlcourse.train.common.RunConfig`: ``grad_clip``, ``out``,
+        ``device``, ``checkpoint_every``, ``eval_every``, ``threads``)
     """
 
     baseline: str = "rloo"
@@ -71,13 +73,7 @@ class ReinforceConfig:
     max_new_tokens: int | None = None
     temperature: float = 1.0
     aggregation: str = "seq_mean_token_sum"
-    grad_clip: float | None = 1.0
-    out: str | None = None
-    device: str | None = None
-    checkpoint_every: int = 50
     eval_n: int = EVAL_N
-    eval_every: int = 0
-    threads: int | None = None
 
     def __post_init__(self):
         validate_common(self)
@@ -109,6 +105,7 @@ def reinforce_advantages(rewards: torch.Tensor, baseline: str, group_size: int) 
     return dr_grpo_advantages(rewards, group_size)
 
 
+@uses_cpu_threads
 def train_reinforce(cfg: ReinforceConfig | None = None, model=None, tokenizer=None, *, task=None,
                     progress: bool = True, callback=None) -> TrainResult:
     """Train ``model`` (default: the cached SFT start) with REINFORCE; see the module docstring.
@@ -117,18 +114,9 @@ def train_reinforce(cfg: ReinforceConfig | None = None, model=None, tokenizer=No
     reward 1), ``loss``, ``advantage_abs_mean``, ``entropy``, ``completion_length``,
     ``grad_norm``, ``step_seconds``, and ``eval_accuracy`` every ``eval_every`` steps.
     """
-    from rlcourse.lm import pick_device
-
-    cfg = cfg or ReinforceConfig()
-    device = pick_device(cfg.device) if cfg.device is not None or model is None else next(model.parameters()).device
-    with cpu_threads(cfg.threads, device):
-        return _train_reinforce(cfg, model, tokenizer, task, progress, callback)
-
-
-def _train_reinforce(cfg: ReinforceConfig, model, tokenizer, task, progress: bool, callback) -> TrainResult:
     from rlcourse.lm import save_model
 
-
+    cfg = cfg or ReinforceConfig()
     model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task, progress=progress)
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -164,15 +152,11 @@ def _train_reinforce(cfg: ReinforceConfig, model, tokenizer, task, progress: boo
                "completion_length": float(ro.response_mask.sum(-1).mean()), "grad_norm": grad_norm.item(),
                "step_seconds": time.perf_counter() - t0}
         seconds += row["step_seconds"]
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+        if due(step, cfg.eval_every):
             row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
-        history.append(row)
-        if callback is not None:
-            callback(row)
-        bar.update(1)
-        bar.set_postfix(reward=f"{row['reward_mean']:.2f}", refresh=False)
-        if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            run.save(step + 1, {"model": model}, {"opt": opt}, history, {"before": before, "seconds": seconds})
+        run.end_step(step, row, history, cfg, bar=bar, callback=callback, modules={"model": model},
+                     optimizers={"opt": opt}, extra={"before": before, "seconds": seconds},
+                     postfix={"reward": f"{row['reward_mean']:.2f}"})
     bar.close()
 
     after = evaluate_policy(model, tokenizer, task, cfg.eval_n)

@@ -76,8 +76,8 @@ from rlcourse import _validate as V
 from rlcourse.lm import encode_completions, generate, make_preference_pairs, pick_device
 from rlcourse.lm.rollout import position_ids_from_mask
 from rlcourse.preference import bradley_terry_loss
-from rlcourse.train.common import (RunDir, TrainResult, check_finite, default_max_new_tokens, start_policy,
-                                   step_generator, validate_common)
+from rlcourse.train.common import (RunConfig, RunDir, TrainResult, check_finite, default_max_new_tokens, due,
+                                   start_policy, step_generator, uses_cpu_threads, validate_common)
 from rlcourse.train.common import progress as progress_bar
 
 HEAD_FILE = "head.safetensors"
@@ -373,7 +373,7 @@ def pair_accuracy(rm: RewardModel, tokenizer, pairs: Sequence[dict], batch_size:
 # -- training ----------------------------------------------------------------------------------
 
 @dataclass
-class RewardModelConfig:
+class RewardModelConfig(RunConfig):
     """Configuration of :func:`train_reward_model`.
 
     Attributes:
@@ -385,9 +385,10 @@ class RewardModelConfig:
         eval_prompts: held-out problems whose sampled pairs measure the held-out pairwise accuracy.
         margin: Bradley–Terry margin (0: the plain BT loss).
         normalize: shift the head's bias so that the training responses score 0 on average.
-        grad_clip, weight_decay: optimizer details.
-        out, device, checkpoint_every: run directory, device, steps between checkpoints.
-        eval_every: held-out pair accuracy every this many steps (0: only before and after).
+        weight_decay: AdamW's.
+        eval_every (of :class:`~rlcourse.train.common.RunConfig`): here, held-out *pair* accuracy.
+        (and the run fields of :class:`~rlcourse.train.common.RunConfig`: ``grad_clip``, ``out``,
+        ``device``, ``checkpoint_every``, ``eval_every``, ``threads``)
     """
 
     preset: str = "tiny"
@@ -407,12 +408,8 @@ class RewardModelConfig:
     sft_coef: float = 1.0
     margin: float = 0.0
     normalize: bool = True
-    grad_clip: float | None = 1.0
     weight_decay: float = 0.0
-    out: str | None = None
-    device: str | None = None
     checkpoint_every: int = 100
-    eval_every: int = 0
 
     def __post_init__(self):
         validate_common(self)
@@ -466,6 +463,7 @@ def make_pair_data(cfg: RewardModelConfig, model, tokenizer, task, run: RunDir |
     return data
 
 
+@uses_cpu_threads
 def train_reward_model(cfg: RewardModelConfig | None = None, model=None, tokenizer=None, *, task=None,
                        pairs: dict | None = None, progress: bool = True, callback=None) -> TrainResult:
     """Train a Bradley–Terry reward model on oracle pairs sampled from ``model`` (default: the SFT start).
@@ -541,15 +539,11 @@ def train_reward_model(cfg: RewardModelConfig | None = None, model=None, tokeniz
         seconds += row["step_seconds"]
         if cfg.sft_coef > 0:
             row["sft_loss"] = nll.item()
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+        if due(step, cfg.eval_every):
             row["held_out_pair_accuracy"] = pair_accuracy(rm, tokenizer, held_pairs)["pair_accuracy"]
-        history.append(row)
-        if callback is not None:
-            callback(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}", refresh=False)
-        if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            run.save(step + 1, {"reward_model": rm}, {"opt": opt}, history, {"before": before, "seconds": seconds})
+        run.end_step(step, row, history, cfg, bar=bar, callback=callback, modules={"reward_model": rm},
+                     optimizers={"opt": opt}, extra={"before": before, "seconds": seconds},
+                     postfix={"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.2f}"})
     bar.close()
 
     score_mean, score_std = normalize_scores(rm, tokenizer, train_pairs, shift=cfg.normalize)

@@ -50,8 +50,8 @@ from rlcourse.lm import (ArithmeticTask, build_tokenizer, encode_completions, lo
                          sequence_logprobs, sft_examples)
 from rlcourse.lm.model import build_model
 from rlcourse.logprobs import aggregate
-from rlcourse.train.common import (EVAL_N, RunDir, TrainResult, check_finite, cpu_threads, evaluate_policy, set_seed,
-                                   validate_common)
+from rlcourse.train.common import (EVAL_N, RunConfig, RunDir, TrainResult, check_finite, due, evaluate_policy,
+                                   held_out_accuracy, set_seed, uses_cpu_threads, validate_common)
 from rlcourse.train.common import progress as progress_bar
 
 #: Bump when the recipe changes in a way the config hash would not see (invalidates the cache).
@@ -69,7 +69,7 @@ def cache_dir() -> Path:
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(RunConfig):
     """Configuration of :func:`train_sft` (defaults: the course's SFT start).
 
     Attributes:
@@ -79,18 +79,15 @@ class SFTConfig:
         lr: peak learning rate (AdamW), reached after ``warmup_steps`` linear steps, then a
             cosine decay to ``lr * min_lr_ratio``.
         batch_size: demonstrations per step (fresh training-split problems every step).
-        weight_decay, betas, grad_clip: AdamW and gradient-norm clipping.
+        weight_decay, betas: AdamW.
         wrong_fraction: share of demonstrations whose answer is off by one of ``offsets``.
         offsets: the errors of the wrong demonstrations; ``(1,)`` = "answer plus one".
         clean_steps: the first ``clean_steps`` steps use only correct demonstrations
             (capability first), the rest use the ``wrong_fraction`` mixture.
-        out: run directory (checkpoints, history, ``final/``), or None.
-        device: None -> :func:`rlcourse.lm.pick_device`.
-        checkpoint_every: steps between checkpoints (when ``out`` is set).
         eval_n: held-out problems for the before/after evaluation.
         eval_before: evaluate the untrained model too (it scores 0; skipping saves time).
-        threads: torch intra-op threads while training on the CPU (None: torch's setting); see
-            :func:`rlcourse.train.common.cpu_threads` (when 1 thread is faster).
+        (and the run fields of :class:`~rlcourse.train.common.RunConfig`: ``grad_clip``, ``out``,
+        ``device``, ``checkpoint_every``, ``eval_every``, ``threads``)
     """
 
     preset: str = "tiny"
@@ -102,16 +99,12 @@ class SFTConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.98)
-    grad_clip: float = 1.0
     wrong_fraction: float = 0.55
     offsets: tuple = (1,)
     clean_steps: int = 0
-    out: str | None = None
-    device: str | None = None
     checkpoint_every: int = 500
     eval_n: int = EVAL_N
     eval_before: bool = False
-    threads: int | None = None
 
     def __post_init__(self):
         validate_common(self)
@@ -157,6 +150,7 @@ def sft_loss(model, tokenizer, examples: list[dict], device) -> torch.Tensor:
     return aggregate(-logp, batch.response_mask, "token_mean")
 
 
+@uses_cpu_threads
 def train_sft(cfg: SFTConfig | None = None, *, task: ArithmeticTask | None = None, progress: bool = True,
               callback=None) -> TrainResult:
     """Train the SFT start from scratch (or resume it from ``cfg.out``); see the module docstring.
@@ -173,11 +167,6 @@ def train_sft(cfg: SFTConfig | None = None, *, task: ArithmeticTask | None = Non
     cfg = cfg or SFTConfig()
     task = task or default_task()
     device = pick_device(cfg.device)
-    with cpu_threads(cfg.threads, device):
-        return _train_sft(cfg, task, device, progress, callback)
-
-
-def _train_sft(cfg: SFTConfig, task: ArithmeticTask, device, progress: bool, callback) -> TrainResult:
     set_seed(cfg.seed)
     tokenizer = build_tokenizer()
     model = build_model(cfg.preset, len(tokenizer), cfg.seed, tokenizer=tokenizer).to(device)
@@ -205,14 +194,11 @@ def _train_sft(cfg: SFTConfig, task: ArithmeticTask, device, progress: bool, cal
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         opt.step()
         row = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
-        history.append(row)
-        if callback is not None:
-            callback(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
-        if run.enabled and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            run.save(step + 1, {"model": model}, {"opt": opt}, history,
-                     {"before": before, "seconds": seconds + time.perf_counter() - t0})
+        if due(step, cfg.eval_every):
+            row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
+        run.end_step(step, row, history, cfg, bar=bar, callback=callback, modules={"model": model},
+                     optimizers={"opt": opt}, extra={"before": before, "seconds": seconds + time.perf_counter() - t0},
+                     postfix={"loss": f"{row['loss']:.3f}"})
     bar.close()
     seconds += time.perf_counter() - t0
 
@@ -230,7 +216,7 @@ def _train_sft(cfg: SFTConfig, task: ArithmeticTask, device, progress: bool, cal
 def config_hash(cfg: SFTConfig, task: ArithmeticTask) -> str:
     """A short hash of everything that determines the trained weights (not ``out``/``device``/eval)."""
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "checkpoint_every", "eval_n",
-                                                               "eval_before", "threads")}
+                                                               "eval_before", "eval_every", "threads")}
     blob = json.dumps({"cfg": keep, "task": asdict(task), "version": RECIPE_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
