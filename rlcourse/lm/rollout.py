@@ -127,6 +127,20 @@ def _check_common(group_size, max_new_tokens, temperature):
     V.positive("temperature", temperature)
 
 
+def _cache_kwarg(model) -> str:
+    """The name under which this model's ``forward`` takes a KV cache: ``cache`` since
+    transformers 5.2x (``past_key_values`` is deprecated there, and warns), ``past_key_values``
+    before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    """The KV cache a forward pass returned, read without the deprecated ``past_key_values`` name."""
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -177,13 +191,14 @@ def generate(model, tokenizer, prompts: Sequence[str], group_size: int = 1, max_
     rmask = torch.zeros(N, max_new_tokens, device=device)
     done = torch.zeros(N, dtype=torch.bool, device=device)
     was_training = model.training
+    cache_kw = _cache_kwarg(model)
     model.eval()
     try:
         # Prefill once per prompt, then copy the KV cache G times: the G members of a group
         # share their prompt, so this saves (G-1)/G of the prompt's compute.
         pos_b = position_ids_from_mask(att_b)
         out = model(input_ids=ids_b, attention_mask=att_b, position_ids=pos_b, use_cache=True, logits_to_keep=1)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        cache, logits = _cache_of(out), out.logits[:, -1]
         if group_size > 1:
             if hasattr(cache, "batch_repeat_interleave"):
                 cache.batch_repeat_interleave(group_size)
@@ -191,7 +206,7 @@ def generate(model, tokenizer, prompts: Sequence[str], group_size: int = 1, max_
             else:  # a cache type without batch operations: prefill every row
                 out = model(input_ids=ids, attention_mask=att, position_ids=position_ids_from_mask(att),
                             use_cache=True, logits_to_keep=1)
-                cache, logits = out.past_key_values, out.logits[:, -1]
+                cache, logits = _cache_of(out), out.logits[:, -1]
         active = torch.arange(N, device=device)  # rows still in the batch fed to the model
         step_att = att
         next_pos = pos_b[:, -1:].repeat_interleave(group_size, 0) + 1
@@ -222,8 +237,8 @@ def generate(model, tokenizer, prompts: Sequence[str], group_size: int = 1, max_
                 active, tok, step_att, next_pos = active[idx], tok[idx], step_att[idx], next_pos[idx]
             step_att = torch.cat([step_att, step_att.new_ones(active.numel(), 1)], 1)
             out = model(input_ids=tok[:, None], attention_mask=step_att, position_ids=next_pos,
-                        past_key_values=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1]
+                        use_cache=True, **{cache_kw: cache})
+            cache, logits = _cache_of(out), out.logits[:, -1]
             next_pos = next_pos + 1
     finally:
         model.train(was_training)

@@ -47,10 +47,11 @@ def figures_dir() -> Path:
 def save(fig: "plt.Figure", name: str, directory: str | Path | None = None) -> Path:
     """Save ``fig`` as ``<directory>/<name>.png`` (small: DPI 90) and return the path.
 
-    ``directory`` defaults to :func:`figures_dir`."""
+    ``directory`` defaults to :func:`figures_dir`. The PNG carries no run-dependent metadata (no
+    "Software" version stamp), so regenerating an unchanged figure rewrites the same bytes."""
     path = Path(directory or figures_dir()) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     return path
 
 
