@@ -369,7 +369,10 @@ def _config_yml(title: str) -> dict:
         "repository": {"url": "", "path_to_book": "", "branch": "main"},
         "sphinx": {
             "extra_extensions": ["sphinx_exercise"],
+            "recursive_update": True,
             "config": {
+                # no second search field in a header bar above the book's own sidebar
+                "html_theme_options": {"navbar_persistent": []},
                 # MathJax 3 from _static (a relative path is taken from there), not a CDN; it is
                 # copied in after the build, not staged in the sources' _static, where Jupyter Book
                 # would add every .js file to every page
