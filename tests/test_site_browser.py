@@ -27,6 +27,7 @@ from sitekit import CHECK_HTML, Server, check_page, chromium_path, make_course, 
 pytestmark = pytest.mark.skipif(chromium_path() is None and not os.environ.get("CI"),
                                 reason="chromium is not installed (CI installs it and runs these tests)")
 
+REPO = Path(__file__).resolve().parents[1]
 RAW_TEX = re.compile(r"\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{|\$[^$\s][^$]*\\[A-Za-z]+[^$]*\$")
 
 
@@ -100,6 +101,9 @@ def test_index_page_loads_offline_and_its_figures_decode(served, tmp_path):
     assert report["url"].endswith("/site/README.html"), report["url"]
     assert_offline_and_loaded(report, server, base)
     assert report["text"].count("rlcourse") > 3
+    readme_images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (REPO / "README.md").read_text())
+    shown = [i["src"] for i in report["images"] if "/_images/" in i["src"]]
+    assert len(shown) == len(readme_images), (readme_images, shown)  # every README image, decoded (checked above)
     assert_not_blank(screenshot(server, "/site/README.html", tmp_path / "index.png"))
 
 
