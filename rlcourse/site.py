@@ -348,7 +348,9 @@ def site_sources(root: Path | str = ROOT) -> dict[str, list[str]]:
         "Course": course,
         "Lectures": [f"notebooks/{p.name}" for p in sorted((root / "notebooks").glob("*.ipynb"))],
         "Labs": [f"labs/student/{p.name}" for p in sorted((root / "labs" / "student").glob("*.ipynb"))],
-        "Problem sets": [f"problems/{p.name}" for p in sorted((root / "problems").glob("*.md"))],
+        # an index.md of the problem sets comes first: the part's landing page, the sets below it
+        "Problem sets": [f"problems/{p.name}" for p in sorted((root / "problems").glob("*.md"),
+                                                              key=lambda p: (p.name != "index.md", p.name))],
     }
     return {k: v for k, v in parts.items() if v}
 
@@ -382,17 +384,26 @@ def _config_yml(title: str) -> dict:
                 "togglebutton_hint": "Show solution",
                 "togglebutton_hint_hide": "Hide solution",
                 "nb_execution_mode": "off",
-                "suppress_warnings": ["myst.header", "mystnb.unknown_mime_type"],
+                # the table of contents is _toc.yml: a {toctree} in a page (problems/index.md has one, for
+                # builds of that folder alone) is ignored
+                "suppress_warnings": ["myst.header", "mystnb.unknown_mime_type", "etoc.toctree"],
             },
         },
     }
 
 
 def _toc_yml(parts: dict[str, list[str]]) -> dict:
+    """The table of contents: one part per entry of ``parts``; a part whose first file is an
+    ``index.md`` gets it as its one chapter, with the other files as its sections."""
     def stem(p):
         return str(Path(p).with_suffix(""))
+
+    def chapters(files):
+        if len(files) > 1 and Path(files[0]).name == "index.md":
+            return [{"file": stem(files[0]), "sections": [{"file": stem(p)} for p in files[1:]]}]
+        return [{"file": stem(p)} for p in files]
     return {"format": "jb-book", "root": "README",
-            "parts": [{"caption": cap, "chapters": [{"file": stem(p)} for p in files]} for cap, files in parts.items()]}
+            "parts": [{"caption": cap, "chapters": chapters(files)} for cap, files in parts.items()]}
 
 
 _LINK = re.compile(r"\]\(([^()\s#]+)(?:#[^()\s]*)?\)")
@@ -435,6 +446,20 @@ def _stage(root: Path, stage: Path, parts: dict[str, list[str]]) -> None:
     (stage / "_toc.yml").write_text(yaml.safe_dump(_toc_yml(parts), sort_keys=False))
 
 
+_LOCAL_ID = re.compile(r"local id not found in doc '([^']+)': '([^']+)'")
+
+
+def _anchor_exists(out: Path, warning: str) -> bool:
+    """MyST warns about a link ``doc.md#id`` unless ``id`` is a heading's slug, although the link
+    is written and works when the page has the id from an HTML anchor (``<a id="id"></a>``, as
+    REFERENCES.md has for GitHub): such a warning is dropped if the built page has the id."""
+    m = _LOCAL_ID.search(warning)
+    if not m:
+        return False
+    page = out / f"{m.group(1)}.html"
+    return page.is_file() and f'id="{m.group(2)}"' in page.read_text(encoding="utf-8")
+
+
 def build_site(out: Path | str | None = None, root: Path | str = ROOT, quiet: bool = True) -> SiteResult:
     """Build the course website into ``out`` (default ``build/site``) with Jupyter Book 1; the
     notebooks are rendered with their stored outputs, never executed. Open ``out/index.html``."""
@@ -459,7 +484,8 @@ def build_site(out: Path | str | None = None, root: Path | str = ROOT, quiet: bo
                 stage, out, path_config=str(stage / "_config.yml"), doctreedir=Path(tmp) / "doctrees",
                 confoverrides={"external_toc_path": (stage / "_toc.yml").as_posix(), "latex_individualpages": False},
                 noconfig=True, quiet=quiet, freshenv=True)
-        result.warnings = [ln for ln in log.getvalue().splitlines() if "WARNING" in ln or "ERROR" in ln]
+        result.warnings = [ln for ln in log.getvalue().splitlines()
+                           if ("WARNING" in ln or "ERROR" in ln) and not _anchor_exists(out, ln)]
         if status != 0:
             raise RuntimeError(f"the site build failed ({status!r}):\n{log.getvalue()[-4000:]}")
     copy_mathjax(out / "_static" / "mathjax")

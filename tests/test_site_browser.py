@@ -91,6 +91,7 @@ def test_site_has_a_page_per_notebook_and_the_lecture_pages(served):
     server, base, built = served
     res = built["site"]
     assert len(res.notebook_pages) >= 10, res.pages
+    assert res.warnings == [], res.warnings
     for nb in res.notebook_pages:
         assert (base / "site" / nb).with_suffix(".html").is_file(), nb
 
@@ -141,6 +142,20 @@ def test_problem_set_solutions_are_folded_behind_a_button(served):
     sol = report["solutions"][0]
     assert sol["button"] and not sol["body_visible"], sol
     assert "SOLUTION-BODY-MARK" in (base / "sample" / "problems" / "01_sample.html").read_text()
+
+
+def test_the_courses_problem_sets_fold_every_solution(served):
+    server, base, built = served
+    sets = [p for p in built["site"].pages.get("Problem sets", []) if not p.endswith("index.md")]
+    if not sets:
+        pytest.skip("the repository has no problem sets yet (problems/NN_*.md)")
+    page = "/site/" + sets[0].replace(".md", ".html")
+    report = check_page(server, "/check.html", page)
+    assert_typeset(report, min_equations=5)
+    assert_offline_and_loaded(report, server, base)
+    assert len(report["solutions"]) >= 3, page
+    for sol in report["solutions"]:
+        assert sol["button"] and not sol["body_visible"], (page, sol)
 
 
 def test_sample_notebook_page_shows_stored_outputs(served):
