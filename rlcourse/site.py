@@ -384,9 +384,7 @@ def _config_yml(title: str) -> dict:
                 "togglebutton_hint": "Show solution",
                 "togglebutton_hint_hide": "Hide solution",
                 "nb_execution_mode": "off",
-                # the table of contents is _toc.yml: a {toctree} in a page (problems/index.md has one, for
-                # builds of that folder alone) is ignored
-                "suppress_warnings": ["myst.header", "mystnb.unknown_mime_type", "etoc.toctree"],
+                "suppress_warnings": ["myst.header", "mystnb.unknown_mime_type"],
             },
         },
     }
@@ -404,6 +402,16 @@ def _toc_yml(parts: dict[str, list[str]]) -> dict:
         return [{"file": stem(p)} for p in files]
     return {"format": "jb-book", "root": "README",
             "parts": [{"caption": cap, "chapters": chapters(files)} for cap, files in parts.items()]}
+
+
+_TOCTREE = re.compile(r"^(`{3,}|:{3,})\{toctree\}.*?^\1[ \t]*\n?", re.MULTILINE | re.DOTALL)
+
+
+def strip_toctrees(text: str) -> str:
+    """A page's own ``{toctree}`` blocks removed (in the staged copy): the site's table of contents
+    is its ``_toc.yml``, and a page's toctree (problems/index.md has one, for a build of that
+    folder alone) would list its pages a second time in the navigation."""
+    return _TOCTREE.sub("", text)
 
 
 _LINK = re.compile(r"\]\(([^()\s#]+)(?:#[^()\s]*)?\)")
@@ -435,7 +443,10 @@ def _stage(root: Path, stage: Path, parts: dict[str, list[str]]) -> None:
     files = ["README.md"] + [p for ps in parts.values() for p in ps]
     for rel in files:
         (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / rel, stage / rel)
+        if rel.endswith(".md"):
+            (stage / rel).write_text(strip_toctrees((root / rel).read_text(encoding="utf-8")), encoding="utf-8")
+        else:
+            shutil.copy2(root / rel, stage / rel)
     for d in ("figures", "docs"):  # images README and the pages point at
         if (root / d).is_dir():
             shutil.copytree(root / d, stage / d, dirs_exist_ok=True)

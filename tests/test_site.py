@@ -230,3 +230,16 @@ def test_local_asset_check_rejects_a_cdn_script(tmp_path):
     page.write_text('<img src="missing.png">')
     with pytest.raises(AssertionError, match="not a file"):
         assert_all_local(page)
+
+
+def test_a_pages_own_toctree_is_dropped_and_a_problem_index_leads_its_part(tmp_path):
+    text = "# Sets\n\nintro\n\n```{toctree}\n:hidden:\n\n01_a\n```\n\nafter\n\n:::{toctree}\n02_b\n:::\n"
+    assert site.strip_toctrees(text) == "# Sets\n\nintro\n\n\nafter\n\n"
+    assert site.strip_toctrees("```python\n{toctree}\n```\n") == "```python\n{toctree}\n```\n"  # code untouched
+    root = make_course(tmp_path / "c")
+    (root / "problems" / "index.md").write_text("# Problem sets\n\n```{toctree}\n01_sample\n```\n")
+    parts = site.site_sources(root)
+    assert parts["Problem sets"] == ["problems/index.md", "problems/01_sample.md"]
+    toc = site._toc_yml(parts)
+    problems = [p for p in toc["parts"] if p["caption"] == "Problem sets"][0]
+    assert problems["chapters"] == [{"file": "problems/index", "sections": [{"file": "problems/01_sample"}]}]
