@@ -30,8 +30,8 @@ ATOL = 1e-6
 def _grpo_inputs(seed: int, B: int = 6, T: int = 7, P: int = 3):
     g = torch.Generator().manual_seed(seed)
     logp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3 - 0.01
-    logp_old = logp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)  # many ratios outside [0.8, 1.2]
-    logp_ref = logp + 0.5 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    logp_old = (logp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=-1e-3)  # many ratios outside [0.8, 1.2]
+    logp_ref = (logp + 0.5 * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=-1e-3)
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     lengths[0] = T
     mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
@@ -146,7 +146,7 @@ def test_grpo_two_sided_clip_delta_equals_trl(loss_type, level):
     adv = torch.tensor([1.0, -1.0, 0.5, -2.0, 1.5, -0.7], dtype=logp.dtype)
     # rows with A < 0 moved up by about e^0.6 = 1.8 > delta, so the two-sided bound is active
     shift = torch.tensor([0.0, 0.6, 0.0, 0.6, 0.0, 0.6], dtype=logp.dtype)[:, None]
-    logp_old = logp - shift + 0.5 * torch.randn(logp.shape, generator=g, dtype=logp.dtype)
+    logp_old = (logp - shift + 0.5 * torch.randn(logp.shape, generator=g, dtype=logp.dtype)).clamp(max=-1e-3)
     delta = 1.5
     num_items = 2 * int(mask.sum())
     extra = _our_normalisers(loss_type, 9, num_items)
