@@ -262,7 +262,7 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: fl
     ``eps_high=float("inf")``. ``eps_high=None`` means ``eps_low``'s value (TRL's ``epsilon_high``).
 
     Args:
-        ratio: (B, T) importance ratios (>= 0).
+        ratio: (B, T) importance ratios (>= 0) (any shape, with advantages of the same shape).
         advantages: (B,), (B, 1) or (B, T); detached.
         eps_low: in (0, 1) (default 0.2, PPO's and TRL's), or None / >= 1 for no lower clip.
         eps_high: > 0, inf (no upper clip), or None (= eps_low).
@@ -271,7 +271,7 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: fl
     Returns:
         (B, T) per-token losses.
     """
-    V.tensor("ratio", ratio, ndim=2)
+    V.tensor("ratio", ratio)
     if ratio.numel() and float(ratio.detach().min()) < 0:
         raise ValueError(f"ratio must be >= 0, min entry {float(ratio.min()):.3g} (shape {tuple(ratio.shape)})")
     adv = _check_advantages(advantages, ratio, "ratio")
