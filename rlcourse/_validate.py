@@ -42,12 +42,20 @@ def tensor(name: str, x, *, ndim: int | Sequence[int] | None = None, finite: boo
                 f"got shape {tuple(x.shape)}"
             )
     if finite and x.is_floating_point() and x.numel():
-        lo, hi = torch.aminmax(x.detach()) if x.dim() else (x.detach(), x.detach())
-        lo, hi = float(lo), float(hi)
+        lo, hi = _minmax(x)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf), shape {tuple(x.shape)}")
     return x
+
+
+def _minmax(x: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of a non-empty tensor in one reduction and one host sync (NaN propagates)."""
+    x = x.detach()
+    if x.dim() == 0:
+        v = float(x)
+        return v, v
+    return tuple(torch.stack(torch.aminmax(x)).tolist())
 
 
 def nonempty(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -91,8 +99,7 @@ def logprobs(name: str, x, *, ndim: int | Sequence[int] | None = None) -> torch.
                          f"(token ids or counts?)")
     tensor(name, x, ndim=ndim, finite=False)
     if x.numel():
-        lo, hi = torch.aminmax(x.detach()) if x.dim() else (x.detach(), x.detach())
-        lo, hi = float(lo), float(hi)
+        lo, hi = _minmax(x)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf), shape {tuple(x.shape)}")
@@ -119,12 +126,25 @@ def mask(name: str, m: torch.Tensor, *, like: torch.Tensor | None = None, like_n
     tensor(name, m, finite=False)
     if like is not None and tuple(m.shape) != tuple(like.shape):
         raise ValueError(f"{name} has shape {tuple(m.shape)} but {like_name} has shape {tuple(like.shape)}")
-    if m.dtype != torch.bool and m.numel():
-        # m (1 - m) is 0 exactly for 0 and 1 (and NaN for NaN): one pass instead of two comparisons
-        if bool((m * (1 - m)).any()):
+    if m.numel() == 0:
+        if nonempty:
+            raise ValueError(f"{name} is empty (shape {tuple(m.shape)}): nothing to average over")
+        return m
+    if m.dtype == torch.bool:
+        any_one = bool(m.sum() > 0) if nonempty else True
+    else:
+        # One reduction for the range, one for the rest: on [0, 1], m (1 - m) >= 0 with equality
+        # exactly at 0 and 1, so its sum is 0 iff every entry is 0 or 1 (NaN fails the range).
+        lo, hi = torch.stack(torch.aminmax(m.detach())).tolist()
+        ok = lo >= 0 and hi <= 1
+        if ok and m.is_floating_point():
+            flat = m.detach().reshape(-1)
+            ok = float(torch.dot(flat, 1 - flat)) == 0.0
+        if not ok:
             vals = torch.unique(m.detach().flatten())[:5].tolist()
             raise ValueError(f"{name} must contain only 0 and 1, found values such as {vals}")
-    if nonempty and not bool(m.any()):
+        any_one = hi == 1
+    if nonempty and not any_one:
         raise ValueError(f"{name} is all zeros (shape {tuple(m.shape)}): nothing to average over")
     return m
 
