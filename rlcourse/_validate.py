@@ -2,19 +2,38 @@
 
 Every check raises ``ValueError`` that names the argument and says what was seen, so
 that a wrong shape or a bad mask fails loudly instead of broadcasting into a silent NaN.
+
+Validation happens once, at the boundary: a public function checks its arguments and then
+calls unchecked private helpers (``_name``) for the arithmetic, so a loss built from several
+primitives does not re-check the same tensor at every level. Each check costs one reduction
+over the tensor (``aminmax``) and one host synchronisation;
+``benchmarks/validation_overhead.py`` measures the total against the arithmetic.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
 
+def _is_number(value) -> bool:
+    """A real number, not a bool (``True`` is an ``int`` in Python, but never a discount or a coefficient)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def tensor(name: str, x, *, ndim: int | Sequence[int] | None = None, finite: bool = True) -> torch.Tensor:
-    """Check that ``x`` is a tensor (optionally of a given rank) with only finite values."""
+    """Check that ``x`` is a tensor (optionally of a given rank) with only finite values.
+
+    Meta-device tensors (shapes without data) are rejected here, with the argument's name,
+    rather than failing later inside ``.item()``.
+    """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta-device tensor (shape {tuple(x.shape)}, no data); "
+                         f"materialise it (e.g. .to('cpu')) before calling")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.dim() not in allowed:
@@ -22,9 +41,71 @@ def tensor(name: str, x, *, ndim: int | Sequence[int] | None = None, finite: boo
                 f"{name} must have {' or '.join(map(str, allowed))} dimension(s), "
                 f"got shape {tuple(x.shape)}"
             )
-    if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf), shape {tuple(x.shape)}")
+    if finite and x.is_floating_point() and x.numel():
+        lo, hi = _minmax(x)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf), shape {tuple(x.shape)}")
+    return x
+
+
+def _minmax(x: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of a non-empty tensor in one reduction and one host sync (NaN propagates)."""
+    x = x.detach()
+    if x.dim() == 0:
+        v = float(x)
+        return v, v
+    return tuple(torch.stack(torch.aminmax(x)).tolist())
+
+
+def nonempty(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Check that ``x`` has at least one element (a mean over nothing is 0/0)."""
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): nothing to compute a loss over")
+    return x
+
+
+def logprob_tolerance(dtype: torch.dtype) -> float:
+    """Rounding slack for "log-probabilities are <= 0", by dtype: 4 machine epsilons.
+
+    (bf16: 0.031, float16: 0.0039, float32: 4.8e-7, float64: 8.9e-16.)
+    """
+    if not dtype.is_floating_point:
+        return 0.0
+    return 4 * torch.finfo(dtype).eps
+
+
+def normalisation_tolerance(dtype: torch.dtype, vocab: int) -> float:
+    """Slack for ``|logsumexp(logp)| = 0`` of a log-softmax over ``vocab`` entries, by dtype.
+
+    Each entry of a log-softmax computed with machine epsilon u carries a relative rounding
+    error of about u, so its logsumexp is off by up to about (4 + log V) u: bf16 (u = 2^-7)
+    needs ~0.05, which a fixed 1e-4 would wrongly reject. Floors: 1e-4 for 16/32-bit floats
+    (logits of magnitude ~100 lose that much in float32), 1e-8 for float64.
+    """
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    floor = 1e-8 if dtype == torch.float64 else 1e-4
+    return max(floor, (4 + math.log(max(vocab, 1))) * eps)
+
+
+def logprobs(name: str, x, *, ndim: int | Sequence[int] | None = None) -> torch.Tensor:
+    """Check a tensor of log-probabilities: floating point, finite, every entry <= 0 (up to rounding).
+
+    Integer tensors and positive entries are rejected: both are a sign that token ids,
+    probabilities or logits were passed where log-probs are expected.
+    """
+    if isinstance(x, torch.Tensor) and x.device.type != "meta" and not x.is_floating_point():
+        raise ValueError(f"{name} must be floating-point log-probabilities, got dtype {x.dtype} "
+                         f"(token ids or counts?)")
+    tensor(name, x, ndim=ndim, finite=False)
+    if x.numel():
+        lo, hi = _minmax(x)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf), shape {tuple(x.shape)}")
+        if hi > logprob_tolerance(x.dtype):
+            raise ValueError(f"{name} must be log-probabilities (<= 0), but its largest entry is {hi:.4g} "
+                             f"(logits or probabilities?)")
     return x
 
 
@@ -42,27 +123,59 @@ def mask(name: str, m: torch.Tensor, *, like: torch.Tensor | None = None, like_n
 
     ``nonempty`` requires at least one 1 (a mean over it would otherwise be 0/0).
     """
-    tensor(name, m)
+    tensor(name, m, finite=False)
     if like is not None and tuple(m.shape) != tuple(like.shape):
         raise ValueError(f"{name} has shape {tuple(m.shape)} but {like_name} has shape {tuple(like.shape)}")
-    if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
-        vals = torch.unique(m.detach().flatten())[:5].tolist()
-        raise ValueError(f"{name} must contain only 0 and 1, found values such as {vals}")
-    if nonempty and not bool(m.any()):
+    if m.numel() == 0:
+        if nonempty:
+            raise ValueError(f"{name} is empty (shape {tuple(m.shape)}): nothing to average over")
+        return m
+    if m.dtype == torch.bool:
+        any_one = bool(m.sum() > 0) if nonempty else True
+    else:
+        # One reduction for the range, one for the rest: on [0, 1], m (1 - m) >= 0 with equality
+        # exactly at 0 and 1, so its sum is 0 iff every entry is 0 or 1 (NaN fails the range).
+        lo, hi = torch.stack(torch.aminmax(m.detach())).tolist()
+        ok = lo >= 0 and hi <= 1
+        if ok and m.is_floating_point():
+            flat = m.detach().reshape(-1)
+            ok = float(torch.dot(flat, 1 - flat)) == 0.0
+        if not ok:
+            vals = torch.unique(m.detach().flatten())[:5].tolist()
+            raise ValueError(f"{name} must contain only 0 and 1, found values such as {vals}")
+        any_one = hi == 1
+    if nonempty and not any_one:
         raise ValueError(f"{name} is all zeros (shape {tuple(m.shape)}): nothing to average over")
     return m
 
 
-def positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    if not isinstance(value, (int, float)) or value != value:
+def number(name: str, value) -> float:
+    """A real number (int or float, not bool, not NaN); infinities are allowed here."""
+    if not _is_number(value) or value != value:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def finite_number(name: str, value) -> float:
+    """A finite real number (not bool)."""
+    v = number(name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def positive(name: str, value: float, *, allow_zero: bool = False, allow_inf: bool = True) -> float:
+    if not _is_number(value) or value != value:
         raise ValueError(f"{name} must be a number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if not allow_inf and math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value}")
     return float(value)
 
 
 def in_range(name: str, value: float, low: float, high: float, *, closed: bool = True) -> float:
-    if not isinstance(value, (int, float)) or value != value:
+    if not _is_number(value) or value != value:
         raise ValueError(f"{name} must be a number, got {value!r}")
     ok = low <= value <= high if closed else low < value < high
     if not ok:
@@ -72,13 +185,13 @@ def in_range(name: str, value: float, low: float, high: float, *, closed: bool =
 
 
 def choice(name: str, value: str, options: Sequence[str]) -> str:
-    if value not in options:
+    if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")
     return value
 
 
 def group_size(name: str, g: int, batch: int, *, minimum: int = 2) -> int:
-    if not isinstance(g, int) or g < minimum:
+    if not isinstance(g, int) or isinstance(g, bool) or g < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {g!r}")
     if batch % g != 0:
         raise ValueError(f"{name}={g} does not divide the batch size {batch}")

@@ -30,6 +30,8 @@ def _per_token(rewards: torch.Tensor, mask: torch.Tensor, gamma: float, values: 
         check.same_shape(rewards=rewards, values=values)
     check.mask("mask", mask, like=rewards, like_name="rewards")
     check.in_range("gamma", gamma, 0.0, 1.0)
+    if rewards.shape[1] == 0:
+        raise ValueError(f"rewards has no time steps (shape {tuple(rewards.shape)}): T must be >= 1")
 
 
 def _per_sequence(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -296,3 +298,68 @@ def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: fl
     """
     returns = reward_to_go(rewards, mask, gamma)
     return masked_whiten(returns, mask, shift_mean=True, eps=eps)
+
+
+#: Group normalisers by name (:func:`group_advantages`). TRL 1.16 ``scale_rewards``:
+#: "group" = ``zscore`` (its eps is 1e-4), "none" = ``mean``.
+GROUP_NORMALIZERS = ("zscore", "mean", "std", "maxrl", "none", "rloo")
+
+#: Default eps of :func:`group_advantages`, per normaliser. TRL 1.16's GRPOTrainer uses
+#: ``(r - mean) / (std + 1e-4)``; the course uses 1e-6 (as :func:`grpo_advantages` always did;
+#: pass ``eps=1e-4`` to reproduce TRL). MaxRL's eps guards a group mean of 0.
+GROUP_EPS = {"zscore": 1e-6, "std": 1e-6, "maxrl": 1e-6}
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, normalizer: str = "zscore",
+                     eps: float | None = None) -> torch.Tensor:
+    r"""Group-relative advantages of GRPO-style methods, the normaliser chosen by name.
+
+    With :math:`\bar r_g` and :math:`\sigma_g` the mean and the unbiased std of the group of
+    :math:`r_i` (G consecutive rows):
+
+    .. math::
+
+        \hat{A}_i = \begin{cases}
+            (r_i - \bar r_g) / (\sigma_g + \epsilon)  & \text{zscore (GRPO, Shao et al. 2024; TRL scale\_rewards="group")} \\
+            r_i - \bar r_g                            & \text{mean (Dr. GRPO, Liu et al. 2025; TRL scale\_rewards="none")} \\
+            r_i / (\sigma_g + \epsilon)               & \text{std (scale only, no centring)} \\
+            (r_i - \bar r_g) / (\bar r_g + \epsilon)  & \text{maxrl (divide by the group mean + eps)} \\
+            r_i                                       & \text{none (the raw reward)} \\
+            \frac{G}{G-1}(r_i - \bar r_g)             & \text{rloo (Kool et al. 2019; Ahmadian et al. 2024)}
+        \end{cases}
+
+    :math:`\epsilon` sits outside the square root (as in TRL). A group of equal rewards gets
+    exactly 0 for every normaliser that centres (zscore, mean, maxrl, rloo).
+
+    Args:
+        rewards: (B,) sequence rewards, groups of ``group_size`` consecutive rows.
+        group_size: :math:`G \ge 2`, dividing B.
+        normalizer: one of :data:`GROUP_NORMALIZERS`.
+        eps: :math:`\epsilon \ge 0`; default :data:`GROUP_EPS` (1e-6; TRL uses 1e-4).
+
+    Returns:
+        (B,) advantages.
+    """
+    check.choice("normalizer", normalizer, GROUP_NORMALIZERS)
+    grouped = _per_sequence(rewards, group_size)
+    if eps is None:
+        eps = GROUP_EPS.get(normalizer, 0.0)
+    eps = check.positive("eps", eps, allow_zero=True, allow_inf=False)
+    if normalizer == "none":
+        return rewards.clone()
+    if normalizer == "rloo":
+        return rloo_advantages(rewards, group_size)
+    mean = grouped.mean(dim=1, keepdim=True)
+    if normalizer == "std":
+        return (grouped / (grouped.std(dim=1, keepdim=True) + eps)).reshape(-1)
+    centred = grouped - mean
+    if normalizer == "zscore":
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    elif normalizer == "maxrl":
+        denom = mean + eps
+        if bool((denom == 0).any()):
+            raise ValueError("maxrl: a group mean + eps is 0 (rewards averaging to -eps); "
+                             "maxrl expects non-negative rewards")
+        centred = centred / denom
+    centred = torch.where(_constant_groups(grouped), torch.zeros_like(centred), centred)
+    return centred.reshape(-1)

@@ -15,19 +15,55 @@ import sys
 import time
 
 
-def _fmt(x) -> str:
+def _fmt(x, width: int = 12) -> str:
+    """A value in at most ``width`` characters: numbers to 4 significant digits, lists as [first, …](n)."""
     if isinstance(x, str):
-        return x
-    if isinstance(x, list):
-        head = ", ".join(f"{v:.4g}" for v in x[:3])
-        return f"[{head}{', …' if len(x) > 3 else ''}] ({len(x)})"
-    if isinstance(x, float):
-        return f"{x:.6g}"
-    return str(x)
+        out = x
+    elif isinstance(x, list):
+        out = f"[{x[0]:.2g}…]({len(x)})" if x else "[]"
+    elif isinstance(x, float):
+        out = f"{x:.4g}"
+    else:
+        out = str(x)
+    return out if len(out) <= width else out[: width - 1] + "…"
 
 
-def _cut(s: str, n: int) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"
+#: Short names of the check kinds in the table (the JSON keeps the full names).
+KIND_ABBREV = {"exact": "exact", "monte_carlo": "MC", "negative_control": "neg", "symbolic": "sym",
+               "inequality": "ineq", "error": "ERROR"}
+TABLE_WIDTH = 100
+
+
+def verify_table(results, elapsed: float) -> list[str]:
+    """The verify report as lines of at most ``TABLE_WIDTH`` characters; check names wrap, never cut."""
+    import textwrap
+
+    check_w = 54
+    lines = [f"{'kind':<5} {'check':<{check_w}} {'expected':<12} {'observed':<12} status",
+             "-" * TABLE_WIDTH]
+    rows = [c for _, checks, _ in results for c in checks]
+    for d, checks, secs in results:
+        head = f"{d.name} [{d.source or 'checker'}] {len(checks)} checks, {secs:.2f} s"
+        lines.extend(textwrap.wrap(head, TABLE_WIDTH, subsequent_indent="    "))
+        for c in checks:
+            status = "ok" if c.passed else "FAIL"
+            if c.kind == "negative_control":
+                status = "rejected" if c.passed else "FAIL:accepted"
+            name = textwrap.wrap(c.check, check_w) or [""]
+            lines.append(f"{KIND_ABBREV.get(c.kind, c.kind):<5} {name[0]:<{check_w}} {_fmt(c.expected):<12} "
+                         f"{_fmt(c.observed):<12} {status}")
+            lines.extend(f"{'':<5} {more}" for more in name[1:])
+    failed = [c for c in rows if not c.passed]
+    kinds = {k: sum(c.kind == k for c in rows) for k in KIND_ABBREV}
+    lines.append("-" * TABLE_WIDTH)
+    summary = (f"{len(results)} derivations, {len(rows)} checks "
+               f"({', '.join(f'{v} {k}' for k, v in kinds.items() if v)}); "
+               f"{len(rows) - len(failed)} passed, {len(failed)} failed; {elapsed:.1f} s")
+    lines.extend(textwrap.wrap(summary, TABLE_WIDTH))
+    for c in failed:
+        lines.extend(textwrap.wrap(f"FAILED {c.derivation}: {c.check} (error {c.error}, tolerance {c.tolerance}) "
+                                   f"{c.detail}", TABLE_WIDTH, subsequent_indent="    "))
+    return lines
 
 
 def cmd_verify(args) -> int:
@@ -40,31 +76,15 @@ def cmd_verify(args) -> int:
         print(f"rlcourse verify: {e}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - t0
-    rows = [c for _, checks, _ in results for c in checks]
-    failed = [c for c in rows if not c.passed]
+    rows = [(d, c) for d, checks, _ in results for c in checks]
+    failed = [c for _, c in rows if not c.passed]
     if args.json:
         keys = ("derivation", "check", "kind", "expected", "observed", "tolerance", "passed")
-        print(json.dumps([{k: getattr(c, k) for k in keys} | {"error": c.error, "detail": c.detail}
-                          for c in rows], indent=1))
+        print(json.dumps([{k: getattr(c, k) for k in keys} | {"source": d.source, "error": c.error,
+                                                               "detail": c.detail}
+                          for d, c in rows], indent=1))
         return 1 if failed else 0
-
-    header = f"{'derivation':<24} {'seeds':<16} {'kind':<16} {'check':<52} {'expected':<26} {'observed':<26} {'tolerance':<10} status"
-    print(header)
-    print("-" * len(header))
-    for d, checks, secs in results:
-        for c in checks:
-            tol = c.tolerance if isinstance(c.tolerance, str) else f"{c.tolerance:.2g}"
-            status = "ok" if c.passed else "FAIL"
-            if c.kind == "negative_control":
-                status = "rejected" if c.passed else "FAIL (accepted)"
-            print(f"{d.name:<24} {_cut(d.seeds, 16):<16} {c.kind:<16} {_cut(c.check, 52):<52} "
-                  f"{_cut(_fmt(c.expected), 26):<26} {_cut(_fmt(c.observed), 26):<26} {tol:<10} {status}")
-    kinds = {k: sum(c.kind == k for c in rows) for k in ("exact", "monte_carlo", "negative_control", "symbolic")}
-    print("-" * len(header))
-    print(f"{len(results)} derivations, {len(rows)} checks ({', '.join(f'{v} {k}' for k, v in kinds.items())}); "
-          f"{len(rows) - len(failed)} passed, {len(failed)} failed; {elapsed:.1f} s")
-    for c in failed:
-        print(f"FAILED {c.derivation}: {c.check} (error {c.error}, tolerance {c.tolerance}) {c.detail}")
+    print("\n".join(verify_table(results, elapsed)))
     return 1 if failed else 0
 
 

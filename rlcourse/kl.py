@@ -15,25 +15,26 @@ from __future__ import annotations
 import torch
 
 from rlcourse import _validate as V
-from rlcourse.ratios import LOG_RATIO_CLAMP
 
 __all__ = ["kl_categorical", "kl_k1", "kl_k2", "kl_k3", "KL_ESTIMATORS", "kl_estimate"]
 
 
 def _check_normalised(name: str, logp: torch.Tensor) -> None:
-    V.tensor(name, logp)
+    """Log-probs of full distributions along the last dim: <= 0 and logsumexp = 0, with a
+    tolerance by dtype (a bf16 log-softmax is accepted; see ``_validate.normalisation_tolerance``)."""
+    V.logprobs(name, logp)
     logp = logp.detach()
     if logp.dim() == 0:
         raise ValueError(f"{name} must have a last (vocabulary) dimension, got a scalar")
-    if bool((logp > 1e-6).any()):
-        raise ValueError(f"{name} must be log-probabilities (<= 0); max entry {float(logp.max()):.3g}")
-    s = torch.logsumexp(logp, dim=-1)
+    if logp.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(logp.shape)})")
+    s = torch.logsumexp(logp.double(), dim=-1)
     worst = float(s.abs().max())
-    tol = 1e-4 if logp.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-8
+    tol = V.normalisation_tolerance(logp.dtype, logp.shape[-1])
     if worst > tol:
         raise ValueError(
-            f"{name} (shape {tuple(logp.shape)}) is not normalised along the last dim: "
-            f"|logsumexp| reaches {worst:.3g}; pass log_softmax(...) output"
+            f"{name} (shape {tuple(logp.shape)}, {logp.dtype}) is not normalised along the last dim: "
+            f"|logsumexp| reaches {worst:.3g} (tolerance {tol:.2g} for this dtype); pass log_softmax(...) output"
         )
 
 
@@ -58,8 +59,8 @@ def kl_categorical(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 
 def _log_r(logp, logp_ref) -> torch.Tensor:
-    V.tensor("logp", logp)
-    V.tensor("logp_ref", logp_ref)
+    V.logprobs("logp", logp)
+    V.logprobs("logp_ref", logp_ref)
     V.same_shape(logp=logp, logp_ref=logp_ref)
     return logp_ref - logp
 
@@ -101,7 +102,7 @@ def kl_k2(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     return 0.5 * _log_r(logp, logp_ref) ** 2
 
 
-def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
+def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor, *, clamp: float | None = None) -> torch.Tensor:
     r"""k3 estimator of KL(pi || ref) from tokens sampled from pi (Schulman 2020; GRPO's KL term).
 
     .. math::
@@ -109,19 +110,26 @@ def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
         k_3 = (r - 1) - \log r, \qquad r = \frac{\pi_{\text{ref}}(y)}{\pi(y)},\; y \sim \pi
 
     Unbiased (E_pi[r] = 1) and >= 0 since log r <= r - 1 (computed as ``expm1(log r) - log r``,
-    floored at 0 against rounding, so it is >= 0 in floating point too). Numerical safety: log r is
-    clamped to ``[-20, 20]`` (``LOG_RATIO_CLAMP``) before ``exp``, so the value stays
-    finite (at most e^20 - 21); entries where the clamp is active get zero gradient.
+    which keeps tiny values accurate and is >= 0 in floating point too). No value is clamped:
+    ``clamp=c`` (opt-in) clips log r to ``[-c, c]`` first (zero gradient where active).
 
     Args:
         logp, logp_ref: (B, T) log-probs under the sampling policy and the reference.
+        clamp: None (default) or c > 0.
 
     Returns:
         (B, T) per-token estimates, all >= 0.
     """
-    log_r = torch.clamp(_log_r(logp, logp_ref), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    # expm1 keeps (r - 1) accurate for tiny log r; clamp_min(0) removes the last rounding error
-    return (torch.expm1(log_r) - log_r).clamp_min(0.0)
+    log_r = _log_r(logp, logp_ref)
+    if clamp is not None:
+        c = V.positive("clamp", clamp, allow_inf=False)
+        log_r = torch.clamp(log_r, -c, c)
+    return _k3(log_r)
+
+
+def _k3(log_r: torch.Tensor) -> torch.Tensor:
+    """Unchecked k3 of a log-ratio log r = log ref - log pi."""
+    return torch.expm1(log_r) - log_r
 
 
 #: Estimator name -> function, for configuration by name.

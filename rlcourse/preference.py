@@ -68,10 +68,11 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin=
         scalar loss.
     """
     _pair("r_chosen", r_chosen, "r_rejected", r_rejected)
+    V.nonempty("r_chosen", r_chosen)
     if isinstance(margin, torch.Tensor):
         V.tensor("margin", margin)
         V.same_shape(r_chosen=r_chosen, margin=margin)
-    elif not isinstance(margin, (int, float)) or margin != margin or abs(margin) == float("inf"):
+    elif not V._is_number(margin) or margin != margin or abs(margin) == float("inf"):
         raise ValueError(f"margin must be a finite number or a tensor, got {margin!r}")
     return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
 
@@ -91,7 +92,7 @@ def implicit_reward(logp: torch.Tensor, logp_ref: torch.Tensor, beta: float) -> 
         (B,) rewards.
     """
     _pair("logp", logp, "logp_ref", logp_ref)
-    beta = V.positive("beta", beta)
+    beta = V.positive("beta", beta, allow_inf=False)
     return beta * (logp - logp_ref)
 
 
@@ -139,9 +140,10 @@ def dpo_loss(policy_chosen_logp: torch.Tensor, policy_rejected_logp: torch.Tenso
     for name, x in names.items():
         V.tensor(name, x, ndim=1)
     V.same_shape(**names)
-    beta = V.positive("beta", beta)
+    V.nonempty("policy_chosen_logp", policy_chosen_logp)
+    beta = V.positive("beta", beta, allow_inf=False)
     V.choice("loss_type", loss_type, DPO_LOSS_TYPES)
-    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 0.5:
+    if not V._is_number(label_smoothing) or not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing!r}")
     if label_smoothing != 0.0 and loss_type in ("ipo", "hinge"):
         raise ValueError(f"label_smoothing={label_smoothing} has no meaning for loss_type={loss_type!r}")
@@ -182,7 +184,7 @@ def kl_regularized_optimum(ref_logprobs: torch.Tensor, rewards: torch.Tensor, be
     _check_normalised("ref_logprobs", ref_logprobs)
     V.tensor("rewards", rewards)
     V.same_shape(ref_logprobs=ref_logprobs, rewards=rewards)
-    beta = V.positive("beta", beta)
+    beta = V.positive("beta", beta, allow_inf=False)
     return torch.log_softmax(ref_logprobs + rewards / beta, dim=-1)
 
 

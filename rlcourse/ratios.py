@@ -8,11 +8,11 @@ Three levels, from the finest to the coarsest, all built from the per-token log-
 * trajectory level: the product of the token ratios, the exact likelihood ratio of the
   whole response (the one the importance-sampling identity needs).
 
-Numerical safety: a log-ratio is clamped to ``[-LOG_RATIO_CLAMP, +LOG_RATIO_CLAMP]``
-(20, so ``exp`` stays below 5e8 even in float32) before it is exponentiated. Entries
-that hit the clamp get a zero gradient (``torch.clamp`` is flat there); that is what one
-wants from a token whose probability has moved by a factor of e^20, and it never changes
-a ratio in the ordinary range. Pass ``clamp=None`` to switch it off.
+No value is changed silently: by default the log-ratio is exponentiated as it is (so
+exp(30) is 1.07e13, and a log-ratio above ~88 overflows float32 to inf, which the trainers'
+non-finite-loss check then reports). A stabiliser is opt-in: ``clamp=c`` clips the log-ratio to
+``[-c, c]`` before ``exp`` (zero gradient where active), and :func:`clamped_fraction` says how
+many entries it touched, which the losses report in their stats.
 """
 
 from __future__ import annotations
@@ -20,25 +20,52 @@ from __future__ import annotations
 import torch
 
 from rlcourse import _validate as V
-from rlcourse.logprobs import masked_mean, masked_sum
+from rlcourse.logprobs import _masked_sum
 
-__all__ = ["LOG_RATIO_CLAMP", "log_ratio", "token_ratio", "sequence_ratio", "trajectory_ratio"]
+__all__ = ["LOG_RATIO_CLAMP", "log_ratio", "token_ratio", "sequence_ratio", "trajectory_ratio",
+           "clamped_fraction"]
 
-#: Log-ratios are clamped to ``[-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP]`` before ``exp``.
+#: A conventional value for the opt-in ``clamp`` (e^20 ~ 4.85e8 stays finite in float32).
+#: Not applied unless passed: the default of every function here is ``clamp=None``.
 LOG_RATIO_CLAMP = 20.0
 
 
-def _check_pair(logp, logp_old) -> None:
-    V.tensor("logp", logp)
-    V.tensor("logp_old", logp_old)
+def _check_pair(logp, logp_old, ndim=None) -> None:
+    V.logprobs("logp", logp, ndim=ndim)
+    V.logprobs("logp_old", logp_old, ndim=ndim)
     V.same_shape(logp=logp, logp_old=logp_old)
 
 
-def _clamped_exp(x: torch.Tensor, clamp: float | None) -> torch.Tensor:
+def _check_clamp(clamp) -> float | None:
+    return None if clamp is None else V.positive("clamp", clamp, allow_inf=False)
+
+
+def _exp(x: torch.Tensor, clamp: float | None) -> torch.Tensor:
+    """Unchecked exp, with the opt-in clamp of the exponent."""
+    return torch.exp(x) if clamp is None else torch.exp(torch.clamp(x, -clamp, clamp))
+
+
+def clamped_fraction(log_ratios: torch.Tensor, mask: torch.Tensor | None, clamp: float | None) -> float:
+    r"""Fraction of (masked) log-ratios that a clamp at ``[-clamp, clamp]`` changes (0.0 when ``clamp`` is None).
+
+    .. math::
+
+        f = \frac{\sum_t m_t\,\mathbb{1}[|\log\rho_t| > c]}{\sum_t m_t}
+    """
+    V.tensor("log_ratios", log_ratios)
+    if mask is not None:
+        V.mask("mask", mask, like=log_ratios, like_name="log_ratios", nonempty=True)
+    return _clamped_fraction(log_ratios, mask, _check_clamp(clamp))
+
+
+def _clamped_fraction(lr, mask, clamp) -> float:
     if clamp is None:
-        return torch.exp(x)
-    V.positive("clamp", clamp)
-    return torch.exp(torch.clamp(x, -clamp, clamp))
+        return 0.0
+    hit = (lr.detach().abs() > clamp).to(lr.dtype)
+    if mask is None:
+        return float(hit.mean())
+    m = mask.to(lr.dtype)
+    return float((hit * m).sum() / m.sum())
 
 
 def log_ratio(logp: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
@@ -48,10 +75,8 @@ def log_ratio(logp: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
 
         \log \rho_t = \log \pi_\theta(y_t \mid s_t) - \log \pi_{\text{old}}(y_t \mid s_t)
 
-    Not clamped (a log-ratio is always finite for finite inputs).
-
     Args:
-        logp: (B, T) log-probs of the sampled tokens under the current policy.
+        logp: (B, T) log-probs of the sampled tokens under the current policy (<= 0, floating).
         logp_old: (B, T) log-probs of the same tokens under the sampling policy.
 
     Returns:
@@ -61,29 +86,30 @@ def log_ratio(logp: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
     return logp - logp_old
 
 
-def token_ratio(logp: torch.Tensor, logp_old: torch.Tensor, *, clamp: float | None = LOG_RATIO_CLAMP
-                ) -> torch.Tensor:
+def token_ratio(logp: torch.Tensor, logp_old: torch.Tensor, *, clamp: float | None = None) -> torch.Tensor:
     r"""Per-token importance ratio (PPO, Schulman et al. 2017; GRPO, Shao et al. 2024).
 
     .. math::
 
         \rho_t = \frac{\pi_\theta(y_t \mid s_t)}{\pi_{\text{old}}(y_t \mid s_t)}
-               = \exp\big(\operatorname{clamp}(\log\pi_\theta - \log\pi_{\text{old}}, -20, 20)\big)
+               = \exp\big(\log\pi_\theta - \log\pi_{\text{old}}\big)
 
-    The clamp (``LOG_RATIO_CLAMP``) keeps the ratio finite; clamped entries have zero
-    gradient. ``clamp=None`` disables it.
+    ``clamp=c`` (opt-in) clips the log-ratio to ``[-c, c]`` first; clipped entries have zero
+    gradient. The default changes no value.
 
     Args:
         logp, logp_old: (B, T) log-probs under the current and the sampling policy.
+        clamp: None (default) or c > 0.
 
     Returns:
         (B, T) ratios.
     """
-    return _clamped_exp(log_ratio(logp, logp_old), clamp)
+    _check_pair(logp, logp_old)
+    return _exp(logp - logp_old, _check_clamp(clamp))
 
 
 def sequence_ratio(logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor, *,
-                   clamp: float | None = LOG_RATIO_CLAMP) -> torch.Tensor:
+                   clamp: float | None = None) -> torch.Tensor:
     r"""Sequence-level importance ratio of GSPO (Zheng et al. 2025): the geometric mean of token ratios.
 
     .. math::
@@ -91,25 +117,37 @@ def sequence_ratio(logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tenso
         s_i = \Big(\frac{\pi_\theta(y_i \mid x)}{\pi_{\text{old}}(y_i \mid x)}\Big)^{1/|y_i|}
             = \exp\Big(\frac{1}{|y_i|}\sum_{t} m_{i,t}\,\log\rho_{i,t}\Big)
 
-    The mean log-ratio is clamped to ``[-20, 20]`` before ``exp`` (``LOG_RATIO_CLAMP``;
-    zero gradient where the clamp is active; ``clamp=None`` disables it). The gradient
-    flows through the mean, as in GSPO and TRL's ``importance_sampling_level="sequence"``.
+    The gradient flows through the mean, as in GSPO and TRL's ``importance_sampling_level="sequence"``.
+    ``clamp=c`` (opt-in) clips the mean log-ratio to ``[-c, c]`` first.
 
     Args:
         logp, logp_old: (B, T) log-probs under the current and the sampling policy.
         mask: (B, T) 0/1 response mask; every row needs at least one 1.
+        clamp: None (default) or c > 0.
 
     Returns:
         (B,) one ratio per sequence.
     """
-    lr = log_ratio(logp, logp_old)
-    V.tensor("logp", logp, ndim=2)
+    _check_pair(logp, logp_old, ndim=2)
     V.mask("mask", mask, like=logp, like_name="logp", nonempty=True)
-    return _clamped_exp(masked_mean(lr, mask, dim=-1), clamp)
+    m = mask.to(logp.dtype)
+    lengths = m.sum(-1)
+    if bool((lengths == 0).any()):
+        raise ValueError(f"mask has {int((lengths == 0).sum())} all-zero row(s) (shape {tuple(mask.shape)}): "
+                         f"a sequence ratio needs at least one counted token per row")
+    return _sequence_ratio(logp, logp_old, m, _check_clamp(clamp))
+
+
+def _sequence_log_ratio(logp, logp_old, m):
+    return ((logp - logp_old) * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+
+
+def _sequence_ratio(logp, logp_old, m, clamp=None):
+    return _exp(_sequence_log_ratio(logp, logp_old, m), clamp)
 
 
 def trajectory_ratio(logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor, *,
-                     clamp: float | None = LOG_RATIO_CLAMP) -> torch.Tensor:
+                     clamp: float | None = None) -> torch.Tensor:
     r"""Trajectory importance ratio: the product of the token ratios of a response.
 
     .. math::
@@ -118,18 +156,16 @@ def trajectory_ratio(logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Ten
             = \exp\Big(\sum_t m_{i,t}\,\log\rho_{i,t}\Big)
 
     (the transition probabilities cancel: in a token-level MDP the next state is the
-    prefix plus the token). The summed log-ratio is clamped to ``[-20, 20]`` before
-    ``exp`` (``LOG_RATIO_CLAMP``; zero gradient where active) — for long responses
-    pass ``clamp=None`` in float64 when the exact product is wanted.
+    prefix plus the token). ``clamp=c`` (opt-in) clips the summed log-ratio to ``[-c, c]``.
 
     Args:
         logp, logp_old: (B, T) log-probs under the current and the sampling policy.
         mask: (B, T) 0/1 response mask.
+        clamp: None (default) or c > 0.
 
     Returns:
         (B,) one ratio per sequence.
     """
-    lr = log_ratio(logp, logp_old)
-    V.tensor("logp", logp, ndim=2)
+    _check_pair(logp, logp_old, ndim=2)
     V.mask("mask", mask, like=logp, like_name="logp")
-    return _clamped_exp(masked_sum(lr, mask, dim=-1), clamp)
+    return _exp(_masked_sum(logp - logp_old, mask, -1), _check_clamp(clamp))

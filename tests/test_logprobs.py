@@ -53,10 +53,18 @@ def test_token_logprobs_match_trl_selective_log_softmax(temperature):
 def test_entropy_matches_trl_entropy_from_logits(temperature):
     from trl.trainer.utils import entropy_from_logits as trl_entropy
 
-    logits = 3 * torch.randn(3, 5, 11, generator=torch.Generator().manual_seed(1))
+    # float64: our logsumexp form and TRL's -sum p log p agree to rounding (in float32 they
+    # differ in the last bits, ~1e-6, which is the point of choosing one form)
+    logits = 3 * torch.randn(3, 5, 11, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ours = entropy_from_logits(logits, temperature=temperature)
     assert ours.shape == (3, 5)
-    torch.testing.assert_close(ours, trl_entropy(logits / temperature), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, trl_entropy(logits / temperature), atol=1e-12, rtol=0)
+
+
+def test_entropy_of_a_token_with_underflowing_probability_is_exact():
+    # exp(-1e4) underflows to 0: the logsumexp form never forms 0 * log 0
+    logits_finite = torch.tensor([[0.0, 0.0, -1e4]], dtype=torch.float64)
+    torch.testing.assert_close(entropy_from_logits(logits_finite), torch.log(torch.tensor([2.0], dtype=torch.float64)))
 
 
 def test_token_logprobs_of_every_token_exponentiate_to_one():

@@ -18,6 +18,7 @@ from rlcourse.losses import (
     grpo_loss,
     policy_gradient_loss,
     ppo_clip_loss,
+    ppo_clip_loss_per_token,
     ppo_penalty_loss,
     value_loss,
 )
@@ -31,7 +32,7 @@ EPS = 0.2
 def _batch(seed=0, B=4, T=6, spread=0.3):
     g = torch.Generator().manual_seed(seed)
     logp = -torch.rand(B, T, generator=g, dtype=D) * 3 - 0.01
-    logp_old = logp + spread * torch.randn(B, T, generator=g, dtype=D)
+    logp_old = (logp + spread * torch.randn(B, T, generator=g, dtype=D)).clamp(max=-1e-3)  # log-probs are <= 0
     mask = torch.ones(B, T, dtype=D)
     mask[1, 4:] = 0
     mask[2, 2:] = 0
@@ -102,7 +103,7 @@ def test_dual_clip_bounds_the_loss_for_negative_advantages():
 
 
 def test_dual_clip_gradient_is_zero_beyond_the_bound():
-    logp_old = torch.tensor([[0.0, 0.0]], dtype=D) - 1
+    logp_old = torch.tensor([[0.0, 0.0]], dtype=D) - 3
     logp = (logp_old + torch.tensor([[math.log(5.0), math.log(2.0)]], dtype=D)).requires_grad_(True)
     loss = clipped_surrogate(token_ratio(logp, logp_old), torch.tensor([[-1.0, -1.0]], dtype=D), dual_clip=3.0)
     loss.sum().backward()
@@ -251,21 +252,40 @@ def test_grpo_delta_bounds_negative_advantage_loss_like_dual_clip():
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.floats(-80, 80), min_size=2, max_size=6), st.sampled_from(["token", "sequence"]),
        st.floats(-3, 3))
-def test_ppo_clip_and_grpo_finite_loss_and_gradient_for_log_ratios_up_to_80(deltas, level, a):
+def test_opt_in_log_ratio_clamp_keeps_losses_finite_for_log_ratios_up_to_80_and_counts_clamped_tokens(
+        deltas, level, a):
     d = torch.tensor([deltas, deltas[::-1]], dtype=torch.float32)
     logp_old = torch.full_like(d, -85.0)
     logp = (logp_old + d).clamp(max=-1e-3).requires_grad_(True)
     logp_ref = torch.full_like(d, -1.0) - d  # KL term with log-ratios up to +-80 as well
     mask = torch.ones_like(d)
     adv = torch.tensor([a, -a])
-    ppo, _ = ppo_clip_loss(logp, logp_old, adv, mask, ratio_level=level, dual_clip=3.0)
-    grpo, stats = grpo_loss(logp, logp_old, adv, mask, importance_level=level, beta=0.04, logp_ref=logp_ref,
-                            kl_importance_correction=True)
-    pen, _ = ppo_penalty_loss(logp, logp_old, adv, mask, beta=0.1)
+    c = 20.0
+    ppo, _ = ppo_clip_loss(logp, logp_old, adv, mask, ratio_level=level, dual_clip=3.0, log_ratio_clamp=c)
+    grpo, stats = grpo_loss(logp, logp_old, adv, mask, importance_level=level, beta=0.04, logp_ref=logp_ref.clamp(max=0),
+                            kl_importance_correction=True, log_ratio_clamp=c)
+    pen, pen_stats = ppo_penalty_loss(logp, logp_old, adv, mask, beta=0.1, log_ratio_clamp=c)
     (ppo + grpo + pen).backward()
     assert all(math.isfinite(float(x.detach())) for x in (ppo, grpo, pen))
     assert bool(torch.isfinite(logp.grad).all())
     assert all(math.isfinite(v) for v in stats.values())
+    lr = (logp - logp_old).detach()
+    expected = float((lr.abs() > c).double().mean()) if level == "token" else \
+        float((lr.mean(-1).abs() > c).double().mean())
+    assert math.isclose(stats["log_ratio_clamped"], expected, rel_tol=1e-6)
+    assert math.isclose(pen_stats["log_ratio_clamped"], float((lr.abs() > c).double().mean()), rel_tol=1e-6)
+
+
+def test_ratio_is_not_clamped_by_default_exp_30_is_1e13():
+    logp_old = torch.tensor([[-31.0, -1.0]], dtype=D)
+    logp = torch.tensor([[-1.0, -1.0]], dtype=D)
+    adv = torch.tensor([-1.0], dtype=D)
+    per_token = ppo_clip_loss_per_token(logp, logp_old, adv)
+    assert math.isclose(float(per_token[0, 0]), math.exp(30.0), rel_tol=1e-12)  # 1.07e13, not e^20 = 4.85e8
+    _, stats = grpo_loss(logp, logp_old, adv, torch.ones_like(logp))
+    assert stats["log_ratio_clamped"] == 0.0
+    _, stats = grpo_loss(logp, logp_old, adv, torch.ones_like(logp), log_ratio_clamp=20.0)
+    assert stats["log_ratio_clamped"] == 0.5
 
 
 # ----------------------------------------------------------------------------- value loss, entropy
@@ -302,8 +322,9 @@ def test_entropy_bonus_is_minus_coef_times_masked_mean():
 logp, logp_old, mask, adv = _batch()
 BAD_INPUTS = [
     ("eps_low", lambda: ppo_clip_loss(logp, logp_old, adv, mask, eps_low=0.0)),
-    ("eps_low", lambda: clipped_surrogate(torch.ones(2, 2), torch.ones(2, 2), eps_low=1.0)),
-    ("eps_high", lambda: grpo_loss(logp, logp_old, adv, mask, eps_high=1.5)),
+    ("eps_low", lambda: clipped_surrogate(torch.ones(2, 2), torch.ones(2, 2), eps_low=-0.1)),
+    ("eps_high", lambda: grpo_loss(logp, logp_old, adv, mask, eps_high=0.0)),
+    ("eps_high", lambda: grpo_loss(logp, logp_old, adv, mask, eps_high=-0.2)),
     ("dual_clip", lambda: ppo_clip_loss(logp, logp_old, adv, mask, dual_clip=1.0)),
     ("delta", lambda: grpo_loss(logp, logp_old, adv, mask, delta=1.1)),
     ("beta", lambda: grpo_loss(logp, logp_old, adv, mask, beta=-0.1, logp_ref=logp)),

@@ -18,7 +18,7 @@ D = torch.float64
 def _batch(seed=0, B=4, T=6):
     g = torch.Generator().manual_seed(seed)
     logp = -torch.rand(B, T, generator=g, dtype=D) * 3 - 0.01
-    logp_old = logp + 0.4 * torch.randn(B, T, generator=g, dtype=D)
+    logp_old = (logp + 0.4 * torch.randn(B, T, generator=g, dtype=D)).clamp(max=-1e-3)  # log-probs are <= 0
     mask = torch.ones(B, T, dtype=D)
     mask[1, 4:] = 0
     mask[2, :2] = 0  # a prompt part before the response
@@ -76,14 +76,19 @@ def test_ratios_are_one_on_policy():
         assert torch.equal(r, torch.ones_like(r))
 
 
-def test_log_ratio_clamp_caps_ratio_at_exp_20_with_zero_gradient():
+def test_opt_in_log_ratio_clamp_caps_ratio_at_exp_20_with_zero_gradient():
     logp = torch.tensor([[-0.1, -0.1, -80.1, -1.0]], requires_grad=True)
     logp_old = torch.tensor([[-80.1, -0.1, -0.1, -1.5]])
-    r = token_ratio(logp, logp_old)
+    r = token_ratio(logp, logp_old, clamp=LOG_RATIO_CLAMP)
     assert torch.allclose(r[0, :3], torch.tensor([math.exp(LOG_RATIO_CLAMP), 1.0, math.exp(-LOG_RATIO_CLAMP)]))
     r.sum().backward()
     assert logp.grad[0, 0] == 0 and logp.grad[0, 2] == 0  # clamped entries: zero gradient
     assert torch.allclose(logp.grad[0, 3], r[0, 3].detach())  # ordinary entry: d exp(x)/dx = exp(x)
+
+
+def test_default_is_no_clamp_exp_30_stays_1e13():
+    logp, logp_old = torch.tensor([[-1.0]], dtype=D), torch.tensor([[-31.0]], dtype=D)
+    assert math.isclose(float(token_ratio(logp, logp_old)), math.exp(30.0), rel_tol=1e-12)
 
 
 def test_clamp_none_gives_the_exact_ratio_in_float64():
@@ -96,13 +101,14 @@ def test_clamp_none_gives_the_exact_ratio_in_float64():
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(-80, 80), min_size=1, max_size=8))
-def test_ratios_finite_with_finite_gradient_for_log_ratios_up_to_80(deltas):
+def test_opt_in_clamp_keeps_ratios_finite_with_finite_gradient_for_log_ratios_up_to_80(deltas):
     d = torch.tensor([deltas], dtype=torch.float32)
     logp_old = torch.full_like(d, -90.0)
     logp = (logp_old + d).clamp(max=0.0).requires_grad_(True)
     mask = torch.ones_like(d)
-    total = token_ratio(logp, logp_old).sum() + sequence_ratio(logp, logp_old, mask).sum() \
-        + trajectory_ratio(logp, logp_old, mask).sum()
+    c = LOG_RATIO_CLAMP
+    total = token_ratio(logp, logp_old, clamp=c).sum() + sequence_ratio(logp, logp_old, mask, clamp=c).sum() \
+        + trajectory_ratio(logp, logp_old, mask, clamp=c).sum()
     total.backward()
     assert torch.isfinite(total) and bool(torch.isfinite(logp.grad).all())
 

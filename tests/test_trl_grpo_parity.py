@@ -30,8 +30,8 @@ ATOL = 1e-6
 def _grpo_inputs(seed: int, B: int = 6, T: int = 7, P: int = 3):
     g = torch.Generator().manual_seed(seed)
     logp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3 - 0.01
-    logp_old = logp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)  # many ratios outside [0.8, 1.2]
-    logp_ref = logp + 0.5 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    logp_old = (logp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=-1e-3)  # many ratios outside [0.8, 1.2]
+    logp_ref = (logp + 0.5 * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=-1e-3)
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     lengths[0] = T
     mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
@@ -146,7 +146,7 @@ def test_grpo_two_sided_clip_delta_equals_trl(loss_type, level):
     adv = torch.tensor([1.0, -1.0, 0.5, -2.0, 1.5, -0.7], dtype=logp.dtype)
     # rows with A < 0 moved up by about e^0.6 = 1.8 > delta, so the two-sided bound is active
     shift = torch.tensor([0.0, 0.6, 0.0, 0.6, 0.0, 0.6], dtype=logp.dtype)[:, None]
-    logp_old = logp - shift + 0.5 * torch.randn(logp.shape, generator=g, dtype=logp.dtype)
+    logp_old = (logp - shift + 0.5 * torch.randn(logp.shape, generator=g, dtype=logp.dtype)).clamp(max=-1e-3)
     delta = 1.5
     num_items = 2 * int(mask.sum())
     extra = _our_normalisers(loss_type, 9, num_items)
@@ -231,3 +231,61 @@ def test_dpo_loss_and_gradient_equal_trl_compute_loss(loss_type, label_smoothing
     if loss_type != "ipo":
         assert torch.allclose(chosen_rewards, beta * (tok[:B].sum(1) - ref_c))
         assert torch.allclose(rejected_rewards, beta * (tok[B:].sum(1) - ref_r))
+
+
+# ----------------------------------------------------------------------------- per-token parity, verl names
+
+@pytest.mark.parametrize("beta_and_correction", [(0.0, False), (0.04, True)])
+def test_grpo_per_token_loss_and_gradient_equal_trl_read_through_one_token_masks(beta_and_correction):
+    """TRL's "bnpo" loss under a mask with a single 1 at (i, t) is its per_token_loss[i, t]."""
+    from rlcourse.losses import grpo_loss_per_token
+
+    beta, correction = beta_and_correction
+    logp, logp_old, logp_ref, mask, adv, P = _grpo_inputs(seed=21, B=3, T=4)
+    ours_leaf = logp.clone().requires_grad_(True)
+    ours = grpo_loss_per_token(ours_leaf, logp_old, adv, mask, eps_low=0.2, eps_high=0.28, beta=beta,
+                               logp_ref=logp_ref if beta > 0 else None, kl_importance_correction=correction)
+    for i in range(3):
+        for t in range(4):
+            one = torch.zeros_like(mask)
+            one[i, t] = 1
+            leaf = logp.clone().requires_grad_(True)
+            theirs = _trl_grpo_loss(leaf, logp_old, logp_ref, one, adv, P, loss_type="bnpo", level="token", beta=beta,
+                                    eps_low=0.2, eps_high=0.28, delta=None, bias_correction=correction,
+                                    max_completion_length=4, num_items_in_batch=1)
+            theirs.backward()
+            (g,) = torch.autograd.grad(ours[i, t], ours_leaf, retain_graph=True)
+            assert abs(float(ours[i, t]) - theirs.item()) < ATOL
+            assert torch.allclose(g, leaf.grad, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
+def test_verl_mode_names_reproduce_trl_loss_types(loss_type):
+    from rlcourse.logprobs import TRL_LOSS_TYPE_TO_AGG_MODE
+
+    logp, logp_old, logp_ref, mask, adv, P = _grpo_inputs(seed=31)
+    num_items = 2 * int(mask.sum())
+    theirs = _trl_grpo_loss(logp, logp_old, logp_ref, mask, adv, P, loss_type=loss_type, level="sequence"
+                            if loss_type == "luspo" else "token", beta=0.0, eps_low=0.2, eps_high=0.2, delta=None,
+                            bias_correction=False, max_completion_length=9, num_items_in_batch=num_items).item()
+    ours, _ = grpo_loss(logp, logp_old, adv, mask, aggregation=TRL_LOSS_TYPE_TO_AGG_MODE[loss_type],
+                        importance_level="sequence" if loss_type == "luspo" else "token",
+                        **_our_normalisers(loss_type, 9, num_items))
+    assert abs(ours.item() - theirs) < ATOL
+
+
+def test_group_zscore_with_eps_1e4_equals_trls_group_scaling_with_its_nanstd():
+    from trl.trainer.utils import nanstd
+
+    from rlcourse.advantages import group_advantages
+
+    g = torch.Generator().manual_seed(3)
+    rewards = torch.randint(0, 3, (24,), generator=g).to(torch.float64)
+    G = 4
+    grouped = rewards.view(-1, G)
+    mean = grouped.mean(1).repeat_interleave(G)
+    std = nanstd(grouped, dim=1).repeat_interleave(G)
+    trl = (rewards - mean) / (std + 1e-4)  # GRPOTrainer, scale_rewards="group"
+    # TRL's nanstd (mean of squares x n/(n-1)) rounds differently from torch.std: ~2e-8 apart; target 1e-6
+    assert torch.allclose(group_advantages(rewards, G, "zscore", eps=1e-4), trl, atol=ATOL, rtol=0)
+    assert torch.allclose(group_advantages(rewards, G, "mean"), rewards - mean, atol=1e-12, rtol=0)  # "none"

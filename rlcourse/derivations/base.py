@@ -2,14 +2,20 @@
 
 A derivation module defines small functions that compute the two sides of an identity,
 and one ``checks()`` function, registered with :func:`derivation`, that returns a list of
-:class:`Check` results. Four kinds of check:
+:class:`Check` results. Five kinds of check:
 
 * ``exact``: two numbers (or tensors) that must agree to a tolerance (about 1e-10 in float64);
 * ``monte_carlo``: a sample mean that must lie within ``n_se`` standard errors of the exact
   value (fixed seed);
 * ``negative_control``: a deliberately wrong variant run through the same comparison; the
   control *passes* when the comparison *rejects* the wrong variant;
-* ``symbolic``: a sympy identity, ``simplify(lhs - rhs) == 0``.
+* ``symbolic``: a sympy identity, ``simplify(lhs - rhs) == 0`` under the assumptions declared on
+  the symbols (no ``force=True``: log(x^2) = 2 log x is rejected for a real x);
+* ``inequality``: an exact check that a quantity lies on one side of a bound.
+
+Each derivation names its sources by the keys of the course's reference list
+(``rlhf-derivation``, ``unified-rl-llm``, ``ppo-post-training``, ``roy-policy-gradients``,
+``wei-rl-llm``). A derivation that raises is reported as one failed check of kind ``error``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,16 @@ from typing import Callable
 import sympy
 import torch
 
-KINDS = ("exact", "monte_carlo", "negative_control", "symbolic")
+KINDS = ("exact", "monte_carlo", "negative_control", "symbolic", "inequality", "error")
+
+#: Reference keys -> titles (the course's reference list).
+SOURCES = {
+    "rlhf-derivation": '"RLHF Derivation" (blog post, 2025-07-31)',
+    "unified-rl-llm": '"A Unified Perspective on RL for LLMs" (blog post, 2024-10-29, updated 2025-12)',
+    "ppo-post-training": '"PPO in post training" (blog post, 2025-07-14)',
+    "roy-policy-gradients": 'S. Roy, "Policy Gradients: The Math Behind RLHF" (blog post)',
+    "wei-rl-llm": 'Ke Wei (with Jiakai Liu), "Algorithmic and Theoretical Foundations of RL: Introduction of RL for LLMs" (lecture slides, Fudan University)',
+}
 
 
 @dataclass
@@ -68,7 +83,7 @@ def inequality(derivation: str, check: str, bound: float, observed, *, above: bo
     ok = bool(torch.isfinite(o).all()) and bool((o >= bound).all() if above else (o <= bound).all())
     err = float((bound - o).clamp(min=0).max() if above else (o - bound).clamp(min=0).max())
     exp = f">= {bound}" if above else f"<= {bound}"
-    return Check(derivation, check, "exact", exp, _summary(o.min() if above else o.max()), 0.0, ok, err, detail)
+    return Check(derivation, check, "inequality", exp, _summary(o.min() if above else o.max()), 0.0, ok, err, detail)
 
 
 def monte_carlo(derivation: str, check: str, expected, samples: torch.Tensor, n_se: float = 4.0,
@@ -99,10 +114,14 @@ def negative_control(wrong: Check, detail: str = "") -> Check:
 
 
 def symbolic(derivation: str, check: str, lhs, rhs, detail: str = "") -> Check:
-    """A sympy identity: passed if ``simplify(lhs - rhs) == 0``."""
+    """A sympy identity: passed if ``simplify(lhs - rhs) == 0`` under the symbols' declared assumptions.
+
+    Logarithms are expanded only where sympy can prove it valid (``expand_log`` without
+    ``force``): declare a symbol ``positive=True`` when the identity needs it.
+    """
     diff = sympy.simplify(sympy.expand(lhs - rhs))
     if diff != 0:
-        diff = sympy.simplify(sympy.expand_log(sympy.expand(diff), force=True))
+        diff = sympy.simplify(sympy.expand_log(sympy.expand(diff)))
     return Check(derivation, check, "symbolic", str(rhs), str(sympy.simplify(lhs)), "exact", diff == 0,
                  None, detail)
 
@@ -111,7 +130,7 @@ def symbolic(derivation: str, check: str, lhs, rhs, detail: str = "") -> Check:
 class Derivation:
     name: str
     title: str
-    seeds: str
+    source: str
     module: str
     run: Callable[[], list[Check]] = field(repr=False)
 
@@ -119,13 +138,19 @@ class Derivation:
 REGISTRY: dict[str, Derivation] = {}
 
 
-def derivation(name: str, title: str, seeds: str):
-    """Register a module's ``checks()`` function under ``name`` for ``rlcourse verify``."""
+def derivation(name: str, title: str, source: str):
+    """Register a module's ``checks()`` function under ``name`` for ``rlcourse verify``.
+
+    ``source``: comma-separated reference keys (see :data:`SOURCES`), or "" for none.
+    """
+    unknown = [k.strip() for k in source.split(",") if k.strip() and k.strip() not in SOURCES]
+    if unknown:
+        raise ValueError(f"derivation {name!r}: unknown source key(s) {unknown}; known: {list(SOURCES)}")
 
     def wrap(fn: Callable[[], list[Check]]):
         if name in REGISTRY:
             raise ValueError(f"derivation {name!r} registered twice")
-        REGISTRY[name] = Derivation(name, title, seeds, fn.__module__, fn)
+        REGISTRY[name] = Derivation(name, title, source, fn.__module__, fn)
         return fn
 
     return wrap

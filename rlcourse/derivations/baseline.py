@@ -109,7 +109,7 @@ def optimal_constant_baseline(mdp: ToyMDP, theta: torch.Tensor) -> float:
     return float((p * R * g2).sum() / (p * g2).sum())
 
 
-@derivation(NAME, "Baselines and the optimal constant baseline", seeds="000, 001, 002, 003")
+@derivation(NAME, "Baselines and the optimal constant baseline", source="rlhf-derivation, unified-rl-llm, ppo-post-training, roy-policy-gradients")
 def checks() -> list[Check]:
     mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
     theta = mdp.init_params(seed=1)

@@ -141,7 +141,7 @@ def _mle_monte_carlo(r_true: torch.Tensor, n: int, seed: int, n_se: float = 4.0)
                                    f"({n_se} SE from the inverse observed Fisher information)")
 
 
-@derivation(NAME, "Bradley-Terry", seeds="004")
+@derivation(NAME, "Bradley-Terry", source="wei-rl-llm")
 def checks() -> list[Check]:
     grid = torch.linspace(-3, 3, 7, dtype=torch.float64)
     r1, r2 = torch.meshgrid(grid, grid, indexing="ij")

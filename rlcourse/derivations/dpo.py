@@ -124,7 +124,7 @@ def sampled_pair_losses(logp: torch.Tensor, ref_logp: torch.Tensor, rewards: tor
                         for x, y in zip(w.tolist(), l.tolist())])
 
 
-@derivation(NAME, "DPO", seeds="004")
+@derivation(NAME, "DPO", source="wei-rl-llm")
 def checks() -> list[Check]:
     mdp = ToyMDP.random(vocab_size=3, horizon=2, seed=13)
     ref_logp = mdp.sequence_logprobs(mdp.init_params(seed=14))

@@ -9,7 +9,7 @@ samples again, so a group is kept with probability
 
     \kappa = 1 - p^G - (1 - p)^G .
 
-A sample taken from a kept group is not distributed as :math:`P_\theta` (seed 000's remark):
+A sample taken from a kept group is not distributed as :math:`P_\theta` (a remark of "RLHF Derivation"):
 given its own reward, the group is kept iff the other :math:`G-1` samples are not all equal to
 it, so
 
@@ -152,7 +152,7 @@ def sampled_groups(mdp: ToyMDP, theta: torch.Tensor, group_size: int, n_groups: 
     return R, ~(R == R[:, :1]).all(dim=1)
 
 
-@derivation(NAME, "Dynamic sampling", seeds="000")
+@derivation(NAME, "Dynamic sampling", source="rlhf-derivation")
 def checks() -> list[Check]:
     mdp = binary_reward_mdp(seed=0)
     theta = mdp.init_params(seed=1)

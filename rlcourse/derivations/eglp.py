@@ -90,7 +90,7 @@ def softmax_eglp_sympy(k: int = 3) -> list[tuple[sympy.Expr, sympy.Symbol]]:
     return [(sum(p[a] * sympy.diff(sympy.log(p[a]), z[b]) for a in range(k)), z[b]) for b in range(k)]
 
 
-@derivation(NAME, "EGLP lemma", seeds="000")
+@derivation(NAME, "EGLP lemma", source="rlhf-derivation")
 def checks() -> list[Check]:
     mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0, temperature=0.7)
     theta = mdp.init_params(seed=1)

@@ -137,7 +137,7 @@ def gae_sympy(T: int = 3) -> tuple[list, list, sympy.Expr, tuple, tuple]:
     return rec[:T], closed, g0_minus_v0, (g, lam), r
 
 
-@derivation(NAME, "Generalized advantage estimation", seeds="001, 002, 003")
+@derivation(NAME, "Generalized advantage estimation", source="unified-rl-llm, ppo-post-training, roy-policy-gradients")
 def checks() -> list[Check]:
     rewards, values, mask = random_batch()
     gamma, lam = 0.9, 0.8

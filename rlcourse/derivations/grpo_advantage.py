@@ -100,7 +100,7 @@ def zscore_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return grpo_advantages(rewards, group_size, eps=1e-6, scale=True)
 
 
-@derivation(NAME, "GRPO advantage", seeds="004")
+@derivation(NAME, "GRPO advantage", source="wei-rl-llm")
 def checks() -> list[Check]:
     mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=9)
     theta = mdp.init_params(seed=10)

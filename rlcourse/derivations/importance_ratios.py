@@ -17,7 +17,7 @@ PPO and GRPO weight each token by its *own* ratio instead,
 :math:`\mathbb{E}_{\text{old}}[\sum_t \rho_t\, \nabla_\theta \log \pi_\theta(a_t \mid s_t)\, R]`,
 dropping the product of the ratios of the other tokens. At :math:`\theta = \theta_{\text{old}}`
 all ratios are 1 and both are the policy gradient; away from it the token-level form is
-biased (seed 000's remark, measured here). GSPO's sequence-level ratio is the geometric
+biased (a remark of "RLHF Derivation", measured here). GSPO's sequence-level ratio is the geometric
 mean :math:`(\prod_t \rho_t)^{1/|y|}`, a length-normalised trajectory ratio, equal to 1 at
 :math:`\theta_{\text{old}}`.
 
@@ -93,7 +93,7 @@ def exact_mean(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("n,n...->...", p, x)
 
 
-@derivation(NAME, "Importance ratios: trajectory, token and sequence level", seeds="000")
+@derivation(NAME, "Importance ratios: trajectory, token and sequence level", source="rlhf-derivation")
 def checks() -> list[Check]:
     mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
     theta_old = mdp.init_params(seed=1)

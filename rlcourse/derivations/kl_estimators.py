@@ -34,7 +34,7 @@ So the unbiased *value* estimator k3 has the gradient of the *reverse* KL, k1 ha
 all in expectation, and the biased k2 is the one whose gradient is that of the forward KL.
 
 Here :math:`x` is a whole sequence of the toy MDP (a categorical over its enumerated
-sequences, :math:`\log \pi(x) = \sum_t \log \pi(a_t \mid s_t)`). Per token, seed 002's
+sequences, :math:`\log \pi(x) = \sum_t \log \pi(a_t \mid s_t)`). Per token, the
 "full-vocabulary" KL at a visited prefix, :math:`\sum_a \pi(a \mid s) \log \frac{\pi(a \mid s)}{\pi_{\mathrm{ref}}(a \mid s)}`,
 is what a sampled k1 or k3 at that prefix estimates, and summed along a sequence all three
 agree in expectation with the sequence-level KL (chain rule of KL).
@@ -171,7 +171,7 @@ def _sympy_fact(check: str, statement, detail: str = "") -> Check:
     return Check(NAME, check, "symbolic", "True", str(statement), "exact", ok, None, detail)
 
 
-@derivation(NAME, "KL estimators", seeds="002")
+@derivation(NAME, "KL estimators", source="ppo-post-training")
 def checks() -> list[Check]:
     mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=3)
     theta = mdp.init_params(seed=4)

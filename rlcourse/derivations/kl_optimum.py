@@ -95,7 +95,7 @@ def soft_optimal_logits(mdp: ToyMDP, theta_ref: torch.Tensor, beta: float) -> tu
     return mdp.temperature * log_pi, v
 
 
-@derivation(NAME, "KL-regularised optimum", seeds="004")
+@derivation(NAME, "KL-regularised optimum", source="wei-rl-llm")
 def checks() -> list[Check]:
     mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=11)
     theta_ref = mdp.init_params(seed=12)

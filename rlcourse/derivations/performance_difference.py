@@ -78,7 +78,7 @@ def performance_difference(mdp: ToyMDP, theta_new: torch.Tensor, theta_old: torc
     return mdp.objective(theta_new, gamma) - mdp.objective(theta_old, gamma)
 
 
-@derivation(NAME, "Performance difference lemma", seeds="002")
+@derivation(NAME, "Performance difference lemma", source="ppo-post-training")
 def checks() -> list[Check]:
     mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
     theta_old = mdp.init_params(seed=1)

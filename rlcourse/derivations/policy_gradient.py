@@ -57,7 +57,7 @@ def sampled_gradients(mdp: ToyMDP, theta: torch.Tensor, n: int, seed: int = 0) -
     return (mdp.returns()[idx, None, None] * mdp.score(theta)[idx]).reshape(n, -1)
 
 
-@derivation(NAME, "Log-derivative trick / policy gradient theorem", seeds="000, 001, 002, 003")
+@derivation(NAME, "Log-derivative trick / policy gradient theorem", source="rlhf-derivation, unified-rl-llm, ppo-post-training, roy-policy-gradients")
 def checks() -> list[Check]:
     mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
     theta = mdp.init_params(seed=1)

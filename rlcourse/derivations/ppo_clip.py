@@ -82,8 +82,8 @@ def truth_table_gradient(ratio: torch.Tensor, advantages: torch.Tensor, eps_low:
 def autograd_gradient(surrogate, ratio: torch.Tensor, advantages: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     r""":math:`\partial \ell / \partial \log\pi` by autograd through :math:`\rho = \exp(\log\pi - \log\pi_{\text{old}})`,
     for a per-token loss ``surrogate(ratio, advantages, eps)``."""
-    logp_old = torch.zeros_like(ratio)
-    logp = ratio.log().clone().requires_grad_(True)
+    logp_old = torch.full_like(ratio, -5.0)  # log-probs are <= 0: ratios up to e^5 are representable
+    logp = (logp_old + ratio.log()).clone().requires_grad_(True)
     (g,) = torch.autograd.grad(surrogate(token_ratio(logp, logp_old), advantages, eps).sum(), logp)
     return g
 
@@ -136,7 +136,7 @@ def clip_objective_derivatives_sympy() -> list[tuple[str, sympy.Expr, sympy.Expr
     return out
 
 
-@derivation(NAME, "PPO clip: truth table of the gradient", seeds="001")
+@derivation(NAME, "PPO clip: truth table of the gradient", source="unified-rl-llm")
 def checks() -> list[Check]:
     ratio = torch.tensor([c[1] for c in CASES], dtype=torch.float64)
     adv = torch.tensor([c[2] for c in CASES], dtype=torch.float64)

@@ -121,7 +121,7 @@ def _value_and_grad(fn, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return value.detach(), g
 
 
-@derivation(NAME, "PPO penalty and the adaptive KL coefficient", seeds="001")
+@derivation(NAME, "PPO penalty and the adaptive KL coefficient", source="unified-rl-llm")
 def checks() -> list[Check]:
     target, c, horizon, n_steps, n_updates = 0.1, 0.05, 10000, 5000, 200  # beta* = c / target = 0.5
     out = []

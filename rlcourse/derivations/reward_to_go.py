@@ -89,7 +89,7 @@ def exact_variance_trace(p: torch.Tensor, estimates: torch.Tensor) -> float:
     return float(p @ ((x - mu) ** 2).sum(-1))
 
 
-@derivation(NAME, "Reward-to-go", seeds="000, 001")
+@derivation(NAME, "Reward-to-go", source="rlhf-derivation, unified-rl-llm")
 def checks() -> list[Check]:
     mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
     theta = mdp.init_params(seed=1)

@@ -84,7 +84,7 @@ def eglp_term(mdp: ToyMDP, theta: torch.Tensor, beta: float) -> torch.Tensor:
 def shaped_reward_to_go_gradient(mdp: ToyMDP, theta: torch.Tensor, theta_ref: torch.Tensor, beta: float
                                  ) -> torch.Tensor:
     r""":math:`\mathbb{E}[\sum_t \nabla \log \pi_t \sum_{t' \ge t} (r_{t'} - \beta k_{1,t'})]`: per-token KL-shaped
-    rewards (seeds 001, 004) with reward-to-go, by enumeration, shape (S, V)."""
+    rewards ("A Unified Perspective on RL for LLMs"; Wei, lecture slides) with reward-to-go, by enumeration, shape (S, V)."""
     seq = mdp.sequences
     shaped = seq.token_rewards - beta * kl_k1(mdp.token_logprobs(theta.detach()), mdp.token_logprobs(theta_ref))
     rtg = reward_to_go(shaped * seq.mask, seq.mask)
@@ -122,7 +122,7 @@ def sampled_gradients(mdp: ToyMDP, theta: torch.Tensor, theta_ref: torch.Tensor,
     return (w[idx, None, None] * mdp.score(theta)[idx]).reshape(n, -1)
 
 
-@derivation(NAME, "RLHF gradient", seeds="004")
+@derivation(NAME, "RLHF gradient", source="wei-rl-llm")
 def checks() -> list[Check]:
     mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=6)
     theta, theta_ref = mdp.init_params(seed=7), mdp.init_params(seed=8)

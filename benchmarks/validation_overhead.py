@@ -1,0 +1,84 @@
+"""Validation overhead of the public GRPO loss: (checked - unchecked) / unchecked, median of repeats.
+
+Public core functions validate their arguments once and then run unchecked private arithmetic;
+this prints how much the validation costs relative to the arithmetic on a GRPO-sized batch
+(default 64 completions x 512 tokens, float32, KL term on, as a TRL-style GRPO step computes it).
+Target: <= 0.20.
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/validation_overhead.py [--rows 64] [--tokens 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from rlcourse.logprobs import _check_agg_kwargs
+from rlcourse.losses import _check_advantages, _check_grpo, _grpo_loss, _resolve_agg, grpo_loss
+
+
+def timed(fn, repeats: int, inner: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - t0) / inner)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--inner", type=int, default=20)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    B, T = args.rows, args.tokens
+    logp = -torch.rand(B, T, generator=g) * 3 - 1e-3
+    logp_old = (logp + 0.1 * torch.randn(B, T, generator=g)).clamp(max=-1e-3)
+    logp_ref = (logp + 0.1 * torch.randn(B, T, generator=g)).clamp(max=-1e-3)
+    lengths = torch.randint(T // 4, T + 1, (B,), generator=g)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
+    adv = torch.randn(B, generator=g)
+    kw = dict(eps_low=0.2, eps_high=0.28, beta=0.04, logp_ref=logp_ref, aggregation="token-mean")
+
+    def checked():
+        return grpo_loss(logp, logp_old, adv, mask, **kw)
+
+    level, low, high, beta, delta, clamp = _check_grpo(logp, logp_old, mask, 0.2, 0.28, "token", 0.04, logp_ref,
+                                                       "k3", None, None)
+    agg = _check_agg_kwargs(mask, "token-mean", None, None, None)
+    adv2 = adv.reshape(B, 1)
+
+    def unchecked():
+        return _grpo_loss(logp, logp_old, adv2, mask, low, high, level, beta, logp_ref, "k3", delta, False, clamp, agg)
+
+    def validation_only():
+        _check_grpo(logp, logp_old, mask, 0.2, 0.28, "token", 0.04, logp_ref, "k3", None, None)
+        _resolve_agg("token-mean", mask, {})
+        _check_advantages(adv, logp, "logp")
+
+    assert torch.equal(checked()[0], unchecked()[0])
+    for _ in range(5):
+        checked(), unchecked()
+    # interleave the two so that load from other processes hits both alike; median over repeats
+    pairs = [(timed(checked, 1, args.inner), timed(unchecked, 1, args.inner)) for _ in range(args.repeats)]
+    t_valid = timed(validation_only, args.repeats, args.inner)
+    t_checked = statistics.median(c for c, _ in pairs)
+    t_math = statistics.median(u for _, u in pairs)
+    ratio = statistics.median((c - u) / u for c, u in pairs)
+    print(f"grpo_loss on ({B}, {T}) float32, KL on: checked {t_checked * 1e3:.3f} ms, "
+          f"unchecked math {t_math * 1e3:.3f} ms")
+    print(f"validation alone {t_valid * 1e3:.3f} ms = {t_valid / t_math:.3f} of the math")
+    print(f"validation overhead ratio (checked - unchecked) / unchecked = {ratio:.3f}  (median of {args.repeats} "
+          f"interleaved repeats; target <= 0.20)")
+
+
+if __name__ == "__main__":
+    main()
