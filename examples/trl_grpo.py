@@ -24,7 +24,8 @@ With ``--model``, prompts are still the course's arithmetic prompts.
 The last line printed (by the main process) is a JSON summary: ``world_size``, ``steps``,
 ``loss`` (TRL's training loss averaged over the steps), ``reward`` (mean reward of the sampled
 completions, per step), ``accuracy_before`` / ``accuracy_after`` (greedy accuracy on
-``--eval-n`` held-out problems), ``seconds``. With one optimizer step per generation batch
+``--eval-n`` held-out problems), ``seconds``, ``weight_change`` (L2 norm of the parameter
+update) and ``weights_equal_across_ranks`` (every process ends with the same weights, as DDP must). With one optimizer step per generation batch
 (``num_iterations=1``) and ``beta=0`` the GRPO loss *value* is the mean over sequences of the
 advantage (ratio 1), which is about 0 whatever the model does: it is its gradient that learns.
 """
@@ -148,6 +149,7 @@ def main(argv=None):
     # The first process trains (or loads) the cached start; the others wait, then load it.
     with state.main_process_first():
         model, tok = load_start(a, "cpu")
+    start_weights = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
     max_new = default_max_new_tokens(task)
     acc_before = held_out_accuracy(model, tok, task, a.eval_n) if state.is_main_process else None
 
@@ -166,7 +168,11 @@ def main(argv=None):
         out = trainer.train()
     seconds = time.perf_counter() - t0
     logs = [r for r in trainer.state.log_history if "loss" in r]
-    state.wait_for_everyone()
+    # DDP keeps one model: after the same averaged updates every rank must hold the same weights
+    from accelerate.utils import gather_object
+
+    weights = torch.cat([p.detach().reshape(-1).to("cpu") for p in trainer.model.parameters()])
+    fingerprints = gather_object([(float(weights.sum()), float(weights.norm()))])
     if not state.is_main_process:
         return 0
     trained = trainer.model.to("cpu").eval()
@@ -187,6 +193,8 @@ def main(argv=None):
         "accuracy_before": acc_before,
         "accuracy_after": acc_after,
         "seconds": round(seconds, 2),
+        "weight_change": float((weights - start_weights).norm()),
+        "weights_equal_across_ranks": len(set(fingerprints)) == 1,
         "model": a.model or f"sft_start({a.preset!r}, {a.seed})",
     }
     if not math.isfinite(summary["loss"]):
