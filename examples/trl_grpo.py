@@ -62,8 +62,13 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-n", type=int, default=200, help="held-out problems for the accuracy before/after")
     ap.add_argument("--output-dir", default=None, help="TRL's output directory (default: a temporary one)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPUs; match the accelerate config)")
     ap.add_argument("--use-vllm", action="store_true", help="generate with vLLM (GPU only; see examples/README.md)")
-    ap.add_argument("--vllm-mode", default="colocate", choices=["colocate", "server"])
+    ap.add_argument("--vllm-mode", default="colocate", choices=["colocate", "server"],
+                    help="colocate: vLLM inside each training process; server: a `trl vllm-serve` process")
+    ap.add_argument("--vllm-server-host", default="0.0.0.0", help="host of `trl vllm-serve` (server mode)")
+    ap.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.3,
+                    help="share of each GPU's memory vLLM may take (colocate mode)")
     a = ap.parse_args(argv)
     for name in ("max_steps", "prompts", "group", "eval_n"):
         if getattr(a, name) < 1:
@@ -156,8 +161,9 @@ def main(argv=None):
     cfg = course_grpo_config(
         output_dir, steps=a.max_steps, prompts=a.prompts, group=a.group, lr=a.lr, max_new_tokens=max_new,
         seed=a.seed, world_size=world, loss_type=a.loss_type, beta=a.beta, use_cpu=on_cpu,
-        logging_strategy="steps", logging_steps=1,
-        **({"use_vllm": True, "vllm_mode": a.vllm_mode} if a.use_vllm else {}),
+        logging_strategy="steps", logging_steps=1, bf16=a.bf16,
+        **({"use_vllm": True, "vllm_mode": a.vllm_mode, "vllm_server_host": a.vllm_server_host,
+            "vllm_gpu_memory_utilization": a.vllm_gpu_memory_utilization} if a.use_vllm else {}),
     )
     data = course_dataset(task, a.max_steps, a.prompts, a.seed)
     t0 = time.perf_counter()

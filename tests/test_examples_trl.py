@@ -87,3 +87,18 @@ def test_a_group_of_one_completion_is_rejected():
 
     with pytest.raises(ValueError, match="--group"):
         trl_grpo.parse_args(["--group", "1"])
+
+
+@pytest.mark.parametrize("name", ["multi_gpu_ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp2"])
+def test_accelerate_configs_are_read_by_accelerate(name):
+    """The multi-GPU configs are not run here (no GPU); accelerate's own config class must accept them."""
+    import yaml
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig(**yaml.safe_load((EXAMPLES / "accelerate" / f"{name}.yaml").read_text()))
+    assert cfg.num_processes == 8 and cfg.mixed_precision == "bf16" and not cfg.use_cpu
+    expected = {"multi_gpu_ddp": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED",
+                "fsdp2": "FSDP"}[name]
+    assert str(cfg.distributed_type).endswith(expected)
+    if name.startswith("deepspeed"):
+        assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
