@@ -263,6 +263,7 @@ def parity_table(seed: int = 0, even: bool = False) -> list[dict]:
             "loss_1proc": loss_1, "loss_ddp": loss_d, "loss_accum": loss_a,
             "loss_predicted": loss_p, "loss_course_full": loss_c,
             "grad_norm_1proc": float(grad_1.norm()),
+            "max_abs_grad_1proc": float(grad_1.abs().max()),
             "max_abs_dgrad_ddp": float((grad_d - grad_1).abs().max()),
             "max_abs_dgrad_accum": float((grad_a - grad_1).abs().max()),
             "max_abs_dgrad_predicted": float((grad_p - grad_c).abs().max()),
