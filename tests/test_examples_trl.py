@@ -32,6 +32,15 @@ def _accelerate_launch() -> list[str]:
     return [str(exe), "launch"] if exe.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
 
 
+def _free_port() -> int:
+    """A TCP port nobody listens on now (the rendezvous of the two processes; parallel runs must not share one)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     from rlcourse.train.sft import SFTConfig, train_sft
@@ -42,7 +51,7 @@ def two_process_run(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "RLCOURSE_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1"}
     cmd = [*_accelerate_launch(), "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "29517",
+           "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            str(EXAMPLES / "trl_grpo.py"), "--model", str(work / "sft" / "final"), "--max-steps", "2",
            "--prompts", "4", "--group", "4", "--eval-n", "16", "--output-dir", str(work / "out")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
