@@ -47,8 +47,12 @@ import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
+
+# the TRL side of the experiment is shared with examples/trl_grpo.py
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 
 def _our_run(model, tok, task, args, max_new):
@@ -62,21 +66,13 @@ def _our_run(model, tok, task, args, max_new):
 
 
 def _trl_run(model, tok, task, args, max_new):
-    from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
-    from rlcourse.lm import reward
-    from rlcourse.train.common import problems_for_step
+    # the course's prompts in the course's order, its reward and its hyper-parameters, as TRL sees them
+    from _course_trl import course_dataset, course_grpo_config, course_reward
 
-    # exactly our prompts, in our order: step s uses problems_for_step(task, B, seed, s * 64)
-    problems = [p for s in range(args.steps) for p in problems_for_step(task, args.prompts, args.seed, s * 64)]
-    data = Dataset.from_dict({"prompt": [p.prompt for p in problems], "answer": [p.answer for p in problems]})
-    eos = tok.eos_token_id
-
-    def rule_reward(prompts, completions, completion_ids, answer, **kwargs):
-        return [reward(c, a, finished=eos in ids) for c, ids, a in zip(completions, completion_ids, answer)]
+    data = course_dataset(task, args.steps, args.prompts, args.seed)
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -89,21 +85,12 @@ def _trl_run(model, tok, task, args, max_new):
             self.times.append(time.perf_counter() - self._t)
 
     out = tempfile.mkdtemp(prefix="grpo_vs_trl_")
-    cfg = TRLConfig(
-        output_dir=out, max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-        per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
-        gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
-        max_completion_length=max_new, temperature=1.0, top_p=1.0, top_k=0,
-        loss_type="grpo", scale_rewards="group", epsilon=0.2, beta=0.0,
-        adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.0, max_grad_norm=1.0,
-        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True, seed=args.seed, data_seed=args.seed,
-        shuffle_dataset=False, report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True,
-        log_completions=False, dataloader_num_workers=0, push_to_hub=False,
-    )
+    cfg = course_grpo_config(out, steps=args.steps, prompts=args.prompts, group=args.group, lr=args.lr,
+                             max_new_tokens=max_new, seed=args.seed, use_cpu=True)
     timer = StepTimer()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):  # TRL prints its metrics
         warnings.simplefilter("ignore")
-        trainer = GRPOTrainer(model=model, reward_funcs=rule_reward, args=cfg, train_dataset=data,
+        trainer = GRPOTrainer(model=model, reward_funcs=course_reward(tok), args=cfg, train_dataset=data,
                               processing_class=tok, callbacks=[timer])
         trainer.train()
     return trainer.model, timer.times

@@ -1,8 +1,25 @@
 """Speed of the small-LM substrate on this machine: sampling loop vs ``model.generate``, sdpa vs eager, math-verify.
 
     python benchmarks/lm_speed.py [--rows 256] [--new 6] [--repeats 7] [--json]
+    python benchmarks/lm_speed.py --preset small --device cuda [--rows 4096] [--peak-tflops 989]   # a GPU, bf16
 
-Times are the minimum over ``--repeats`` runs (the least disturbed by other processes).
+Times are the minimum over ``--repeats`` runs (the least disturbed by other processes); on a GPU
+every timed call ends with ``torch.cuda.synchronize()``. ``--dtype`` defaults to bf16 on CUDA and
+float32 elsewhere.
+
+Throughput and MFU (model FLOPs utilisation = achieved model FLOP/s / the device's peak):
+
+* fwd+bwd (``sequence_logprobs`` with gradient, as the RL trainers run it): tokens/s over every
+  processed position; FLOPs = 3 x forward, forward = 2 x (weights of every linear layer except the
+  output head) per position + 2 x d x V per position the head runs on (``logits_to_keep``) +
+  causal attention 4 x layers x d x (sum over rows of S(S+1)/2);
+* sampling (the course's KV-cached loop, and ``model.generate``): generated tokens/s; FLOPs =
+  2 x (weights of every linear layer, head included) per generated token (prefill and attention
+  left out: a lower bound; sampling small batches is bound by memory and latency, not FLOPs).
+
+``--peak-tflops`` defaults to 989 on CUDA: the dense bf16 tensor-core peak of an H100 SXM and of an
+H200 (NVIDIA's data sheets give 1979 *with* 2:4 sparsity; dense is half). Give your GPU's figure
+otherwise (A100: 312). No default on a CPU (MFU is then left out unless a peak is given).
 """
 
 from __future__ import annotations
@@ -30,6 +47,28 @@ def hf_generate(model, tok, prompts, G, T):
     return torch.log_softmax(logits, -1).gather(-1, seq[..., None])[..., 0]
 
 
+def linear_weights(model) -> tuple[int, int]:
+    """(weights of every nn.Linear except the output head, weights of the output head)."""
+    head = model.get_output_embeddings()
+    body = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    return body, head.weight.numel()
+
+
+def fwd_bwd_flops(model, attention_mask: torch.Tensor, kept: int) -> float:
+    """Model FLOPs of one forward+backward of ``sequence_logprobs`` (see the module docstring)."""
+    cfg = model.config
+    body, head = linear_weights(model)
+    rows, S = attention_mask.shape
+    attn = 4 * cfg.num_hidden_layers * cfg.hidden_size * rows * S * (S + 1) / 2
+    forward = 2 * body * rows * S + 2 * head * rows * kept + attn
+    return 3 * forward
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=256, help="rows per batch (prompts x G)")
@@ -38,16 +77,29 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="weights and activations (default: bfloat16 on cuda, float32 elsewhere)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="device peak for MFU (default 989 on cuda: H100/H200 SXM dense bf16; none on cpu)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {a.device!r} asked for, but torch sees no CUDA device")
+    dtype = getattr(torch, a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32"))
+    peak = a.peak_tflops if a.peak_tflops is not None else (989.0 if a.device.startswith("cuda") else None)
+    if peak is not None and not peak > 0:
+        raise ValueError(f"--peak-tflops must be positive, got {a.peak_tflops!r}")
     tok = build_tokenizer()
     prompts = [p.prompt for p in ArithmeticTask().sample(a.rows // a.group, seed=1)]
     N, T = len(prompts) * a.group, a.new
-    res = {"preset": a.preset, "rows": N, "new_tokens": T, "threads": torch.get_num_threads()}
+    res = {"preset": a.preset, "device": a.device, "dtype": str(dtype).replace("torch.", ""), "rows": N,
+           "new_tokens": T, "threads": torch.get_num_threads(), "peak_tflops": peak}
+    if a.device.startswith("cuda"):
+        res["gpu"] = torch.cuda.get_device_name(torch.device(a.device))
     models = {}
     for impl in ("sdpa", "eager"):
         model_module.ATTN_IMPLEMENTATION = impl
-        models[impl] = build_model(a.preset, len(tok), 0, tokenizer=tok).to(a.device)
+        models[impl] = build_model(a.preset, len(tok), 0, tokenizer=tok).to(device=a.device, dtype=dtype)
     model_module.ATTN_IMPLEMENTATION = "sdpa"
     rollouts = {impl: generate(m, tok, prompts, a.group, T, 1.0, seed=0) for impl, m in models.items()}
 
@@ -68,14 +120,26 @@ def main(argv=None):
         f()
     for _ in range(a.repeats):
         for key, f in jobs.items():
+            sync(a.device)
             t = time.perf_counter()
             f()
+            sync(a.device)
             best[key] = min(best[key], time.perf_counter() - t)
     for impl in models:
         r = {k: v for (i, k), v in best.items() if i == impl}
         n_tok = float(rollouts[impl].response_mask.sum())
         r["loop_tok_per_s"] = n_tok / r["loop_s"]
         r["generate_tok_per_s"] = n_tok / r["generate_s"]
+        ro = rollouts[impl]
+        positions = float(ro.attention_mask.numel())
+        r["fwd_bwd_tok_per_s"] = positions / r["fwd_bwd_s"]
+        r["fwd_bwd_tflops"] = fwd_bwd_flops(models[impl], ro.attention_mask, ro.response_mask.shape[1] + 1) \
+            / r["fwd_bwd_s"] / 1e12
+        body, head = linear_weights(models[impl])
+        r["loop_tflops"] = 2 * (body + head) * n_tok / r["loop_s"] / 1e12
+        if peak is not None:
+            r["fwd_bwd_mfu"] = r["fwd_bwd_tflops"] / peak
+            r["loop_mfu"] = r["loop_tflops"] / peak
         res[impl] = r
     comps = [str(i) for i in range(-50, 150)] + ["19abc", " 19", "1 9", "x", "18+1"]
     t = time.perf_counter()
@@ -90,12 +154,17 @@ def main(argv=None):
     if a.json:
         print(json.dumps(res, indent=1))
     else:
-        print(f"{a.preset} preset, {N} rows x {T} new tokens, {res['threads']} threads (best of {a.repeats})")
+        print(f"{a.preset} preset, {res['dtype']} on {res.get('gpu', a.device)}, {N} rows x {T} new tokens, "
+              f"{res['threads']} threads (best of {a.repeats})")
         for impl in ("sdpa", "eager"):
             r = res[impl]
             print(f"  {impl:5s}: our loop {r['loop_s'] * 1e3:7.1f} ms ({r['loop_tok_per_s']:8.0f} tok/s) | "
                   f"model.generate {r['generate_s'] * 1e3:7.1f} ms ({r['generate_tok_per_s']:8.0f} tok/s) | "
                   f"sequence_logprobs fwd+bwd {r['fwd_bwd_s'] * 1e3:6.1f} ms")
+            mfu = (f", MFU fwd+bwd {r['fwd_bwd_mfu']:.2%}, sampling {r['loop_mfu']:.3%} of {peak:g} TFLOP/s"
+                   if peak is not None else "")
+            print(f"         fwd+bwd {r['fwd_bwd_tok_per_s']:9.0f} tok/s ({r['fwd_bwd_tflops']:.3f} TFLOP/s), "
+                  f"sampling {r['loop_tflops']:.4f} TFLOP/s{mfu}")
         print(f"  math-verify {res['math_verify_ms_per_call']:.3f} ms/call; "
               f"integer fast path {res['fast_path_ms_per_call'] * 1e3:.1f} us/call")
     return res
