@@ -175,12 +175,6 @@ def test_plot_reward_hacking_on_synthetic_histories():
     plt.close(fig)
 
 
-def test_smooth_is_a_trailing_mean():
-    y = np.array([1.0, 3.0, 5.0, 7.0])
-    assert np.allclose(rlhf._smooth(y, 2), [1.0, 2.0, 4.0, 6.0])
-    assert np.allclose(rlhf._smooth(y, 1), y)
-
-
 # ----------------------------------------------------------------------------- 10: optimum, DPO/IPO
 
 def test_kl_optimum_table_interpolates_between_greedy_and_reference():

@@ -227,7 +227,7 @@ def load_model(path_or_preset: str | os.PathLike, device: str | torch.device | N
                 name, local_files_only=True, use_safetensors=True, trust_remote_code=False, **kwargs
             )
             tok = load_tokenizer(name)
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
+    except Exception as e:  # a damaged file: safetensors, json, tokenizer errors alike
         if isinstance(e, ValueError) and "path_or_preset" in str(e):
             raise
         raise ValueError(f"the model in {name!r} cannot be loaded ({type(e).__name__}: {str(e)[:200]}); its files "
