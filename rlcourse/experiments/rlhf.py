@@ -269,7 +269,7 @@ COMPARISON = (
     ("DPO (β = 1)", "DPO", dict(steps=60, n_prompts=300, beta=1.0, lr=1e-4, eval_every=10)),
     ("DPO (β = 0.1)", "DPO", dict(steps=60, n_prompts=300, beta=0.1, lr=1e-4, eval_every=10)),
     ("PPO", "PPO", dict(steps=30, eval_every=5)),
-    ("GRPO", "GRPO", dict(steps=30, prompts_per_step=8, group_size=8, eval_every=5)),
+    ("GRPO", "GRPO", dict(steps=30, prompts_per_step=8, group_size=8, eval_every=5, distinct_rows=True)),
 )
 COMPARISON_EVAL_N = 200
 
