@@ -20,7 +20,7 @@ optimizer step per generation batch). The differences:
 * sampling: ours is a KV-cached loop that prefills each prompt once per group and drops finished
   rows; TRL calls ``model.generate`` on the G-times repeated prompts (about 3x the time here);
 * learning: ours runs the forward/backward only on the *distinct* completions whose advantage is
-  non-zero, each weighted by its number of copies (``rlcourse.train.grpo.rows_that_matter``:
+  non-zero, each weighted by its number of copies (``rlcourse.train.distinct_rows``:
   exact, the loss and gradient are those of the full batch); a peaked policy samples few
   distinct answers per prompt, and solved groups have zero advantage, so this shrinks from
   about 1/3 of the rows at the SFT start to a few rows once most groups are solved. TRL runs all
@@ -60,7 +60,7 @@ def _our_run(model, tok, task, args, max_new):
 
     cfg = GRPOConfig(variant="grpo", steps=args.steps, lr=args.lr, group_size=args.group,
                      prompts_per_step=args.prompts, max_new_tokens=max_new, temperature=1.0, eps_low=0.2,
-                     beta=0.0, seed=args.seed, device="cpu", eval_n=args.eval_n, grad_clip=1.0)
+                     beta=0.0, seed=args.seed, device="cpu", eval_n=args.eval_n, grad_clip=1.0, distinct_rows=True)
     res = train_grpo(cfg, model, tok, task=task, progress=False)
     return res.model, [r["step_seconds"] for r in res.history]
 
@@ -124,8 +124,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
-    from rlcourse.train.common import default_max_new_tokens, held_out_accuracy
-    from rlcourse.train.sft import default_task, sft_start
+    from rlcourse.lm import default_max_new_tokens, default_task, held_out_accuracy
+    from rlcourse.experiments import sft_start
 
     task = default_task()
     model, tok = sft_start("tiny", a.seed, "cpu", progress=not a.json)

@@ -20,8 +20,8 @@ import os
 import sys
 import time
 
-from rlcourse.train import registry
-from rlcourse.train.sft import sft_start, sft_start_info
+from rlcourse.experiments import registry
+from rlcourse.experiments import sft_start, sft_start_info
 
 ORDER = ("sft", "rm", "reinforce", "ppo", "grpo", "dpo")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -89,7 +90,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from rlcourse.train import registry
+    from rlcourse.experiments import registry
 
     options = {"preset": args.preset, "seed": args.seed, "steps": args.steps, "out": args.out,
                "device": args.device}
@@ -103,9 +104,18 @@ def cmd_train(args) -> int:
             print("rlcourse train: --baseline applies to reinforce only", file=sys.stderr)
             return 2
         options["baseline"] = args.baseline
+    from rlcourse.train.common import NonFiniteLossError, TrainingInterrupted
+
     try:
         result = registry.run(args.algorithm, progress=not args.quiet, **options)
-    except ValueError as e:
+    except TrainingInterrupted as e:  # Ctrl-C: one line, no traceback
+        print(f"rlcourse train: {e.message}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the first step (e.g. while the SFT start trains: it resumes too)
+        print("rlcourse train: interrupted before the first step; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (ValueError, NonFiniteLossError) as e:
         print(f"rlcourse train: {e}", file=sys.stderr)
         return 2
     key = registry.headline(args.algorithm)
@@ -129,6 +139,9 @@ def cmd_figures(args) -> int:
         for name in plots.load_all():
             print(name)
         return 0
+    if args.out is not None and (not args.out.strip() or (os.path.exists(args.out) and not os.path.isdir(args.out))):
+        print(f"rlcourse figures: --out must be a directory, got {args.out!r}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         paths = plots.build(args.only, args.out)

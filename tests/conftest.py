@@ -22,15 +22,21 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RLCOURSE_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def single_threaded():
+    """Every test runs with one intra-op thread (:func:`rlcourse.lm.cpu_threads`): a tiny model on a shared
+    2-core CPU runs many times faster with one thread than with two when other processes compete for the
+    cores (0.11 s against 3.4 s per SFT step, measured)."""
+    from rlcourse.lm import cpu_threads
+
+    with cpu_threads(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
-    """One intra-op thread for a module: a tiny model on a shared 2-core CPU runs many times faster
-    with one thread than with two when other processes compete for the cores (0.11 s against 3.4 s
-    per SFT step, measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """Kept for modules that name it: the session already runs single-threaded."""
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

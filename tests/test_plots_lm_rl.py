@@ -26,6 +26,7 @@ derivations.load_all()  # keep the derivation registry in course order (tests/te
 
 from conftest import MINI_TASK as TASK  # noqa: E402
 from rlcourse.plots import BUILDERS, load_all, save  # noqa: E402
+from rlcourse.experiments import lm_rl as X  # noqa: E402
 from rlcourse.plots import lm_rl as L  # noqa: E402
 
 NAMES = ("04_reinforce_baselines", "04_pass_at_k", "04_gradient_noise", "09_grpo_variants")
@@ -132,9 +133,9 @@ def test_summary_table_lists_every_run_and_the_start():
 
 @pytest.fixture
 def synthetic(monkeypatch):
-    monkeypatch.setattr(L, "reinforce_baselines_experiment", fake_reinforce)
-    monkeypatch.setattr(L, "grpo_variants_experiment", fake_grpo)
-    monkeypatch.setattr(L, "gradient_noise_experiment", fake_noise)
+    monkeypatch.setattr(X, "reinforce_baselines_experiment", fake_reinforce)
+    monkeypatch.setattr(X, "grpo_variants_experiment", fake_grpo)
+    monkeypatch.setattr(X, "gradient_noise_experiment", fake_noise)
 
 
 def test_builders_are_registered():
@@ -168,7 +169,7 @@ def test_reinforce_experiment_runs_the_trainer_for_each_baseline(start):
     model, tok = start
     before = {k: v.clone() for k, v in model.state_dict().items()}
     n_threads = torch.get_num_threads()
-    data = L.reinforce_baselines_experiment(steps=2, seed=0, prompts_per_step=4, group_size=4, eval_n=4, eval_every=1,
+    data = X.reinforce_baselines_experiment(steps=2, seed=0, prompts_per_step=4, group_size=4, eval_n=4, eval_every=1,
                                             ks=(1, 2), model=model, tokenizer=tok, task=TASK)
     assert torch.get_num_threads() == n_threads                       # one_thread() restored the setting
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # the start is not trained
@@ -184,7 +185,7 @@ def test_reinforce_experiment_runs_the_trainer_for_each_baseline(start):
 
 def test_grpo_experiment_runs_the_trainer_for_each_variant(start):
     model, tok = start
-    data = L.grpo_variants_experiment(steps=2, seed=0, prompts_per_step=4, group_size=4, num_iterations=2, eval_n=4,
+    data = X.grpo_variants_experiment(steps=2, seed=0, prompts_per_step=4, group_size=4, num_iterations=2, eval_n=4,
                                       eval_every=2, ks=(1, 2), model=model, tokenizer=tok, task=TASK)
     assert list(data["runs"]) == ["grpo", "dr_grpo", "dapo", "gspo"]
     assert _is_plain(data)
@@ -198,7 +199,7 @@ def test_grpo_experiment_runs_the_trainer_for_each_variant(start):
 def test_gradient_noise_mean_and_rloo_are_proportional_and_shift_invariant(start):
     model, tok = start
     G = 4
-    data = L.gradient_noise_experiment(seed=0, n_batches=3, prompts_per_step=4, group_size=G, shifts=(0.0, 2.0),
+    data = X.gradient_noise_experiment(seed=0, n_batches=3, prompts_per_step=4, group_size=G, shifts=(0.0, 2.0),
                                        model=model, tokenizer=tok, task=TASK)
     st = data["stats"]
     assert data["mean_vs_rloo"] < 1e-4                                # g_mean = (G-1)/G g_rloo on every batch
@@ -207,7 +208,7 @@ def test_gradient_noise_mean_and_rloo_are_proportional_and_shift_invariant(start
         assert st[b][2.0]["trace_cov"] == pytest.approx(st[b][0.0]["trace_cov"], rel=1e-5)
     assert all(math.isfinite(s["trace_cov"]) and s["trace_cov"] >= 0 for b in st.values() for s in b.values())
     with pytest.raises(ValueError, match="n_batches"):
-        L.gradient_noise_experiment(n_batches=1, model=model, tokenizer=tok, task=TASK)
+        X.gradient_noise_experiment(n_batches=1, model=model, tokenizer=tok, task=TASK)
 
 
 def test_memo_returns_the_same_result_without_retraining(monkeypatch):
@@ -219,18 +220,16 @@ def test_memo_returns_the_same_result_without_retraining(monkeypatch):
 
         return TrainResult(model, tok, [{"step": 0, "reward_mean": 0.1}], {"accuracy": 0.1}, {"accuracy": 0.2}, 1.0)
 
-    import rlcourse.train.reinforce as R
-
-    monkeypatch.setattr(R, "train_reinforce", fake_train)
-    monkeypatch.setattr(L, "_start", lambda *a, **k: (torch.nn.Linear(1, 1), None))
-    monkeypatch.setattr(L, "pass_at_k_curve", lambda *a, **k: {"accuracy": 0.1, "mean_reward": 0.1,
+    monkeypatch.setattr(X, "train_reinforce", fake_train)
+    monkeypatch.setattr(X, "_start", lambda *a, **k: (torch.nn.Linear(1, 1), None))
+    monkeypatch.setattr(X, "pass_at_k_curve", lambda *a, **k: {"accuracy": 0.1, "mean_reward": 0.1,
                                                                 "pass_at_k": {1: 0.1}})
-    L.clear_memo()
+    X.clear_memo()
     try:
-        a = L.reinforce_baselines_experiment("tiny", steps=1, seed=0, baselines=("none",))
-        b = L.reinforce_baselines_experiment("tiny", steps=1, seed=0, baselines=("none",))
+        a = X.reinforce_baselines_experiment("tiny", steps=1, seed=0, baselines=("none",))
+        b = X.reinforce_baselines_experiment("tiny", steps=1, seed=0, baselines=("none",))
         assert a is b and calls == ["none"]
-        L.reinforce_baselines_experiment("tiny", steps=1, seed=1, baselines=("none",))
+        X.reinforce_baselines_experiment("tiny", steps=1, seed=1, baselines=("none",))
         assert calls == ["none", "none"]
     finally:
-        L.clear_memo()
+        X.clear_memo()

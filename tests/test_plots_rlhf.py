@@ -21,6 +21,8 @@ derivations.load_all()  # register the derivations in course order before the pl
 
 from rlcourse.kl import kl_categorical  # noqa: E402
 from rlcourse.plots import BUILDERS, load_all  # noqa: E402
+from rlcourse.experiments import cache  # noqa: E402
+from rlcourse.experiments import rlhf as X  # noqa: E402
 from rlcourse.plots import rlhf  # noqa: E402
 
 # cheap builders (toy MDP / tensors only) -> number of axes (twin axes included)
@@ -101,11 +103,11 @@ def test_pair_groups_and_accuracy_by_group():
     pairs = [{"prompt": "1+1=", "chosen": "2", "rejected": "3", "answer": "2"},     # correct vs answer + 1
              {"prompt": "1+1=", "chosen": "2", "rejected": "1", "answer": "2"},     # correct vs wrong
              {"prompt": "5+5=", "chosen": "11", "rejected": "14", "answer": "10"}]  # closer vs farther
-    groups = rlhf.pair_groups(pairs)
+    groups = X.pair_groups(pairs)
     assert groups["all"] == [0, 1, 2]
     assert groups["correct_vs_plus_one"] == [0]
     assert groups["correct_vs_wrong"] == [0, 1] and groups["closer_vs_farther"] == [2]
-    acc = rlhf.pair_accuracy_by_group(torch.tensor([1.0, 0.0, -2.0]), groups)
+    acc = X.pair_accuracy_by_group(torch.tensor([1.0, 0.0, -2.0]), groups)
     assert acc["all"] == pytest.approx(0.5)           # 1 + 1/2 (tie) + 0
     assert acc["correct_vs_wrong"] == pytest.approx(0.75)
     assert acc["closer_vs_farther"] == 0.0
@@ -173,12 +175,6 @@ def test_plot_reward_hacking_on_synthetic_histories():
     plt.close(fig)
 
 
-def test_smooth_is_a_trailing_mean():
-    y = np.array([1.0, 3.0, 5.0, 7.0])
-    assert np.allclose(rlhf._smooth(y, 2), [1.0, 2.0, 4.0, 6.0])
-    assert np.allclose(rlhf._smooth(y, 1), y)
-
-
 # ----------------------------------------------------------------------------- 10: optimum, DPO/IPO
 
 def test_kl_optimum_table_interpolates_between_greedy_and_reference():
@@ -219,25 +215,25 @@ def test_comparison_configs_are_valid_trainer_configs():
     from rlcourse.train.ppo import PPOConfig
 
     configs = {"DPO": DPOConfig, "PPO": PPOConfig, "GRPO": GRPOConfig}
-    for label, method, fields in rlhf.COMPARISON:
-        configs[method](eval_n=rlhf.COMPARISON_EVAL_N, **fields)
-    assert {m for _, m, _ in rlhf.COMPARISON} == set(rlhf.NEEDS) == set(configs)
-    assert len({label for label, _, _ in rlhf.COMPARISON}) == len(rlhf.COMPARISON), "labels are unique"
+    for label, method, fields in X.COMPARISON:
+        configs[method](eval_n=X.COMPARISON_EVAL_N, **fields)
+    assert {m for _, m, _ in X.COMPARISON} == set(X.NEEDS) == set(configs)
+    assert len({label for label, _, _ in X.COMPARISON}) == len(X.COMPARISON), "labels are unique"
 
 
 def test_textbook_and_hacking_reward_models_are_valid_configs():
     from rlcourse.train.reward_model import RewardModelConfig
 
-    cfg = rlhf.rm_config("tiny", 0, **rlhf.TEXTBOOK_RM)
+    cfg = cache.rm_config("tiny", 0, **cache.TEXTBOOK_RM)
     assert isinstance(cfg, RewardModelConfig) and cfg.sft_coef == 0 and cfg.extra_layers == 0
-    assert rlhf.HACKING["reward_model"] == rlhf.TEXTBOOK_RM
-    assert rlhf.reward_model_start_dir("tiny", 0, cfg) != rlhf.reward_model_start_dir("tiny", 0)
+    assert X.HACKING["reward_model"] == cache.TEXTBOOK_RM
+    assert cache.reward_model_start_dir("tiny", 0, cfg) != cache.reward_model_start_dir("tiny", 0)
 
 
 def test_reward_model_cache_dir_depends_on_the_config():
-    a = rlhf.reward_model_start_dir("tiny", 0)
-    b = rlhf.reward_model_start_dir("tiny", 0, rlhf.rm_config("tiny", 0, n_prompts=123))
-    c = rlhf.reward_model_start_dir("tiny", 1)
+    a = cache.reward_model_start_dir("tiny", 0)
+    b = cache.reward_model_start_dir("tiny", 0, cache.rm_config("tiny", 0, n_prompts=123))
+    c = cache.reward_model_start_dir("tiny", 1)
     assert len({a, b, c}) == 3
-    assert a == rlhf.reward_model_start_dir("tiny", 0), "deterministic"
+    assert a == cache.reward_model_start_dir("tiny", 0), "deterministic"
     assert a.name.startswith("rm-tiny-seed0-")

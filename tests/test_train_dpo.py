@@ -11,7 +11,8 @@ from conftest import assert_resume_reproduces
 from rlcourse.lm import ArithmeticTask, build_model, build_tokenizer
 from rlcourse.train import dpo as dpo_module
 from rlcourse.train.common import NonFiniteLossError
-from rlcourse.train.dpo import DPOConfig, add_reference_logprobs, pair_logprobs, train_dpo
+from rlcourse.lm.pairs import pair_logprobs
+from rlcourse.train.dpo import DPOConfig, add_reference_logprobs, train_dpo
 
 TASK = ArithmeticTask(digits=2, ops="+-")
 

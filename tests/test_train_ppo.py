@@ -10,7 +10,7 @@ from rlcourse.lm import ArithmeticTask, build_model, build_tokenizer
 from rlcourse.train import ppo as ppo_module
 from rlcourse.train.common import NonFiniteLossError
 from rlcourse.train.ppo import PPOConfig, kl_shaped_rewards, train_ppo
-from rlcourse.train.reward_model import RewardModel
+from rlcourse.lm import RewardModel
 
 TASK = ArithmeticTask(digits=2, ops="+-")
 

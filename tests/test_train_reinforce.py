@@ -18,7 +18,7 @@ from conftest import assert_resume_reproduces, fresh
 from rlcourse.lm import pass_at_k
 from rlcourse.losses import policy_gradient_loss
 from rlcourse.train.common import NonFiniteLossError, sample_groups
-from rlcourse.train.grpo import policy_forward
+from rlcourse.lm import sequence_logprobs
 from rlcourse.train.reinforce import BASELINES, ReinforceConfig, reinforce_advantages, train_reinforce
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,7 +50,7 @@ def test_one_step_lowers_the_surrogate_on_its_own_batch(start, baseline):
 
     def surrogate(m):
         with torch.no_grad():
-            logp, _ = policy_forward(m, ro.input_ids, ro.attention_mask, ro.response_mask, 1.0)
+            logp = sequence_logprobs(m, ro.input_ids, ro.attention_mask, ro.response_mask, 1.0)
             return float(policy_gradient_loss(logp, adv, ro.response_mask, cfg.aggregation))
 
     before = surrogate(model)

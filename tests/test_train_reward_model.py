@@ -11,8 +11,9 @@ from conftest import assert_resume_reproduces
 from rlcourse.lm import ArithmeticTask, build_model, build_tokenizer, encode_completions
 from rlcourse.train import reward_model as rm_module
 from rlcourse.train.common import NonFiniteLossError
-from rlcourse.train.reward_model import (RewardModel, RewardModelConfig, make_pair_data, oracle_pairs, pair_accuracy,
-                                         pair_kind, rule_reward, train_reward_model)
+from rlcourse.lm import RewardModel, oracle_pairs, pair_accuracy, pair_kind
+from rlcourse.lm.reward_model import rule_reward
+from rlcourse.train.reward_model import RewardModelConfig, make_pair_data, train_reward_model
 
 TASK = ArithmeticTask(digits=2, ops="+-")
 

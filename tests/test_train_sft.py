@@ -12,12 +12,15 @@ import math
 import pytest
 import torch
 
-import rlcourse.train.sft as sft
 from conftest import MINI_TASK as TASK
 from conftest import assert_resume_reproduces
 from rlcourse.lm import ArithmeticTask
-from rlcourse.train.common import NonFiniteLossError, TrainResult, evaluate_policy
-from rlcourse.train.sft import SFTConfig, cache_dir, default_task, lr_at, sft_start, train_sft
+import rlcourse.train.sft as sft
+from rlcourse.experiments import cache
+from rlcourse.experiments.cache import cache_dir, sft_start
+from rlcourse.lm import default_task, evaluate_policy
+from rlcourse.train.common import NonFiniteLossError, TrainResult, lr_at
+from rlcourse.train.sft import SFTConfig, train_sft
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -93,7 +96,7 @@ def test_sft_start_trains_once_then_loads_a_fresh_copy(monkeypatch):
     def must_not_train(*a, **k):
         raise AssertionError("the cached start was retrained")
 
-    monkeypatch.setattr(sft, "train_sft", must_not_train)
+    monkeypatch.setattr(cache, "train_sft", must_not_train)
     m2, _ = sft_start("tiny", 0, "cpu", progress=False, cfg=cfg, task=TASK)
     assert m1 is not m2
     for a, b in zip(m1.parameters(), m2.parameters()):
@@ -103,7 +106,7 @@ def test_sft_start_trains_once_then_loads_a_fresh_copy(monkeypatch):
     m3, _ = sft_start("tiny", 0, "cpu", progress=False, cfg=cfg, task=TASK)
     assert torch.equal(next(m1.parameters()), next(m3.parameters()))
     # a different recipe is a different cache entry
-    assert sft.sft_start_dir("tiny", 0, tiny(steps=4), TASK) != cached[0]
+    assert cache.sft_start_dir("tiny", 0, tiny(steps=4), TASK) != cached[0]
 
 
 def test_default_task_and_shared_evaluation():

@@ -1,4 +1,5 @@
-"""The small-LM world of the course: tokenizer, model presets, the arithmetic task and its rewards, rollouts.
+"""The small-LM world of the course: tokenizer, model presets, the arithmetic task and its rewards, rollouts,
+the scalar-head model (reward model and PPO critic), preference pairs, and held-out evaluation.
 
 Typical use::
 
@@ -10,18 +11,24 @@ Typical use::
     r = batch_rewards(ro.completions, [p.answer for p in problems for _ in range(4)], ro.finished)
 """
 
-from .model import (PRESETS, Preset, build_model, count_parameters, load_model, model_config, pick_device,
-                    save_model)
+from .model import (PRESETS, Preset, build_model, count_parameters, cpu_threads, load_model, model_config,
+                    pick_device, quiet_transformers, save_model)
 from .rollout import (Rollout, SequenceBatch, accuracy, encode_completions, encode_prompts, evaluate, generate,
                       pass_at_k, pass_at_k_estimator, position_ids_from_mask, response_logprobs_from_logits,
                       sequence_logprobs)
 from .task import (FORMAT_PENALTY, REWARD_CORRECT, REWARD_WRONG, ArithmeticTask, Problem, batch_rewards,
-                   is_correct, is_well_formed, make_preference_pairs, math_verify_correct, preference, reward,
+                   default_task, is_correct, is_well_formed, make_preference_pairs, math_verify_correct, preference, reward,
                    sft_examples)
+from .evaluation import EVAL_N, EVAL_SAMPLES, default_max_new_tokens, evaluate_policy, held_out_accuracy
+from .pairs import encode_pairs, oracle_pairs, pair_accuracy, pair_kind, pair_logprobs
+from .reward_model import RewardModel
 from .tokenizer import ALPHABET, SPECIAL_TOKENS, build_tokenizer, check_text, load_tokenizer, save_tokenizer
 
 __all__ = [
     "PRESETS", "Preset", "build_model", "count_parameters", "load_model", "model_config", "pick_device", "save_model",
+    "cpu_threads", "quiet_transformers", "default_task", "EVAL_N", "EVAL_SAMPLES", "default_max_new_tokens",
+    "evaluate_policy", "held_out_accuracy", "encode_pairs", "oracle_pairs", "pair_accuracy", "pair_kind",
+    "pair_logprobs", "RewardModel",
     "Rollout", "SequenceBatch", "accuracy", "encode_completions", "encode_prompts", "evaluate", "generate",
     "pass_at_k", "pass_at_k_estimator", "position_ids_from_mask", "response_logprobs_from_logits",
     "sequence_logprobs",

@@ -22,7 +22,9 @@ forward+backward 125-142 ms either way). sdpa is the fast path on a GPU, so it i
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -126,12 +128,61 @@ def pick_device(override: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Run the block with ``n`` torch intra-op threads (None: leave torch's setting), restored after.
+
+    The course's one mechanism for CPU threads: trainer configs have a ``threads`` field that
+    the trainers pass here, the tests run under ``cpu_threads(1)`` (``tests/conftest.py``) and
+    the notebooks call it in their first cell.
+
+    Why it matters: the tiny model does many small operations. On an idle 2-core CPU two
+    threads are faster (an SFT step: 0.068 s against 0.109 s for one), but when other processes
+    compete for the cores two threads spin-wait on each other (0.6-5 s a step measured, against
+    0.1-0.2 s for one thread). Only CPU work is affected.
+    """
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {n!r}")
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' progress bars ("Loading weights", "Writing model shards") and warnings
+    for the block, restoring its settings after: the course's own output stays readable, and
+    nothing is changed globally in the user's process."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def save_model(model: PreTrainedModel, tokenizer, directory: str | os.PathLike) -> str:
     """Save the model (``model.safetensors`` + ``config.json``) and its tokenizer into ``directory``."""
     directory = str(directory)
     os.makedirs(directory, exist_ok=True)
-    model.save_pretrained(directory)  # safetensors is the only format transformers 5 writes
-    tokenizer.save_pretrained(directory)
+    with quiet_transformers():
+        model.save_pretrained(directory)  # safetensors is the only format transformers 5 writes
+        tokenizer.save_pretrained(directory)
     return directory
 
 
@@ -170,10 +221,17 @@ def load_model(path_or_preset: str | os.PathLike, device: str | torch.device | N
     if not any(f.endswith(".safetensors") for f in os.listdir(name)):
         raise ValueError(f"path_or_preset={name!r} holds no .safetensors weights (only safetensors are loaded)")
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        name, local_files_only=True, use_safetensors=True, trust_remote_code=False, **kwargs
-    )
-    tok = load_tokenizer(name)
+    try:
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                name, local_files_only=True, use_safetensors=True, trust_remote_code=False, **kwargs
+            )
+            tok = load_tokenizer(name)
+    except Exception as e:  # a damaged file: safetensors, json, tokenizer errors alike
+        if isinstance(e, ValueError) and "path_or_preset" in str(e):
+            raise
+        raise ValueError(f"the model in {name!r} cannot be loaded ({type(e).__name__}: {str(e)[:200]}); its files "
+                         "are damaged or incomplete: delete the directory and train or save it again") from e
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     return model.to(dev), tok

@@ -290,7 +290,7 @@ def response_logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor,
 
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
-                      temperature: float = 1.0) -> torch.Tensor:
+                      temperature: float = 1.0, *, return_logits: bool = False):
     """Per-token log-probs ``(N, T)`` of the response tokens under ``model``, in one forward pass.
 
     .. math::  \\log \\pi_\\theta(y_t \\mid x, y_{<t}) = \\log \\mathrm{softmax}(z_t / \\tau)[y_t]
@@ -299,6 +299,9 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     ``torch.no_grad()``). Positions come from ``attention_mask``; entries where
     ``response_mask`` is 0 are 0. Equals the sampling log-probs of :func:`generate` to float32
     round-off (about 1e-6).
+
+    ``return_logits=True`` returns ``(logp (N, T), logits (N, T, V))``: the raw logits that
+    predict each response token (for an entropy), from the same forward pass.
     """
     V.tensor("input_ids", input_ids, ndim=2)
     V.mask("attention_mask", attention_mask, like=input_ids, like_name="input_ids")
@@ -311,7 +314,8 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     T = response_mask.shape[1]
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask), use_cache=False, logits_to_keep=T + 1)
-    return response_logprobs_from_logits(out.logits, input_ids, response_mask, temperature)
+    logp = response_logprobs_from_logits(out.logits, input_ids, response_mask, temperature)
+    return (logp, out.logits[:, :-1]) if return_logits else logp
 
 
 # -- evaluation -----------------------------------------------------------------------------

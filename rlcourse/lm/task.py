@@ -163,6 +163,11 @@ class ArithmeticTask:
 
 # -- reward ---------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=65536)
+def default_task() -> ArithmeticTask:
+    """The course's task, used by every trainer: 2-digit addition and subtraction, answers >= 0."""
+    return ArithmeticTask(digits=2, ops="+-")
+
+
 def _parse_gold(answer: str):
     from math_verify import parse
 

@@ -18,13 +18,12 @@ Three kinds of function, as in the other plot modules:
   :func:`topk_actions`, :func:`topk_steps`, :func:`outcome_mdp`, :func:`sequence_table`;
 * *plot* functions (``plot_*``): data in, a matplotlib ``Figure`` out;
 * *builders* registered with :func:`rlcourse.plots.figure` (``01_…``): no arguments, they
-  compute their own data (the trained model comes from :func:`rlcourse.train.sft.sft_start`,
+  compute their own data (the trained model comes from :func:`rlcourse.experiments.sft_start`,
   cached after its first training) and return the figure notebook 01 shows.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -67,15 +66,12 @@ def token_label(token: str) -> str:
     return "␣" if token == " " else token
 
 
-def _preset() -> str:
-    return os.environ.get("RLCOURSE_PRESET", "tiny")
-
-
 def _trained_model():
     """The course's SFT start (trained once, then loaded from the cache)."""
-    from rlcourse.train.sft import sft_start
+    from rlcourse.experiments.cache import sft_start
+    from rlcourse.experiments.settings import preset
 
-    model, tok = sft_start(_preset(), seed=0, progress=False)
+    model, tok = sft_start(preset(), seed=0, progress=False)
     model.eval()
     return model, tok
 

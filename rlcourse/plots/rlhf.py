@@ -1,33 +1,18 @@
-r"""Figures and experiments of notebooks 07 (reward models), 08 (RLHF with PPO) and 10 (DPO).
+r"""Figures of notebooks 07 (reward models), 08 (RLHF with PPO) and 10 (DPO).
 
 Three kinds of function, as in the other plot modules:
 
-* *data* functions: numbers in, numbers out, no plotting. The exact ones work on the toy MDP
-  and on small tensors (:func:`rule_reward_rows`, :func:`bt_recovery`, :func:`kl_estimator_curves`,
-  :func:`kl_estimator_table`, :func:`per_prefix_kl_stats`, :func:`dpo_ipo_curves`); the
-  *experiments* call the trainers of :mod:`rlcourse.train` (never a private copy of a loss) on
-  the course's small LM: :func:`reward_model_start` (cached on disk, shared by notebooks 07
-  and 08), :func:`score_by_kind`, the judges of :func:`reward_model_experiment`, :func:`reward_hacking_runs`,
-  :func:`method_comparison`. Each experiment is also memoised in the process, so a notebook
-  that calls it and then the figure builder pays for it once;
-* *plot* functions (``plot_*``): data in, a matplotlib ``Figure`` out;
+* *data* functions on the toy MDP and small tensors, exact and cheap (:func:`rule_reward_rows`,
+  :func:`bt_recovery`, :func:`kl_estimator_curves`, :func:`kl_estimator_table`,
+  :func:`per_prefix_kl_stats`, :func:`dpo_ipo_curves`);
+* *plot* functions (``plot_*``): data in, a matplotlib ``Figure`` out; the LM experiments they
+  draw are in :mod:`rlcourse.experiments.rlhf`;
 * *builders* registered with :func:`rlcourse.plots.figure` (``07_…``, ``08_…``, ``10_…``): no
-  arguments, they compute their own data and return the figure the notebook shows.
-
-The preset of the LM experiments is ``$RLCOURSE_PRESET`` (default ``"tiny"``), as in the notebooks.
+  arguments, ``plot(experiment())``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
-import json
-import os
-import shutil
-import time
-import uuid
-from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -38,7 +23,9 @@ from rlcourse.derivations import bradley_terry as bt
 from rlcourse.derivations import kl_estimators as kle
 from rlcourse.kl import KL_ESTIMATORS, kl_categorical
 from rlcourse.lm import Problem, is_correct, is_well_formed, math_verify_correct, reward
+from rlcourse.experiments import rlhf as X
 from rlcourse.plots import figure
+from rlcourse.plots.lm_rl import smoothed
 from rlcourse.preference import dpo_loss
 from rlcourse.toymdp import ToyMDP
 
@@ -47,11 +34,6 @@ __all__ = [
     "RULE_PROBLEM", "RULE_EXAMPLES", "rule_reward_rows", "bt_recovery", "kl_course_mdp", "kl_estimator_curves",
     "kl_estimator_table", "kl_gradient_directions", "per_prefix_kl_stats", "dpo_ipo_curves", "kl_optimum_course",
     "kl_optimum_table", "OPTIMUM_BETAS",
-    # experiments
-    "RM_CONFIG", "TEXTBOOK_RM", "rm_config", "reward_model_start", "reward_model_start_dir", "score_by_kind", "pair_groups", "rm_margins",
-    "likelihood_margins", "verdict_margins", "pair_accuracy_by_group", "reward_model_experiment",
-    "completion_logprobs",
-    "HACKING", "reward_hacking_runs", "COMPARISON", "method_comparison",
     # plots
     "plot_bradley_terry", "plot_reward_model", "plot_kl_estimators", "plot_reward_hacking", "plot_dpo_ipo",
     "plot_method_comparison", "plot_kl_optimum",
@@ -60,10 +42,6 @@ __all__ = [
 FIGSIZE = (10, 3.6)
 COLORS = {"k1": "tab:blue", "k2": "tab:orange", "k3": "tab:green", "correct": "tab:green", "wrong": "tab:red",
           "malformed": "tab:gray", "dpo": "tab:purple", "ppo": "tab:blue", "grpo": "tab:orange", "ipo": "tab:brown"}
-
-
-def _preset() -> str:
-    return os.environ.get("RLCOURSE_PRESET", "tiny")
 
 
 # ============================================================================ 07: rule-based reward
@@ -424,271 +402,6 @@ def build_dpo_ipo() -> plt.Figure:
 
 # ============================================================================ 07: a cached reward model
 
-#: The reward model of notebooks 07 and 08: a Bradley–Terry model on oracle pairs from the SFT start
-#: (fields of :class:`rlcourse.train.reward_model.RewardModelConfig`). Every field that shapes the result is
-#: pinned here, so that the experiments of notebooks 07 and 08 do not change when the trainer's defaults do:
-#: 6000 training problems (about 8500 pairs), two identity-initialised extra layers and the GRM
-#: language-model regulariser (``sft_coef``), 400 steps. Measured on an idle 2-core CPU: 72 s of
-#: training (88 s with the pair sampling), held-out pair accuracy 0.932. Half the steps on 1500
-#: problems reached 0.76, 400 steps on 3000 problems 0.87: data, more than steps, is what it lacks.
-RM_CONFIG = dict(n_prompts=6000, steps=400, lr=1e-3, batch_size=128, eval_prompts=200, eval_every=25,
-                 sft_coef=1.0, extra_layers=2)
-
-#: The *textbook* reward model (scalar head only, no regulariser) on fewer pairs and steps: the changes
-#: to :data:`RM_CONFIG`. It fits its training pairs and barely generalises; notebook 07 compares it with
-#: the one above, and notebook 08 optimises against it to show reward hacking.
-TEXTBOOK_RM = dict(n_prompts=400, steps=200, sft_coef=0.0, extra_layers=0)
-
-
-def rm_config(preset: str = "tiny", seed: int = 0, **changes):
-    """The :class:`~rlcourse.train.reward_model.RewardModelConfig` of :data:`RM_CONFIG`, with ``changes`` applied
-    (e.g. ``**TEXTBOOK_RM``); pass it as ``cfg`` to :func:`reward_model_start`."""
-    from rlcourse.train.reward_model import RewardModelConfig
-
-    return RewardModelConfig(**{**RM_CONFIG, **changes, "preset": preset, "seed": seed})
-
-
-def reward_model_start_dir(preset: str = "tiny", seed: int = 0, cfg=None) -> Path:
-    """The cache directory of :func:`reward_model_start` (it may not exist yet).
-
-    Keyed by a hash of the reward model's configuration, the task and the SFT start it is trained
-    from, so that a change to any of them trains a new one.
-    """
-    from rlcourse.train.sft import cache_dir, default_task, sft_start_dir
-
-    cfg = cfg or rm_config(preset, seed)
-    keep = {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in ("out", "device", "checkpoint_every", "eval_every", "threads")}
-    blob = json.dumps({"cfg": keep, "task": dataclasses.asdict(default_task()),
-                       "sft": sft_start_dir(cfg.preset, cfg.seed).name}, sort_keys=True, default=str)
-    return cache_dir() / f"rm-{cfg.preset}-seed{cfg.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
-
-
-def reward_model_start(preset: str = "tiny", seed: int = 0, device=None, *, cfg=None, progress: bool = True):
-    """The course's Bradley–Terry reward model: trained once from the SFT start, cached, then loaded.
-
-    Training (:func:`rlcourse.train.reward_model.train_reward_model` with :data:`RM_CONFIG`) writes
-    into a private temporary directory renamed into place when complete, like
-    :func:`rlcourse.train.sft.sft_start`; notebooks 07 and 08 share the result through this cache.
-
-    Returns:
-        ``(reward_model, info)``: a fresh :class:`~rlcourse.train.reward_model.RewardModel` (in eval
-        mode) and ``info`` with ``before`` / ``after`` (held-out pair accuracy, overall and per kind),
-        ``seconds`` (training), ``extra`` (pair counts, score normalisation, pair sampling time),
-        ``history`` (one row per step) and ``pairs`` (``{"train": [...], "held_out": [...]}``).
-    """
-    from rlcourse.train.reward_model import RewardModel, train_reward_model
-    from rlcourse.train.sft import sft_start
-
-    cfg = cfg or rm_config(preset, seed)
-    final = reward_model_start_dir(cfg.preset, cfg.seed, cfg)
-    if not (final / "final" / "head.safetensors").exists():
-        tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            model, tok = sft_start(cfg.preset, cfg.seed, device, progress=progress)
-            res = train_reward_model(dataclasses.replace(cfg, out=str(tmp)), model, tok, progress=progress)
-            (tmp / "result.json").write_text(json.dumps({"before": res.before, "after": res.after,
-                                                          "seconds": res.seconds, "extra": res.extra}, indent=2))
-            (tmp / "checkpoint.pt").unlink(missing_ok=True)  # the final model is enough for a cache
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(tmp, final)
-            except OSError:  # another process finished first: keep theirs
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    rm = RewardModel.load(final / "final", device).eval()
-    info = json.loads((final / "result.json").read_text())
-    info["history"] = [json.loads(line) for line in (final / "history.jsonl").read_text().splitlines() if line]
-    info["pairs"] = json.loads((final / "pairs.json").read_text())
-    return rm, info
-
-
-def _policy(preset: str, seed: int, progress: bool = False):
-    from rlcourse.train.sft import sft_start
-
-    model, tok = sft_start(preset, seed, progress=progress)
-    return model.eval(), tok
-
-
-@torch.no_grad()
-def score_by_kind(rm, model, tokenizer, task=None, n_problems: int = 200, group_size: int = 8, seed: int = 1
-                  ) -> dict:
-    """Reward-model scores of the policy's own samples on held-out problems, split by what the rule says.
-
-    ``group_size`` completions of each of ``n_problems`` held-out problems are sampled from ``model``
-    (temperature 1) and scored by ``rm`` (unfinished ones as they are, without ``<eos>``). Kinds:
-    ``"correct"`` (rule reward 1), ``"wrong"`` (a well-formed wrong answer, reward 0) and
-    ``"malformed"`` (everything else).
-
-    A Bradley–Terry reward is identified only up to a constant *per prompt*, so the scores are also
-    given ``centred`` within each prompt's group (minus the group mean). Returns ``{"scores": {kind:
-    array}, "centred": {kind: array}, "auc": P(a correct sample outscores a wrong one, any two
-    prompts), "auc_within": the same for pairs of samples of the same prompt (ties 1/2),
-    "count": {kind: n}}``.
-    """
-    from rlcourse.lm import batch_rewards, generate
-    from rlcourse.train.common import default_max_new_tokens
-    from rlcourse.train.sft import default_task
-
-    task = task or default_task()
-    problems = task.held_out(n_problems, seed=seed)
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    ro = generate(model, tokenizer, [p.prompt for p in problems], group_size, default_max_new_tokens(task), 1.0,
-                  generator=gen)
-    rule = batch_rewards(ro.completions, [p.answer for p in problems for _ in range(group_size)], ro.finished)
-    scores = rm.score(ro.to(rm.device)).cpu().double()
-    centred = (scores.view(-1, group_size) - scores.view(-1, group_size).mean(-1, keepdim=True)).reshape(-1)
-    kinds = np.where(rule.numpy() == 1.0, "correct", np.where(rule.numpy() == 0.0, "wrong", "malformed"))
-    names = ("correct", "wrong", "malformed")
-
-    def auc(c, w):
-        if c.numel() == 0 or w.numel() == 0:
-            return float("nan")
-        return float(((c[:, None] > w[None, :]).double() + 0.5 * (c[:, None] == w[None, :]).double()).mean())
-
-    is_c, is_w = torch.as_tensor(kinds == "correct"), torch.as_tensor(kinds == "wrong")
-    hits, n = 0.0, 0
-    for g in range(len(problems)):
-        rows = slice(g * group_size, (g + 1) * group_size)
-        c, w = scores[rows][is_c[rows]], scores[rows][is_w[rows]]
-        if c.numel() and w.numel():
-            hits += auc(c, w) * c.numel() * w.numel()
-            n += c.numel() * w.numel()
-    return {"scores": {k: scores.numpy()[kinds == k] for k in names},
-            "centred": {k: centred.numpy()[kinds == k] for k in names},
-            "auc": auc(scores[is_c], scores[is_w]), "auc_within": hits / n if n else float("nan"),
-            "count": {k: int((kinds == k).sum()) for k in names}}
-
-
-# -- judges: three ways to order a preference pair ----------------------------------------------
-
-def pair_groups(pairs: Sequence[dict]) -> dict[str, list[int]]:
-    """Indices of ``pairs`` by kind: ``"all"``, :func:`rlcourse.train.reward_model.pair_kind`'s two kinds, and
-    ``"correct_vs_plus_one"``: the chosen answer is right and the rejected one is the answer plus one, the
-    SFT start's systematic error (notebook 04)."""
-    from rlcourse.train.reward_model import pair_kind
-
-    out = {"all": list(range(len(pairs)))}
-    for i, p in enumerate(pairs):
-        out.setdefault(pair_kind(p), []).append(i)
-        rej = p["rejected"].strip()
-        if p["chosen"].strip() == str(p["answer"]) and rej.lstrip("-").isdigit() and int(rej) == int(p["answer"]) + 1:
-            out.setdefault("correct_vs_plus_one", []).append(i)
-    return out
-
-
-@torch.no_grad()
-def rm_margins(rm, tokenizer, pairs: Sequence[dict], batch_size: int = 512) -> torch.Tensor:
-    """Reward-model margins :math:`r_\\phi(x, y_w) - r_\\phi(x, y_l)` of ``pairs``, shape ``(N,)``."""
-    from rlcourse.train.reward_model import encode_pairs
-
-    out = []
-    for s in range(0, len(pairs), batch_size):
-        chunk = list(pairs[s:s + batch_size])
-        b = encode_pairs(tokenizer, chunk, rm.device)
-        r = rm(b.input_ids, b.attention_mask).cpu()
-        out.append(r[:len(chunk)] - r[len(chunk):])
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def likelihood_margins(model, tokenizer, pairs: Sequence[dict], batch_size: int = 256) -> torch.Tensor:
-    """The policy as its own judge: :math:`\\log\\pi(y_w \\mid x) - \\log\\pi(y_l \\mid x)` (``<eos>`` included), shape ``(N,)``.
-
-    The closest a small LM that never saw a verdict format comes to a generative reward model:
-    its "verdict" is its own probability of writing the response.
-    """
-    from rlcourse.train.dpo import pair_logprobs
-
-    device = next(model.parameters()).device
-    out = []
-    for s in range(0, len(pairs), batch_size):
-        lc, lr = pair_logprobs(model, tokenizer, list(pairs[s:s + batch_size]), device)
-        out.append((lc - lr).cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def verdict_margins(model, tokenizer, pairs: Sequence[dict], question: str = "?", yes: str = "y", no: str = "n"
-                    ) -> tuple[torch.Tensor, float]:
-    """A zero-shot "LLM judge": append ``question`` to ``prompt + response`` and score the response by the
-    next-token log-odds :math:`\\log P(\\text{yes}) - \\log P(\\text{no})`.
-
-    Returns ``(margins (N,), mass)``: chosen-minus-rejected scores, and the mean probability the model
-    puts on the two verdict tokens at all. Meaningful only for a model trained on such a format; the
-    course's SFT model never saw one, and this measures that.
-    """
-    from rlcourse.lm.rollout import encode_prompts, position_ids_from_mask
-
-    device = next(model.parameters()).device
-    ids_yes, ids_no = tokenizer.convert_tokens_to_ids([yes, no])
-    texts = [p["prompt"] + p["chosen"] + question for p in pairs] + [p["prompt"] + p["rejected"] + question for p in pairs]
-    scores, mass = [], []
-    for s in range(0, len(texts), 512):
-        ids, att = encode_prompts(tokenizer, texts[s:s + 512], device)
-        logits = model(input_ids=ids, attention_mask=att, position_ids=position_ids_from_mask(att),
-                       use_cache=False).logits[:, -1].float()
-        lp = torch.log_softmax(logits, -1)
-        scores.append((lp[:, ids_yes] - lp[:, ids_no]).cpu())
-        mass.append((lp[:, ids_yes].exp() + lp[:, ids_no].exp()).cpu())
-    sc = torch.cat(scores)
-    return sc[:len(pairs)] - sc[len(pairs):], float(torch.cat(mass).mean())
-
-
-@torch.no_grad()
-def completion_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
-    """:math:`\\log\\pi(y \\mid x)` of each ``completion + <eos>`` under ``model``, shape ``(N,)``."""
-    from rlcourse.lm import encode_completions, sequence_logprobs
-
-    device = next(model.parameters()).device
-    b = encode_completions(tokenizer, list(prompts), list(completions), device=device)
-    return sequence_logprobs(model, b.input_ids, b.attention_mask, b.response_mask).sum(-1).cpu()
-
-
-def pair_accuracy_by_group(margins: torch.Tensor, groups: dict[str, list[int]]) -> dict[str, float]:
-    """Share of pairs with a positive margin (a tie counts 1/2), in each group."""
-    hit = (margins > 0).double() + 0.5 * (margins == 0).double()
-    return {g: float(hit[idx].mean()) if idx else float("nan") for g, idx in groups.items()}
-
-
-def reward_model_experiment(preset: str | None = None, seed: int = 0) -> dict:
-    """Notebook 07's experiment: the course's reward model and the textbook one (both cached), judged on the
-    held-out pairs of the former.
-
-    Returns ``info`` and ``textbook_info`` (:func:`reward_model_start` of :data:`RM_CONFIG` and of
-    :data:`TEXTBOOK_RM`), ``scores`` (:func:`score_by_kind` with the course's reward model), ``groups``
-    (sizes of :func:`pair_groups`), ``judges`` (judge -> group -> pair accuracy: the two BT reward models,
-    the likelihood judge and the zero-shot verdict judge) and ``verdict_mass``. Memoised in the process.
-    """
-    return _reward_model_experiment(preset or _preset(), seed)
-
-
-@functools.lru_cache(maxsize=4)
-def _reward_model_experiment(preset: str, seed: int) -> dict:
-    rm, info = reward_model_start(preset, seed, progress=False)
-    rm0, info0 = reward_model_start(preset, seed, cfg=rm_config(preset, seed, **TEXTBOOK_RM), progress=False)
-    model, tok = _policy(preset, seed)
-    held = info["pairs"]["held_out"]
-    groups = pair_groups(held)
-    verdict, mass = verdict_margins(model, tok, held)
-    judges = {"BT reward model (course recipe)": pair_accuracy_by_group(rm_margins(rm, tok, held), groups),
-              "BT reward model (textbook)": pair_accuracy_by_group(rm_margins(rm0, tok, held), groups),
-              "likelihood judge: log π_SFT(y|x)": pair_accuracy_by_group(likelihood_margins(model, tok, held), groups),
-              "verdict judge: log P(y)/P(n) after '?'": pair_accuracy_by_group(verdict, groups)}
-    return {"info": info, "textbook_info": info0, "scores": score_by_kind(rm, model, tok),
-            "groups": {g: len(v) for g, v in groups.items()}, "judges": judges, "verdict_mass": mass}
-
-
-def _smooth(y, window: int = 5) -> np.ndarray:
-    """Trailing running mean (the first points average what is there)."""
-    y = np.asarray(y, dtype=float)
-    c = np.cumsum(np.insert(y, 0, 0.0))
-    idx = np.arange(1, len(y) + 1)
-    lo = np.maximum(0, idx - window)
-    return (c[idx] - c[lo]) / (idx - lo)
-
-
 def plot_reward_model(histories: dict, scores: dict) -> plt.Figure:
     """Left: pair accuracy during training, on the training batches (smoothed) and on held-out pairs, for each
     reward model in ``histories`` (label -> history rows). Right: the first reward model's scores of correct,
@@ -696,7 +409,7 @@ def plot_reward_model(histories: dict, scores: dict) -> plt.Figure:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=FIGSIZE)
     for (label, history), color in zip(histories.items(), ("tab:green", "tab:red", "tab:blue", "tab:purple")):
         steps = np.array([r["step"] for r in history]) + 1
-        ax1.plot(steps, _smooth([r["accuracy"] for r in history], 10), color=color, ls="--", lw=1.2,
+        ax1.plot(steps, smoothed([r["accuracy"] for r in history], 10), color=color, ls="--", lw=1.2,
                  label=f"{label}: training batches")
         ev = [(st, r["held_out_pair_accuracy"]) for st, r in zip(steps, history) if "held_out_pair_accuracy" in r]
         if ev:
@@ -728,72 +441,12 @@ def plot_reward_model(histories: dict, scores: dict) -> plt.Figure:
 @figure("07_reward_model")
 def build_reward_model() -> plt.Figure:
     """Training curves of the course's BT reward model and its scores of correct / wrong / malformed samples."""
-    data = reward_model_experiment()
+    data = X.reward_model_experiment()
     return plot_reward_model({"course recipe": data["info"]["history"], "textbook": data["textbook_info"]["history"]},
                              data["scores"])
 
 
 # ============================================================================ 08: reward hacking
-
-#: Notebook 08's experiment: PPO against the learned reward model of :func:`reward_model_start`
-#: with a fixed KL coefficient (no adaptive controller), one run per beta, everything else equal.
-#: The reward model is the textbook one of notebook 07 (:data:`TEXTBOOK_RM`), whose errors are easy to find.
-HACKING = dict(betas=(0.1, 3.0), steps=60, eval_n=200, n_examples=8, reward_model=TEXTBOOK_RM)
-
-
-@torch.no_grad()
-def _examples(model, tokenizer, rm, task, n: int) -> list[dict]:
-    """Greedy answers of ``model`` to the first ``n`` held-out problems, with their learned and true rewards."""
-    from rlcourse.lm import batch_rewards, generate
-    from rlcourse.train.common import default_max_new_tokens
-
-    problems = task.held_out(n, seed=0)
-    ro = generate(model, tokenizer, [p.prompt for p in problems], 1, default_max_new_tokens(task), 1.0, greedy=True)
-    rule = batch_rewards(ro.completions, [p.answer for p in problems], ro.finished)
-    learned = rm.score(ro.to(rm.device)).cpu()
-    return [{"prompt": p.prompt, "answer": p.answer, "completion": c + ("" if f else " (no <eos>)"),
-             "learned": float(s), "true": float(r)}
-            for p, c, f, s, r in zip(problems, ro.completions, ro.finished.tolist(), learned, rule)]
-
-
-def reward_hacking_runs(preset: str | None = None, seed: int = 0, betas: tuple = HACKING["betas"],
-                        steps: int = HACKING["steps"], reward_model: dict | None = None) -> dict:
-    """PPO (:func:`rlcourse.train.ppo.train_ppo`, ``reward="model"``) against the cached textbook reward model
-    (``HACKING["reward_model"]``), from the same SFT start and seed, once per fixed ``beta``.
-    ``reward_model`` replaces the changes to :data:`RM_CONFIG` that define the reward model (``{}``: the
-    course's reward model of notebook 07).
-
-    Returns ``{"reward_model": info of reward_model_start (without its pairs and history), "start":
-    greedy examples of the SFT start, "runs": {beta: {"history", "before", "after", "seconds",
-    "examples"}}}``. History rows carry ``score_mean`` (the learned reward of the batch),
-    ``rule_reward_mean`` (the true, rule-based reward of the same samples) and ``kl``. Memoised in the
-    process: a second call with the same arguments returns the same runs.
-    """
-    rm = HACKING["reward_model"] if reward_model is None else reward_model
-    return _reward_hacking_runs(preset or _preset(), seed, tuple(float(b) for b in betas), int(steps),
-                                tuple(sorted(rm.items())))
-
-
-@functools.lru_cache(maxsize=4)
-def _reward_hacking_runs(preset: str, seed: int, betas: tuple, steps: int, rm_changes: tuple) -> dict:
-    from rlcourse.train.ppo import PPOConfig, train_ppo
-    from rlcourse.train.sft import default_task
-
-    task = default_task()
-    rm, info = reward_model_start(preset, seed, cfg=rm_config(preset, seed, **dict(rm_changes)), progress=False)
-    model, tok = _policy(preset, seed)
-    out = {"reward_model": {k: v for k, v in info.items() if k not in ("pairs", "history")},
-           "start": _examples(model, tok, rm, task, HACKING["n_examples"]), "runs": {}}
-    for beta in betas:
-        model, tok = _policy(preset, seed)
-        cfg = PPOConfig(reward="model", preset=preset, seed=seed, steps=steps, init_kl_coef=float(beta),
-                        adaptive_kl=False, eval_n=HACKING["eval_n"])
-        res = train_ppo(cfg, model, tok, task=task, reward_model=rm, progress=False)
-        out["runs"][float(beta)] = {"history": res.history, "before": res.before, "after": res.after,
-                                    "seconds": res.seconds,
-                                    "examples": _examples(res.model.eval(), tok, rm, task, HACKING["n_examples"])}
-    return out
-
 
 def plot_reward_hacking(runs: dict, window: int = 5) -> plt.Figure:
     """Learned reward, true reward and KL to the reference over PPO steps, one line per beta.
@@ -812,7 +465,7 @@ def plot_reward_hacking(runs: dict, window: int = 5) -> plt.Figure:
         for ax, (key, title) in zip(axes, keys):
             y = [r[key] for r in h]
             ax.plot(steps, y, color=color, alpha=0.25, lw=0.8)
-            ax.plot(steps, _smooth(y, window), color=color, lw=2, label=f"β = {beta:g}")
+            ax.plot(steps, smoothed(y, window), color=color, lw=2, label=f"β = {beta:g}")
             ax.set_title(title, fontsize=9.5)
             ax.set_xlabel("PPO step")
     for ax in axes:
@@ -825,69 +478,12 @@ def plot_reward_hacking(runs: dict, window: int = 5) -> plt.Figure:
 @figure("08_reward_hacking")
 def build_reward_hacking() -> plt.Figure:
     """PPO against the learned reward model with a too-small and a sensible beta: learned vs true reward."""
-    return plot_reward_hacking(reward_hacking_runs()["runs"])
+    return plot_reward_hacking(X.reward_hacking_runs()["runs"])
 
 
 # ============================================================================ 10: DPO vs PPO vs GRPO
 
-#: Notebook 10's comparison: the same SFT start, seed, task and held-out evaluation for every run;
-#: ``(label, method, config fields)``; each run is 1-13 s of training on the idle 2-core CPU (measured).
-#: DPO runs twice: with beta = 1 and with the beta = 0.1 common for large models.
-COMPARISON = (
-    ("DPO (β = 1)", "DPO", dict(steps=60, n_prompts=300, beta=1.0, lr=1e-4, eval_every=10)),
-    ("DPO (β = 0.1)", "DPO", dict(steps=60, n_prompts=300, beta=0.1, lr=1e-4, eval_every=10)),
-    ("PPO", "PPO", dict(steps=30, eval_every=5)),
-    ("GRPO", "GRPO", dict(steps=30, prompts_per_step=8, group_size=8, eval_every=5)),
-)
-COMPARISON_EVAL_N = 200
-
-#: What each method needs during training (for the table of notebook 10).
-NEEDS = {
-    "DPO": {"data": "offline pairs", "reward model": "no (implicit)", "critic": "no",
-            "reference": "log-probs once", "sampling in training": "no"},
-    "PPO": {"data": "on-policy samples", "reward model": "yes (here: the rule)", "critic": "yes",
-            "reference": "yes (KL in reward)", "sampling in training": "yes"},
-    "GRPO": {"data": "on-policy groups", "reward model": "yes (here: the rule)", "critic": "no (group mean)",
-             "reference": "optional (β = 0 here)", "sampling in training": "yes (G per prompt)"},
-}
 _RUN_COLORS = {"DPO (β = 1)": "tab:purple", "DPO (β = 0.1)": "plum", "PPO": "tab:blue", "GRPO": "tab:orange"}
-
-
-def method_comparison(preset: str | None = None, seed: int = 0) -> dict:
-    """DPO vs PPO vs GRPO from the same SFT start (rule reward / oracle pairs), same held-out evaluation.
-
-    Runs every entry of :data:`COMPARISON` with :func:`rlcourse.train.dpo.train_dpo`,
-    :func:`rlcourse.train.ppo.train_ppo` or :func:`rlcourse.train.grpo.train_grpo`. Returns ``{"rows": [...],
-    "histories": {label: [...]}}``; each row: ``label``, ``method``, ``steps``, ``accuracy_before``,
-    ``accuracy_after`` (greedy, held-out), ``pass@1_after``, ``pass@8_after``, ``train_seconds``
-    (optimisation steps; for PPO/GRPO sampling included), ``data_seconds`` (DPO's offline pair sampling and
-    reference scoring) and ``wall_seconds`` (the whole trainer call, evaluations included). Memoised in
-    the process.
-    """
-    return _method_comparison(preset or _preset(), seed)
-
-
-@functools.lru_cache(maxsize=4)
-def _method_comparison(preset: str, seed: int) -> dict:
-    from rlcourse.train.dpo import DPOConfig, train_dpo
-    from rlcourse.train.grpo import GRPOConfig, train_grpo
-    from rlcourse.train.ppo import PPOConfig, train_ppo
-
-    trainers = {"DPO": (DPOConfig, train_dpo), "PPO": (PPOConfig, train_ppo), "GRPO": (GRPOConfig, train_grpo)}
-    rows, histories = [], {}
-    for label, method, fields in COMPARISON:
-        Config, train = trainers[method]
-        model, tok = _policy(preset, seed)
-        cfg = Config(preset=preset, seed=seed, eval_n=COMPARISON_EVAL_N, **fields)
-        t0 = time.perf_counter()
-        res = train(cfg, model, tok, progress=False)
-        wall = time.perf_counter() - t0
-        histories[label] = res.history
-        rows.append({"label": label, "method": method, "steps": cfg.steps, "accuracy_before": res.before["accuracy"],
-                     "accuracy_after": res.after["accuracy"], "pass@1_after": res.after["pass@1"],
-                     "pass@8_after": res.after["pass@8"], "train_seconds": res.seconds,
-                     "data_seconds": float(res.extra.get("pairs_seconds", 0.0)), "wall_seconds": wall})
-    return {"rows": rows, "histories": histories}
 
 
 def plot_method_comparison(data: dict) -> plt.Figure:
@@ -927,4 +523,4 @@ def plot_method_comparison(data: dict) -> plt.Figure:
 @figure("10_dpo_vs_rl")
 def build_dpo_vs_rl() -> plt.Figure:
     """DPO vs PPO vs GRPO from the same SFT start: held-out accuracy over training time and at the end."""
-    return plot_method_comparison(method_comparison())
+    return plot_method_comparison(X.method_comparison())

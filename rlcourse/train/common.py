@@ -1,5 +1,17 @@
-"""What every trainer shares: a run directory with checkpoints that resume, a metrics history,
-a per-step random generator, a progress bar, and a clear error on a non-finite loss.
+"""What every trainer shares: the shared config fields, the run (history, progress, checkpoints
+that resume, refusal of a different config), a per-step random generator, and a clear error on
+a non-finite loss.
+
+A trainer reads::
+
+    run = Run("grpo", cfg, modules={"model": model}, optimizers={"opt": opt}, progress=..., callback=...)
+    with run:                                   # cfg.threads; Ctrl-C -> TrainingInterrupted(step, resume step)
+        before = run.remember("before", lambda: evaluate_policy(...))   # restored when resuming
+        for step in run.steps():                # from the checkpoint's step to cfg.steps
+            ...                                 # the algorithm
+            run.log(step, row)                  # history, callback, progress bar, checkpoint when due
+        after = evaluate_policy(...)
+    run.finish(save=lambda path: save_model(model, tokenizer, path))
 
 Resuming reproduces the uninterrupted run exactly because every source of randomness in a
 step is drawn from :func:`step_generator` (seeded by ``(seed, step)``), never from a global
@@ -8,18 +20,20 @@ stream that would have to be saved and restored.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
 import random
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from rlcourse import _validate as V
+from rlcourse.lm.evaluation import EVAL_N
+from rlcourse.lm.model import cpu_threads
+
+# -- checks ------------------------------------------------------------------------------------
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -34,6 +48,33 @@ def check_finite(value: torch.Tensor | float, *, name: str, step: int) -> None:
             f"{name} is {v} at step {step}: training stopped. Lower the learning rate, check the "
             f"rewards and advantages for NaN/inf, or resume from the last checkpoint."
         )
+
+
+def integer(name: str, value, minimum: int = 1, *, none_ok: bool = False):
+    """``value`` if it is an integer >= ``minimum`` (or None when ``none_ok``), else ``ValueError`` naming it."""
+    if value is None and none_ok:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        what = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {what}{' or None' if none_ok else ''}, got {value!r}")
+    return value
+
+
+def number(name: str, value, minimum: float | None = 0.0, maximum: float | None = None, *, strict: bool = True,
+           none_ok: bool = False):
+    """``value`` if it is a finite number in the range (``strict``: ``> minimum``; else ``>=``), else ``ValueError``.
+
+    Infinity is refused too: ``lr=inf`` or ``temperature=inf`` would train nothing, or crash deep inside.
+    """
+    if value is None and none_ok:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number{' or None' if none_ok else ''}, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+    return float(value)
 
 
 def set_seed(seed: int) -> None:
@@ -66,66 +107,95 @@ def progress(total: int, desc: str, enabled: bool = True):
                 mininterval=0.1 if interactive else 1.0)
 
 
-#: Optional fields that several trainer configs share, and what each must be.
-_POSITIVE_INT_OR_NONE = ("max_new_tokens", "max_pairs_per_group", "threads")
-_POSITIVE_INT = ("eval_n", "checkpoint_every")
-_NON_NEGATIVE_INT = ("eval_every",)
+# -- the shared config fields ------------------------------------------------------------------
 
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def check_out(out) -> str | None:
+    """``out`` as a string path, or None; a clear error for ``''``, a non-path, or an existing file."""
+    if out is None:
+        return None
+    if not isinstance(out, (str, os.PathLike)):
+        raise ValueError(f"out must be a directory path (str or os.PathLike) or None, got {out!r}")
+    out = os.fspath(out)
+    if not out.strip():
+        raise ValueError("out must be a directory path or None, got an empty string (it would write into the "
+                         "current directory); give a new directory such as runs/grpo")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out={out!r} is an existing file, not a directory; give a directory path")
+    return out
 
 
 @dataclass
 class RunConfig:
-    """The fields every trainer config shares (each trainer's config derives from this one).
+    """The fields every trainer config shares (each trainer's config derives from this one and
+    overrides the defaults of ``steps`` and ``lr``). Validated once, here.
 
     Attributes:
+        preset: model preset of the start (``"tiny"`` / ``"small"``).
+        seed: seeds the data and every sampling step.
+        steps: optimizer steps (or generation batches).
+        lr: the (peak) AdamW learning rate, finite and > 0.
         grad_clip: max gradient norm (None: no clipping).
         out: run directory (``config.json``, ``history.jsonl``, ``checkpoint.pt``, ``final/``), or None.
         device: None -> :func:`rlcourse.lm.pick_device` (cuda, then mps, then cpu).
         checkpoint_every: steps between checkpoints (when ``out`` is set); one is also saved after the last step.
         eval_every: if > 0, a held-out evaluation every this many steps, in the history.
-        threads: torch intra-op threads while training (None: torch's setting); see :func:`uses_cpu_threads`.
+        eval_n: held-out problems for the before/after evaluation.
+        threads: torch intra-op threads while training (None: torch's setting); see :func:`rlcourse.lm.cpu_threads`.
     """
 
+    preset: str = "tiny"
+    seed: int = 0
+    steps: int = 100
+    lr: float = 1e-4
     grad_clip: float | None = 1.0
     out: str | None = None
     device: str | None = None
     checkpoint_every: int = 50
     eval_every: int = 0
+    eval_n: int = EVAL_N
     threads: int | None = None
 
+    def __post_init__(self):
+        from rlcourse.lm.model import PRESETS
 
-def validate_common(cfg) -> None:
-    """Checks shared by every trainer config: steps, learning rate, seed, and, where the config has
-    them, ``max_new_tokens`` / ``max_pairs_per_group`` / ``threads`` (a positive integer or None),
-    ``eval_n`` / ``checkpoint_every`` (positive integers), ``eval_every`` (>= 0) and
-    ``grad_clip`` (> 0 or None). Raises ``ValueError`` naming the field."""
-    if not _is_int(cfg.steps) or cfg.steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {cfg.steps!r}")
-    V.positive("lr", cfg.lr)
-    if not _is_int(cfg.seed):
-        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
-    for name in _POSITIVE_INT_OR_NONE:
-        v = getattr(cfg, name, None)
-        if v is not None and (not _is_int(v) or v < 1):
-            raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
-    for name in _POSITIVE_INT:
-        v = getattr(cfg, name, 1)
-        if not _is_int(v) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    for name in _NON_NEGATIVE_INT:
-        v = getattr(cfg, name, 0)
-        if not _is_int(v) or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-    if getattr(cfg, "grad_clip", None) is not None:
-        V.positive("grad_clip", cfg.grad_clip)
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {list(PRESETS)}, got {self.preset!r}")
+        integer("seed", self.seed, minimum=-(2**62))
+        integer("steps", self.steps, 0)
+        number("lr", self.lr)
+        number("grad_clip", self.grad_clip, none_ok=True)
+        self.out = check_out(self.out)
+        integer("checkpoint_every", self.checkpoint_every)
+        integer("eval_every", self.eval_every, 0)
+        integer("eval_n", self.eval_n)
+        integer("threads", self.threads, none_ok=True)
+        if getattr(self, "max_new_tokens", None) is not None:
+            integer("max_new_tokens", self.max_new_tokens)
+        if hasattr(self, "temperature"):
+            number("temperature", self.temperature)
+
+
+def lr_at(cfg, step: int) -> float:
+    """Linear warmup to ``cfg.lr`` over ``cfg.warmup_steps``, then cosine decay to ``cfg.lr * cfg.min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 def due(step: int, every: int) -> bool:
     """Whether something done every ``every`` steps (0: never) is due after step ``step`` (0-based)."""
     return every > 0 and (step + 1) % every == 0
+
+
+# -- the run directory ---------------------------------------------------------------------------
+
+#: Fields that may differ when a run is resumed: where and how it runs, not what it computes.
+RESUMABLE_CHANGES = ("out", "device", "threads", "checkpoint_every")
+
+
+def _config_record(name: str, cfg) -> dict:
+    return json.loads(json.dumps({"algorithm": name, **asdict(cfg)}, default=str))
 
 
 class RunDir:
@@ -136,18 +206,43 @@ class RunDir:
     """
 
     def __init__(self, path: str | os.PathLike | None):
+        path = check_out(path)
         self.path = Path(path) if path is not None else None
         if self.path is not None:
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"out={str(self.path)!r}: cannot create the run directory ({e.strerror})") from e
+            if not os.access(self.path, os.W_OK | os.X_OK):
+                raise ValueError(f"out={str(self.path)!r} is not writable; give a directory you can write to")
 
     @property
     def enabled(self) -> bool:
         return self.path is not None
 
-    def write_config(self, cfg) -> None:
-        if self.enabled:
-            data = asdict(cfg) if is_dataclass(cfg) else dict(cfg)
-            (self.path / "config.json").write_text(json.dumps(data, indent=2, default=str))
+    def check_config(self, name: str, cfg) -> None:
+        """Refuse to resume a run made with another algorithm or config; else write ``config.json``.
+
+        Raises ``ValueError`` naming the fields that differ (``config.json`` is left as it was).
+        """
+        if not self.enabled:
+            return
+        path = self.path / "config.json"
+        new = _config_record(name, cfg)
+        if path.exists():
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{path} cannot be read ({e}); delete the run directory {str(self.path)!r} to "
+                                 "start fresh") from e
+            diff = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_CHANGES
+                    and old.get(k, "(absent)") != new.get(k, "(absent)") and not (k == "algorithm" and k not in old)]
+            if diff:
+                seen = ", ".join(f"{k}: {old.get(k, '(absent)')!r} there, {new.get(k, '(absent)')!r} now" for k in diff)
+                raise ValueError(f"run directory {str(self.path)!r} holds a {old.get('algorithm', 'different')} run "
+                                 f"whose config differs ({seen}). To resume it, repeat its options; to start "
+                                 "fresh, pass a new --out (out=) or delete that directory.")
+        path.write_text(json.dumps(new, indent=2))
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
         if self.enabled:
@@ -172,24 +267,19 @@ class RunDir:
         os.replace(tmp, self.path / "checkpoint.pt")
         self.write_history(history)
 
-    def end_step(self, step: int, row: dict[str, Any], history: list[dict[str, Any]], cfg, *, bar, callback,
-                 modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                 extra: dict[str, Any], postfix: dict[str, str]) -> None:
-        """The end of every trainer's step: append ``row`` to ``history``, call ``callback(row)``, advance
-        the progress bar, and checkpoint every ``cfg.checkpoint_every`` steps and after the last."""
-        history.append(row)
-        if callback is not None:
-            callback(row)
-        bar.update(1)
-        bar.set_postfix(postfix, refresh=False)
-        if due(step, cfg.checkpoint_every) or step + 1 == cfg.steps:
-            self.save(step + 1, modules, optimizers, history, extra)
-
     def load(self) -> dict[str, Any] | None:
-        """The last checkpoint, or None if there is none."""
+        """The last checkpoint, or None if there is none; ``ValueError`` naming the file if it is damaged."""
         if not self.enabled or not (self.path / "checkpoint.pt").exists():
             return None
-        return torch.load(self.path / "checkpoint.pt", map_location="cpu", weights_only=False)
+        path = self.path / "checkpoint.pt"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or not {"step", "modules", "optimizers"} <= set(state):
+                raise ValueError("not a checkpoint of this course")
+        except Exception as e:  # truncated, empty, random bytes, another program's file
+            raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {str(e)[:120]}). "
+                             f"Delete it to restart from step 0 (or delete {str(self.path)!r} to start fresh)") from e
+        return state
 
     def restore(self, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]):
         """Load the last checkpoint into ``modules`` and ``optimizers``.
@@ -199,14 +289,117 @@ class RunDir:
         state = self.load()
         if state is None:
             return 0, [], {}
-        for k, m in modules.items():
-            m.load_state_dict(state["modules"][k])
-        for k, o in optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
-        return int(state["step"]), list(state["history"]), dict(state["extra"])
+        try:
+            for k, m in modules.items():
+                m.load_state_dict(state["modules"][k])
+            for k, o in optimizers.items():
+                o.load_state_dict(state["optimizers"][k])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ValueError(f"checkpoint {str(self.path / 'checkpoint.pt')!r} does not fit this run "
+                             f"({type(e).__name__}: {str(e)[:120]}); delete {str(self.path)!r} or pass a new --out"
+                             ) from e
+        return int(state["step"]), list(state["history"]), dict(state.get("extra", {}))
 
 
-# -- what every trainer returns, and how every trainer is evaluated ---------------------------
+# -- the run -----------------------------------------------------------------------------------
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: which step was running, and the step a rerun resumes from."""
+
+    def __init__(self, step: int, resume_step: int, out: Path | None):
+        self.step, self.resume_step, self.out = step, resume_step, out
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        if self.out is None:
+            return f"interrupted at step {self.step} (no run directory: pass --out DIR to keep checkpoints)"
+        return f"interrupted at step {self.step}; run the same command to resume from step {self.resume_step}"
+
+
+class Run:
+    """One training run: restores from ``cfg.out``, logs rows, checkpoints when due, finishes.
+
+    Args:
+        name: the algorithm (recorded in ``config.json``: a run of another algorithm is refused).
+        cfg: the trainer's config (a :class:`RunConfig`).
+        modules, optimizers: what a checkpoint holds (restored here when resuming).
+        progress: show a progress bar described by ``desc``. callback: called as ``callback(row)``.
+
+    Attributes:
+        start, history: the step to start from and the rows so far (restored).
+        state: a dict saved with every checkpoint (e.g. ``"before"``, a KL coefficient).
+        seconds: training seconds so far (the sum of the rows' ``step_seconds``).
+    """
+
+    def __init__(self, name: str, cfg, modules: dict, optimizers: dict, *, progress: bool = True,
+                 callback: Callable | None = None, desc: str | None = None):
+        self.name, self.cfg, self.modules, self.optimizers, self.callback = name, cfg, modules, optimizers, callback
+        self.dir = RunDir(cfg.out)
+        self.dir.check_config(name, cfg)
+        self.start, self.history, self.state = self.dir.restore(modules, optimizers)
+        self.seconds = float(self.state.get("seconds", 0.0))
+        self.step = self.saved_step = self.start
+        self._threads = cpu_threads(cfg.threads)
+        self._bar_args = (cfg.steps, desc or name, progress)
+        self.bar = None
+
+    @property
+    def path(self) -> Path | None:
+        return self.dir.path
+
+    def __enter__(self):
+        self._threads.__enter__()
+        self.bar = progress(*self._bar_args)
+        self.bar.update(self.start)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.bar.close()
+        self._threads.__exit__(exc_type, exc, tb)
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) \
+                and not isinstance(exc, TrainingInterrupted):
+            raise TrainingInterrupted(self.step, self.saved_step, self.path) from None
+        return False
+
+    def remember(self, key: str, compute: Callable[[], Any]):
+        """``state[key]``, computed by ``compute()`` on the first run and restored when resuming."""
+        if key not in self.state:
+            self.state[key] = compute()
+        return self.state[key]
+
+    def steps(self):
+        """The steps still to run: from the checkpoint's step to ``cfg.steps``."""
+        for step in range(self.start, self.cfg.steps):
+            self.step = step
+            yield step
+
+    def log(self, step: int, row: dict, postfix: dict | None = None) -> None:
+        """The end of a step: append ``row``, call the callback, advance the bar, checkpoint when due."""
+        self.history.append(row)
+        self.seconds += float(row.get("step_seconds", 0.0))
+        if self.callback is not None:
+            self.callback(row)
+        self.bar.update(1)
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+        if due(step, self.cfg.checkpoint_every) or step + 1 == self.cfg.steps:
+            self.state["seconds"] = self.seconds
+            self.dir.save(step + 1, self.modules, self.optimizers, self.history, self.state)
+            self.saved_step = step + 1
+
+    def finish(self, save: Callable[[Path], Any] | None = None, result: dict | None = None) -> Path | None:
+        """Write the history, ``final/`` (``save(path)``) and ``result.json``; returns the run directory."""
+        if self.dir.enabled:
+            self.dir.write_history(self.history)
+            if save is not None:
+                save(self.path / "final")
+            if result is not None:
+                (self.path / "result.json").write_text(json.dumps(result, indent=2, default=str))
+        return self.path
+
+
+# -- what every trainer returns, and where it starts ---------------------------------------------
 
 @dataclass
 class TrainResult:
@@ -215,7 +408,7 @@ class TrainResult:
     Attributes:
         model, tokenizer: the trained policy (or reward model) and its tokenizer.
         history: one dict of floats per step (``"step"`` plus the metrics named like the paper).
-        before, after: :func:`evaluate_policy` (or the trainer's own evaluation) before and after.
+        before, after: :func:`rlcourse.lm.evaluate_policy` (or the trainer's own evaluation) before and after.
         seconds: training time, evaluation excluded.
         out: the run directory, or None.
         extra: anything else the trainer wants to hand back (e.g. the reference model).
@@ -231,30 +424,23 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
-#: Size of the held-out evaluation set and samples per problem used by every trainer.
-EVAL_N = 500
-EVAL_SAMPLES = 8
+def start_policy(cfg, model, tokenizer, task=None):
+    """``(model, tokenizer, task, device)``: what a trainer starts from, on its device, seeds set.
 
-
-def evaluate_policy(model, tokenizer, task, n_eval: int = EVAL_N, seed: int = 0, *, n_samples: int = EVAL_SAMPLES,
-                    ks=(1, 8), temperature: float = 1.0, batch_size: int = 512) -> dict:
-    """Held-out evaluation shared by every trainer (same problems for everyone).
-
-    Returns ``{"accuracy": greedy accuracy, "pass@1": sampled accuracy at ``temperature``,
-    "pass@8": unbiased pass@8 from ``n_samples`` samples, "mean_reward": mean sampled reward}``
-    on ``task.held_out(n_eval, seed)``. The policy's train/eval mode is left as it was.
-
-    Cost on the 2-core CPU (tiny preset, trained model): about 5 s for 500 problems x 8 samples.
-    Generation batches above ~512 rows were measured to slow down sharply on this CPU, hence
-    ``batch_size=512``.
+    A trainer needs a ``model`` and its ``tokenizer`` (the course's SFT start is
+    :func:`rlcourse.experiments.sft_start`); ``task=None`` is :func:`rlcourse.lm.default_task`.
+    The device is ``cfg.device`` when set, else the model's own.
     """
-    from rlcourse.lm import evaluate
+    from rlcourse.lm import default_task, pick_device
 
-    if not isinstance(n_eval, int) or n_eval < 1:
-        raise ValueError(f"n_eval must be a positive integer, got {n_eval!r}")
-    problems = task.held_out(n_eval, seed=seed)
-    return evaluate(model, tokenizer, problems, ks=tuple(ks), n=n_samples, temperature=temperature,
-                    batch_size=batch_size, seed=seed)
+    if model is None or tokenizer is None:
+        raise ValueError("model and tokenizer are required: the course's SFT start is "
+                         "rlcourse.experiments.sft_start(preset, seed)")
+    task = task or default_task()
+    device = pick_device(cfg.device) if cfg.device is not None else next(model.parameters()).device
+    model = model.to(device)
+    set_seed(cfg.seed)
+    return model, tokenizer, task, device
 
 
 def problems_for_step(task, n: int, seed: int, step: int):
@@ -286,61 +472,6 @@ def sample_groups(model, tokenizer, task, *, n_prompts: int, group_size: int, ma
     return problems, ro, rewards
 
 
-def default_max_new_tokens(task) -> int:
-    """Room for the longest answer, ``<eos>`` and one extra token (a sign or a slip)."""
-    return task.max_answer_chars + 2
-
-
-def held_out_accuracy(model, tokenizer, task, n_eval: int = EVAL_N, seed: int = 0) -> float:
-    """Greedy accuracy on the same held-out problems as :func:`evaluate_policy` (no sampling: cheap)."""
-    from rlcourse.lm import accuracy
-
-    return accuracy(model, tokenizer, task.held_out(n_eval, seed=seed), batch_size=512)
-
-
-def uses_cpu_threads(train):
-    """Decorate a trainer ``train(cfg, ...)`` to run with ``cfg.threads`` torch intra-op threads (restored after).
-
-    Why: the course's tiny model does many small operations. On the idle 2-core baseline
-    machine two threads are faster (an SFT step: 0.068 s against 0.109 s for one; the default
-    REINFORCE run: 16.5 s against 25.4 s), so every trainer's default is ``None`` (torch's
-    setting). But when another process competes for the cores (parallel experiments), two
-    threads spin-wait on each other and a step took 0.6-5 s in our measurements, while one
-    thread stayed near 0.1-0.2 s: pass ``threads=1`` there. Only CPU work is affected.
-    """
-
-    @functools.wraps(train)
-    def run(cfg=None, *args, **kwargs):
-        n = getattr(cfg, "threads", None)
-        if n is None:
-            return train(cfg, *args, **kwargs)
-        old = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            return train(cfg, *args, **kwargs)
-        finally:
-            torch.set_num_threads(old)
-
-    return run
-
-
-def start_policy(cfg, model=None, tokenizer=None, task=None, *, progress: bool = True):
-    """``(model, tokenizer, task, device)``: what a trainer starts from, on its device, seeds set.
-
-    ``model=None`` loads the course's cached SFT start for ``(cfg.preset, cfg.seed)``
-    (:func:`rlcourse.train.sft.sft_start`, trained on first use); a given ``model`` needs its
-    ``tokenizer``. ``task=None`` is the course's default task. The device is ``cfg.device`` when
-    set, else the model's own.
-    """
-    from rlcourse.lm import pick_device
-    from rlcourse.train.sft import default_task, sft_start
-
-    task = task or default_task()
-    if model is None:
-        model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
-    elif tokenizer is None:
-        raise ValueError("tokenizer is required when model is given")
-    device = pick_device(cfg.device) if cfg.device is not None else next(model.parameters()).device
-    model.to(device)
-    set_seed(cfg.seed)
-    return model, tokenizer, task, device
+def config_fields(cls) -> list[str]:
+    """The field names of a config dataclass (for the command line's option checks)."""
+    return [f.name for f in fields(cls)]

@@ -4,7 +4,7 @@ Direct Preference Optimization (Rafailov et al. 2023) skips the reward model and
 The KL-regularised optimum :math:`\\pi^*(y \\mid x) \\propto \\pi_{\\text{ref}}(y \\mid x)\\,e^{r(x, y)/\\beta}`
 expresses the reward through the policy, :math:`r = \\beta \\log\\frac{\\pi^*}{\\pi_{\\text{ref}}} + \\beta\\log Z(x)`;
 inside the Bradley–Terry likelihood :math:`\\log Z(x)` cancels, and maximising the likelihood of
-the preferences over :math:`\\pi_\\theta` gives (seed 004)
+the preferences over :math:`\\pi_\\theta` gives (Ke Wei's lecture slides)
 
 .. math::
 
@@ -18,7 +18,7 @@ and IPO (Azar et al. 2023) replaces :math:`-\\log\\sigma(\\beta h)` by :math:`(h
 
 The data is offline: ``group_size`` completions of each of ``n_prompts`` training problems are
 sampled once from the SFT start and labelled by the oracle
-(:func:`rlcourse.train.reward_model.oracle_pairs`); the reference (the SFT start itself) scores every
+(:func:`rlcourse.lm.oracle_pairs`); the reference (the SFT start itself) scores every
 chosen and rejected response once, before training, and those numbers are stored with the
 pairs — no reference model is kept in memory during training.
 
@@ -51,15 +51,11 @@ from dataclasses import dataclass
 import torch
 
 from rlcourse import _validate as V
-from rlcourse.lm import save_model
-from rlcourse.logprobs import masked_sum
+from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model
+from rlcourse.lm.pairs import oracle_pairs, pair_logprobs
 from rlcourse.preference import dpo_loss
-from rlcourse.train.common import (EVAL_N, RunConfig, RunDir, TrainResult, check_finite, default_max_new_tokens, due,
-                                   evaluate_policy, held_out_accuracy, start_policy, step_generator, uses_cpu_threads,
-                                   validate_common)
-from rlcourse.train.common import progress as progress_bar
-from rlcourse.train.grpo import policy_forward
-from rlcourse.train.reward_model import encode_pairs, lr_at, oracle_pairs
+from rlcourse.train.common import (Run, RunConfig, TrainResult, check_finite, due, integer, lr_at, number,
+                                   start_policy, step_generator)
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -83,17 +79,13 @@ class DPOConfig(RunConfig):
         n_prompts, group_size, temperature, max_new_tokens, max_pairs_per_group: the pairs: ``group_size``
             samples of each of ``n_prompts`` distinct training problems, labelled by the oracle.
         rounds: 1 = offline DPO; > 1 = iterative DPO with fresh pairs from the current policy each round.
-        eval_n: held-out problems for the before/after evaluation.
-        (and the run fields of :class:`~rlcourse.train.common.RunConfig`: ``grad_clip``, ``out``,
-        ``device``, ``checkpoint_every``, ``eval_every``, ``threads``)
+        (and the shared fields of :class:`~rlcourse.train.common.RunConfig`)
     """
 
     loss_type: str = "sigmoid"
     beta: float = 0.5
     label_smoothing: float = 0.0
     rpo_alpha: float = 0.0
-    preset: str = "tiny"
-    seed: int = 0
     steps: int = 200
     lr: float = 1e-4
     batch_size: int = 64
@@ -105,45 +97,22 @@ class DPOConfig(RunConfig):
     max_new_tokens: int | None = None
     max_pairs_per_group: int | None = None
     rounds: int = 1
-    eval_n: int = EVAL_N
 
     def __post_init__(self):
-        validate_common(self)
+        super().__post_init__()
         V.choice("loss_type", self.loss_type, LOSS_TYPES)
-        V.positive("beta", self.beta)
-        if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 0.5:
+        number("beta", self.beta)
+        if number("label_smoothing", self.label_smoothing, strict=False) >= 0.5:
             raise ValueError(f"label_smoothing must lie in [0, 0.5), got {self.label_smoothing!r}")
-        V.positive("rpo_alpha", self.rpo_alpha, allow_zero=True)
+        number("rpo_alpha", self.rpo_alpha, strict=False)
         if self.label_smoothing and self.loss_type == "ipo":
             raise ValueError("label_smoothing has no meaning for loss_type='ipo'; set it to 0")
         for name in ("batch_size", "n_prompts", "rounds"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.group_size, int) or self.group_size < 2:
-            raise ValueError(f"group_size must be an integer >= 2 (pairs need two samples), got {self.group_size!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
-        V.in_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        V.positive("temperature", self.temperature)
-
-
-def pair_logprobs(model, tokenizer, pairs, device, temperature: float = 1.0, *, average: bool = False,
-                  return_lengths: bool = False):
-    """Sequence log-probs ``(logp_chosen (B,), logp_rejected (B,))`` of the pairs' responses (``<eos>`` included).
-
-    ``average=True`` divides each by its number of tokens (IPO as TRL computes it);
-    ``return_lengths=True`` also returns the token counts ``(len_chosen (B,), len_rejected (B,))``.
-    Carries the gradient when called with grad enabled.
-    """
-    b = encode_pairs(tokenizer, pairs, device)
-    logp, _ = policy_forward(model, b.input_ids, b.attention_mask, b.response_mask, temperature)
-    seq = masked_sum(logp, b.response_mask, dim=-1)
-    lengths = b.response_mask.sum(-1)
-    if average:
-        seq = seq / lengths
-    out = (seq[:len(pairs)], seq[len(pairs):])
-    return out + ((lengths[:len(pairs)], lengths[len(pairs):]),) if return_lengths else out
+            integer(name, getattr(self, name))
+        integer("group_size", self.group_size, 2)  # pairs need two samples
+        integer("warmup_steps", self.warmup_steps, 0)
+        integer("max_pairs_per_group", self.max_pairs_per_group, none_ok=True)
+        number("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, strict=False)
 
 
 @torch.no_grad()
@@ -173,107 +142,96 @@ def sample_pairs(cfg: DPOConfig, model, tokenizer, task, round_: int) -> list:
     return pairs
 
 
-@uses_cpu_threads
 def train_dpo(cfg: DPOConfig | None = None, model=None, tokenizer=None, *, task=None, pairs: list | None = None,
               progress: bool = True, callback=None) -> TrainResult:
-    """Train ``model`` (default: the cached SFT start) with DPO or IPO on oracle pairs; see the module docstring.
+    """Train ``model`` (the SFT start) with DPO or IPO on oracle pairs; see the module docstring.
 
     Args:
         cfg: the configuration (default :class:`DPOConfig`).
         model, tokenizer: the policy; its initial state is the reference.
-        task: the task (default :func:`rlcourse.train.sft.default_task`).
+        task: the task (default :func:`rlcourse.lm.default_task`).
         pairs: pairs ``{"prompt", "chosen", "rejected", ...}`` to use for the first round instead of sampling.
         progress: show a tqdm bar. callback: called with each history row.
 
     Returns:
-        A :class:`TrainResult` (``before`` / ``after``: :func:`rlcourse.train.common.evaluate_policy`);
+        A :class:`TrainResult` (``before`` / ``after``: :func:`rlcourse.lm.evaluate_policy`);
         ``extra`` holds ``n_pairs`` (per round) and ``pairs_seconds``. Writes ``config.json``,
         ``pairs.json`` (with the reference log-probs), ``history.jsonl``, ``checkpoint.pt`` and
         ``final/`` to ``cfg.out`` if given, and resumes from its checkpoint.
     """
     cfg = cfg or DPOConfig()
-    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task, progress=progress)
+    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task)
     average = cfg.loss_type == "ipo"
     # The reference is the starting policy. It is only needed to score pairs: once for offline
     # DPO (then dropped), and at each new round for iterative DPO.
     ref = copy.deepcopy(model).eval() if cfg.rounds > 1 else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-
-    run = RunDir(cfg.out)
-    run.write_config(cfg)
-    start, history, extra = run.restore({"model": model}, {"opt": opt})
-    pairs_path = run.path / "pairs.json" if run.enabled else None
+    run = Run("dpo", cfg, {"model": model}, {"opt": opt}, progress=progress, callback=callback,
+              desc=f"dpo[{cfg.loss_type}]")
+    pairs_path = run.path / "pairs.json" if run.path is not None else None
     rounds_data: dict[int, list] = {}
     if pairs_path is not None and pairs_path.exists():
         rounds_data = {int(k): v for k, v in json.loads(pairs_path.read_text()).items()}
-    before = extra.get("before") or evaluate_policy(model, tokenizer, task, cfg.eval_n)
-    seconds = float(extra.get("seconds", 0.0))
-    pairs_seconds = float(extra.get("pairs_seconds", 0.0))
-    if start == 0 and 0 not in rounds_data:  # the offline data: scored by the reference = the policy now
-        t0 = time.perf_counter()
-        raw = pairs if pairs is not None else sample_pairs(cfg, model, tokenizer, task, 0)
-        rounds_data[0] = add_reference_logprobs(ref, tokenizer, raw, device, average=average)
-        pairs_seconds += time.perf_counter() - t0
-        if pairs_path is not None:
-            pairs_path.write_text(json.dumps(rounds_data))
 
-    steps_per_round = math.ceil(cfg.steps / cfg.rounds) if cfg.steps else 1
-    model.train()
-    bar = progress_bar(cfg.steps, f"dpo[{cfg.loss_type}]", progress)
-    bar.update(start)
-    for step in range(start, cfg.steps):
-        t0 = time.perf_counter()
-        round_ = step // steps_per_round
-        if round_ not in rounds_data:  # iterative DPO: fresh pairs from the current policy, scored by the reference
-            raw = sample_pairs(cfg, model, tokenizer, task, round_)
+    def scored_pairs(round_: int, raw=None) -> list:
+        """The pairs of a round, scored once by the reference (and saved with the run)."""
+        if round_ not in rounds_data:
+            t0 = time.perf_counter()
+            raw = raw if raw is not None else sample_pairs(cfg, model, tokenizer, task, round_)
             rounds_data[round_] = add_reference_logprobs(ref, tokenizer, raw, device, average=average)
-            model.train()
+            run.state["pairs_seconds"] = run.state.get("pairs_seconds", 0.0) + time.perf_counter() - t0
             if pairs_path is not None:
                 pairs_path.write_text(json.dumps(rounds_data))
-        data = rounds_data[round_]
-        lr = lr_at(cfg, step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        g = step_generator(cfg.seed, step)
-        idx = torch.randperm(len(data), generator=g)[:cfg.batch_size].tolist()
-        batch = [data[i] for i in idx]
-        pc, pr, (len_c, _) = pair_logprobs(model, tokenizer, batch, device, average=average, return_lengths=True)
-        rc = torch.tensor([p["ref_chosen"] for p in batch], device=device)
-        rr = torch.tensor([p["ref_rejected"] for p in batch], device=device)
-        loss, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type,
-                                                          cfg.label_smoothing)
-        pref_loss = loss
-        if cfg.rpo_alpha:  # RPO: plus the NLL of the chosen responses (token mean)
-            nll = -(pc * len_c).sum() / len_c.sum() if average else -pc.sum() / len_c.sum()
-            loss = loss + cfg.rpo_alpha * nll
-        check_finite(loss, name="dpo loss", step=step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        check_finite(grad_norm, name="gradient norm", step=step)
-        opt.step()
-        row = {"step": step, "loss": loss.item(), "pref_loss": pref_loss.item(),
-               "reward_accuracy": float((chosen_rewards > rejected_rewards).float().mean()),
-               "margin": float((chosen_rewards - rejected_rewards).mean()),
-               "chosen_reward": float(chosen_rewards.mean()), "rejected_reward": float(rejected_rewards.mean()),
-               "logp_chosen": float(pc.detach().mean()), "logp_rejected": float(pr.detach().mean()),
-               "round": float(round_), "lr": lr, "grad_norm": grad_norm.item(),
-               "step_seconds": time.perf_counter() - t0}
-        seconds += row["step_seconds"]
-        if due(step, cfg.eval_every):
-            row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
-        run.end_step(step, row, history, cfg, bar=bar, callback=callback, modules={"model": model},
-                     optimizers={"opt": opt},
-                     extra={"before": before, "seconds": seconds, "pairs_seconds": pairs_seconds},
-                     postfix={"loss": f"{row['loss']:.3f}", "acc": f"{row['reward_accuracy']:.2f}"})
-    bar.close()
+        return rounds_data[round_]
 
-    after = evaluate_policy(model, tokenizer, task, cfg.eval_n)
-    if run.enabled:
-        run.write_history(history)
-        save_model(model, tokenizer, run.path / "final")
-    return TrainResult(model, tokenizer, history, before, after, seconds, run.path,
-                       {"n_pairs": [len(rounds_data[k]) for k in sorted(rounds_data)], "pairs_seconds": pairs_seconds})
+    with run:
+        before = run.remember("before", lambda: evaluate_policy(model, tokenizer, task, cfg.eval_n))
+        if run.start == 0:  # the offline data: scored by the reference = the policy now
+            scored_pairs(0, pairs)
+        steps_per_round = math.ceil(cfg.steps / cfg.rounds) if cfg.steps else 1
+        for step in run.steps():
+            t0 = time.perf_counter()
+            # 1. this round's pairs (iterative DPO: fresh pairs from the current policy), this step's batch
+            round_ = step // steps_per_round
+            data = scored_pairs(round_)
+            model.train()
+            lr = lr_at(cfg, step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = torch.randperm(len(data), generator=step_generator(cfg.seed, step))[:cfg.batch_size]
+            batch = [data[i] for i in idx.tolist()]
+            # 2. the policy's log-probs of chosen and rejected; the reference's were stored with the pairs
+            pc, pr, (len_c, _) = pair_logprobs(model, tokenizer, batch, device, average=average, return_lengths=True)
+            rc = torch.tensor([p["ref_chosen"] for p in batch], device=device)
+            rr = torch.tensor([p["ref_rejected"] for p in batch], device=device)
+            # 3. the DPO / IPO loss (+ RPO's NLL of the chosen responses), one AdamW step
+            pref_loss, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type,
+                                                                   cfg.label_smoothing)
+            loss = pref_loss
+            if cfg.rpo_alpha:
+                nll = -(pc * len_c).sum() / len_c.sum() if average else -pc.sum() / len_c.sum()
+                loss = loss + cfg.rpo_alpha * nll
+            check_finite(loss, name="dpo loss", step=step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            check_finite(grad_norm, name="gradient norm", step=step)
+            opt.step()
+            row = {"step": step, "loss": loss.item(), "pref_loss": pref_loss.item(),
+                   "reward_accuracy": float((chosen_rewards > rejected_rewards).float().mean()),
+                   "margin": float((chosen_rewards - rejected_rewards).mean()),
+                   "chosen_reward": float(chosen_rewards.mean()), "rejected_reward": float(rejected_rewards.mean()),
+                   "logp_chosen": float(pc.detach().mean()), "logp_rejected": float(pr.detach().mean()),
+                   "round": float(round_), "lr": lr, "grad_norm": grad_norm.item(),
+                   "step_seconds": time.perf_counter() - t0}
+            if due(step, cfg.eval_every):
+                row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
+            run.log(step, row, {"loss": f"{row['loss']:.3f}", "acc": f"{row['reward_accuracy']:.2f}"})
+        after = evaluate_policy(model, tokenizer, task, cfg.eval_n)
+    run.finish(lambda path: save_model(model, tokenizer, path))
+    return TrainResult(model, tokenizer, run.history, before, after, run.seconds, run.path,
+                       {"n_pairs": [len(rounds_data[k]) for k in sorted(rounds_data)],
+                        "pairs_seconds": float(run.state.get("pairs_seconds", 0.0))})
 
 
-__all__ = ["DPOConfig", "train_dpo", "pair_logprobs", "add_reference_logprobs", "sample_pairs", "LOSS_TYPES"]
+__all__ = ["DPOConfig", "train_dpo", "add_reference_logprobs", "sample_pairs", "LOSS_TYPES"]

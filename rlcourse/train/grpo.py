@@ -23,13 +23,9 @@ same forward pass, as TRL does — and the ratio is exactly 1 (the gradient of t
 objective is then the plain policy gradient). With ``num_iterations = mu > 1`` the same
 batch is reused for mu steps; the old log-probs are those of the first pass.
 
-No wasted work (beta = 0): a completion with advantage 0 (its group's rewards are all equal)
-contributes nothing, and identical completions of one prompt contribute identical terms, so
-the forward/backward runs once per *distinct* completion with A != 0, its advantage multiplied
-by its number of copies (:func:`rows_that_matter`; exact because the clipped objective is
-positively homogeneous in A, and the loss keeps the full batch's normalisers). A peaked
-policy samples few distinct answers, so this removes most of the compute
-(``benchmarks/grpo_vs_trl.py``).
+An exact speed-up is opt-in (``distinct_rows=True``, beta = 0): the forward/backward then runs
+once per *distinct* completion with A != 0 (:mod:`rlcourse.train.distinct_rows`); the loss and
+its gradient are those of the full batch.
 
 ========  ===================  =====================  =========================================
 variant   advantage            aggregation            other
@@ -58,12 +54,12 @@ import torch
 from rlcourse import _validate as V
 from rlcourse.advantages import dr_grpo_advantages, grpo_advantages
 from rlcourse.kl import KL_ESTIMATORS
-from rlcourse.lm.rollout import encode_completions, position_ids_from_mask, response_logprobs_from_logits
+from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model, sequence_logprobs
+from rlcourse.lm.rollout import encode_completions
 from rlcourse.losses import grpo_loss
-from rlcourse.train.common import (EVAL_N, RunConfig, RunDir, TrainResult, check_finite, default_max_new_tokens, due,
-                                   evaluate_policy, held_out_accuracy, sample_groups, start_policy, uses_cpu_threads,
-                                   validate_common)
-from rlcourse.train.common import progress as progress_bar
+from rlcourse.train.common import (Run, RunConfig, TrainResult, check_finite, due, integer, number, sample_groups,
+                                   start_policy)
+from rlcourse.train.distinct_rows import distinct_rows
 
 VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo")
 
@@ -95,14 +91,12 @@ class GRPOConfig(RunConfig):
         dynamic_sampling: drop zero-variance groups and resample; None -> ``variant == "dapo"``.
         max_sampling_rounds: generation rounds per step for dynamic sampling.
         overlong_buffer: DAPO's L_cache (tokens); None -> 1 for dapo, 0 (off) otherwise.
-        eval_n: held-out problems for the before/after evaluation.
-        (and the run fields of :class:`~rlcourse.train.common.RunConfig`: ``grad_clip``, ``out``,
-        ``device``, ``checkpoint_every``, ``eval_every``, ``threads``)
+        distinct_rows: compute only the distinct completions with A != 0 (exact; beta = 0 only;
+            :mod:`rlcourse.train.distinct_rows`).
+        (and the shared fields of :class:`~rlcourse.train.common.RunConfig`)
     """
 
     variant: str = "grpo"
-    preset: str = "tiny"
-    seed: int = 0
     steps: int = 300
     lr: float = 1e-4
     group_size: int = 8
@@ -118,16 +112,13 @@ class GRPOConfig(RunConfig):
     dynamic_sampling: bool | None = None
     max_sampling_rounds: int = 3
     overlong_buffer: int | None = None
-    eval_n: int = EVAL_N
+    distinct_rows: bool = False
 
     def __post_init__(self):
-        validate_common(self)
+        super().__post_init__()
         V.choice("variant", self.variant, VARIANTS)
-        if not isinstance(self.group_size, int) or self.group_size < 2:
-            raise ValueError(f"group_size must be an integer >= 2 (G completions per prompt), got {self.group_size!r}")
-        if not isinstance(self.prompts_per_step, int) or self.prompts_per_step < 1:
-            raise ValueError(f"prompts_per_step must be a positive integer, got {self.prompts_per_step!r}")
-        V.positive("temperature", self.temperature)
+        integer("group_size", self.group_size, 2)  # G completions per prompt
+        integer("prompts_per_step", self.prompts_per_step)
         if self.eps_low is None:  # the variant's range (eps_high too, if not given)
             self.eps_low = EPS[self.variant][0]
             self.eps_high = EPS[self.variant][1] if self.eps_high is None else self.eps_high
@@ -135,20 +126,19 @@ class GRPOConfig(RunConfig):
             self.eps_high = self.eps_low
         V.in_range("eps_low", self.eps_low, 0.0, 1.0, closed=False)
         V.in_range("eps_high", self.eps_high, 0.0, 1.0, closed=False)
-        V.positive("beta", self.beta, allow_zero=True)
+        number("beta", self.beta, strict=False)
         V.choice("kl_estimator", self.kl_estimator, list(KL_ESTIMATORS))
-        if not isinstance(self.num_iterations, int) or self.num_iterations < 1:
-            raise ValueError(f"num_iterations must be an integer >= 1, got {self.num_iterations!r}")
+        integer("num_iterations", self.num_iterations)
         if self.scale_advantages is None:
             self.scale_advantages = self.variant != "dr_grpo"
         if self.dynamic_sampling is None:
             self.dynamic_sampling = self.variant == "dapo"
-        if not isinstance(self.max_sampling_rounds, int) or self.max_sampling_rounds < 1:
-            raise ValueError(f"max_sampling_rounds must be an integer >= 1, got {self.max_sampling_rounds!r}")
+        integer("max_sampling_rounds", self.max_sampling_rounds)
         if self.overlong_buffer is None:
             self.overlong_buffer = 1 if self.variant == "dapo" else 0
-        if not isinstance(self.overlong_buffer, int) or self.overlong_buffer < 0:
-            raise ValueError(f"overlong_buffer must be a non-negative integer, got {self.overlong_buffer!r}")
+        integer("overlong_buffer", self.overlong_buffer, 0)
+        if self.distinct_rows and self.beta > 0:
+            raise ValueError("distinct_rows=True needs beta=0 (every row carries a KL term otherwise)")
 
     @property
     def aggregation(self) -> str:
@@ -243,59 +233,6 @@ def collect_batch(model, tokenizer, task, cfg: GRPOConfig, step: int, max_new_to
     return out
 
 
-def rows_that_matter(input_ids, response_mask, advantages, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The rows whose loss must be computed, and how many sampled rows each stands for (beta = 0 only).
-
-    Two exact savings, both because the clipped objective is positively homogeneous in the
-    advantage, :math:`\min(w\,cA, \mathrm{clip}(w)\,cA) = c\,\min(w A, \mathrm{clip}(w) A)` for c > 0:
-
-    * a row with :math:`A = 0` (a group of equal rewards) contributes nothing: it is dropped;
-    * identical completions of the same prompt have identical log-probs, rewards and
-      advantages: one copy is kept and its advantage multiplied by the number of copies.
-
-    With the full batch's normalisers passed to the loss (``total_sequences``, ``total_tokens``),
-    the loss and its gradient equal those of the full batch (up to float summation order); a
-    peaked policy samples few distinct answers, so this removes most of the forward/backward.
-
-    Returns:
-        ``(index, count)``: long tensors of the kept rows (first copy of each) and their multiplicity.
-    """
-    N, T = response_mask.shape
-    resp = torch.where(response_mask.bool(), input_ids[:, -T:], torch.full_like(input_ids[:, -T:], -1))
-    first: dict[tuple, int] = {}
-    count: dict[int, int] = {}
-    for i, (a, toks) in enumerate(zip(advantages.tolist(), resp.tolist())):
-        if a == 0:
-            continue
-        j = first.setdefault((i // group_size, tuple(toks)), i)
-        count[j] = count.get(j, 0) + 1
-    index = torch.tensor(sorted(count), dtype=torch.long, device=input_ids.device)
-    return index, torch.tensor([count[j] for j in sorted(count)], dtype=torch.long, device=input_ids.device)
-
-
-def select_rows(input_ids, attention_mask, response_mask, index: torch.Tensor | None = None):
-    """The rows ``index`` (None: all) of a batch, with all-padding columns trimmed at both ends.
-
-    Positions come from the attention mask, so trimming leading padding changes no log-prob.
-    Returns ``(input_ids, attention_mask, response_mask)``.
-    """
-    if index is not None:
-        input_ids, attention_mask, response_mask = input_ids[index], attention_mask[index], response_mask[index]
-    P = input_ids.shape[1] - response_mask.shape[1]
-    first = int((attention_mask[:, :P].sum(0) > 0).nonzero()[0])  # first prompt column that is not all padding
-    T = int(response_mask.sum(-1).max())  # last response column that counts
-    return input_ids[:, first:P + T], attention_mask[:, first:P + T], response_mask[:, :T]
-
-
-def policy_forward(model, input_ids, attention_mask, response_mask, temperature):
-    """One forward pass: per-token log-probs (with gradient) and the response logits (for the entropy)."""
-    T = response_mask.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask), use_cache=False, logits_to_keep=T + 1)
-    logp = response_logprobs_from_logits(out.logits, input_ids, response_mask, temperature)
-    return logp, out.logits[:, :-1]
-
-
 def grpo_update(model, opt, batch: dict, cfg: GRPOConfig, ref, max_new_tokens: int, step: int) -> dict:
     """The learning half of a step: advantages, then ``num_iterations`` optimizer steps on the batch.
 
@@ -304,117 +241,94 @@ def grpo_update(model, opt, batch: dict, cfg: GRPOConfig, ref, max_new_tokens: i
     statistics of the last iteration, where the ratio has moved (``clipfrac_last``,
     ``approx_kl_last``, ``ratio_mean_last``, ...).
     """
-    adv_full = _advantages(batch["rewards"], cfg)
-    full_mask = batch["response_mask"]
-    # the full batch's normalisers, so that computing only some rows (below) changes nothing
-    norms = {"total_sequences": full_mask.shape[0], "total_tokens": float(full_mask.sum())}
-    if cfg.beta > 0:  # every row carries a KL term: all of them are computed
-        index, count = None, None
-    else:  # only distinct completions with A != 0, each standing for its copies (exact)
-        index, count = rows_that_matter(batch["input_ids"], full_mask, adv_full, cfg.group_size)
-    if index is not None and index.numel() == 0:
-        ids = None
-    else:
-        ids, att, mask = select_rows(batch["input_ids"], batch["attention_mask"], full_mask, index)
-        adv = adv_full if index is None else adv_full[index] * count
+    # 1. group advantages (z-score, or centred only for Dr. GRPO)
+    adv_all = _advantages(batch["rewards"], cfg)
+    ids, att, mask, adv = batch["input_ids"], batch["attention_mask"], batch["response_mask"], adv_all
+    norms = {}
+    if cfg.distinct_rows:  # opt-in, exact: only the distinct completions with A != 0
+        ids, att, mask, adv, norms = distinct_rows(ids, att, mask, adv_all, cfg.group_size)
+    # 2. the reference's log-probs (beta > 0)
     logp_ref = None
     if ref is not None:
         with torch.no_grad():
-            logp_ref, _ = policy_forward(ref, ids, att, mask, cfg.temperature)
+            logp_ref = sequence_logprobs(ref, ids, att, mask, cfg.temperature)
     model.train()
     logp_old, first = None, {}
     for it in range(cfg.num_iterations):
+        # 3. log-probs with gradient; the old ones are those of the first pass (ratio 1 there)
+        logp = sequence_logprobs(model, ids, att, mask, cfg.temperature)
+        if logp_old is None:
+            logp_old = logp.detach()
+        # 4. the clipped loss of the variant, one AdamW step
+        loss, stats = grpo_loss(logp, logp_old, adv, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                                importance_level=cfg.importance_level, aggregation=cfg.aggregation,
+                                beta=cfg.beta, logp_ref=logp_ref, kl_estimator=cfg.kl_estimator,
+                                max_completion_length=max_new_tokens if cfg.aggregation == "constant" else None,
+                                **norms)
+        check_finite(loss, name=f"{cfg.variant} loss", step=step)
         opt.zero_grad(set_to_none=True)
-        if ids is None:  # every advantage is 0: so are the loss and its gradient (Adam still steps)
-            for p in model.parameters():
-                p.grad = torch.zeros_like(p)
-            loss, stats = torch.zeros(()), {}
-        else:
-            logp, _ = policy_forward(model, ids, att, mask, cfg.temperature)
-            if logp_old is None:  # the sampling policy = the policy before this batch's first update
-                logp_old = logp.detach()
-            loss, stats = grpo_loss(logp, logp_old, adv, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                                    importance_level=cfg.importance_level, aggregation=cfg.aggregation,
-                                    beta=cfg.beta, logp_ref=logp_ref, kl_estimator=cfg.kl_estimator,
-                                    max_completion_length=max_new_tokens if cfg.aggregation == "constant" else None,
-                                    **norms)
-            check_finite(loss, name=f"{cfg.variant} loss", step=step)
-            loss.backward()
+        loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         check_finite(grad_norm, name="gradient norm", step=step)
         opt.step()
         if it == 0:
             first = {"loss": loss.item(), **stats, "grad_norm": grad_norm.item(),
-                     "completion_length": float(full_mask.sum(-1).mean()),
-                     "advantage_abs_mean": float(adv_full.abs().mean()),
-                     "rows_trained": float(0 if ids is None else ids.shape[0])}
+                     "completion_length": float(batch["response_mask"].sum(-1).mean()),
+                     "advantage_abs_mean": float(adv_all.abs().mean()), "rows_trained": float(ids.shape[0])}
     if cfg.num_iterations > 1:
         first |= {f"{k}_last": v for k, v in stats.items() if k.startswith(("clipfrac", "approx_kl", "ratio_"))}
     return first
 
 
-@uses_cpu_threads
 def train_grpo(cfg: GRPOConfig | None = None, model=None, tokenizer=None, *, task=None, progress: bool = True,
                callback=None) -> TrainResult:
-    """Train ``model`` (default: the cached SFT start) with GRPO or one of its variants.
+    """Train ``model`` (the SFT start) with GRPO or one of its variants.
 
-    Evaluates before and after on the held-out split (:func:`rlcourse.train.common.evaluate_policy`),
+    Evaluates before and after on the held-out split (:func:`rlcourse.lm.evaluate_policy`),
     writes ``config.json``, ``history.jsonl``, ``checkpoint.pt`` and ``final/`` to ``cfg.out`` if
     given, and resumes from its checkpoint. History rows: ``step``, ``reward_mean``,
     ``reward_std``, ``accuracy`` (share of samples with reward 1), ``loss``, ``clipfrac``,
     ``clipfrac_low``, ``clipfrac_high``, ``approx_kl``, ``ratio_mean`` (first iteration; with
     ``num_iterations > 1`` also the same with ``_last``: the last iteration), ``kl`` (beta > 0),
     ``entropy`` (see :func:`collect_batch`), ``completion_length``, ``frac_zero_std``,
-    ``rows_trained`` (distinct completions with A != 0 that went through the forward pass,
-    see :func:`rows_that_matter`), ``grad_norm``, ``step_seconds``, and ``eval_accuracy`` every
-    ``eval_every`` steps. The clip statistics are over the rows trained on.
+    ``rows_trained`` (rows that went through the forward pass), ``grad_norm``, ``step_seconds``,
+    and ``eval_accuracy`` every ``eval_every`` steps.
     """
-    from rlcourse.lm import save_model
-
     cfg = cfg or GRPOConfig()
-    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task, progress=progress)
+    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task)
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     ref = None
     if cfg.beta > 0:
         ref = copy.deepcopy(model).eval()
         ref.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-
-    run = RunDir(cfg.out)
-    run.write_config(cfg)
     modules = {"model": model} | ({"ref": ref} if ref is not None else {})
-    start, history, extra = run.restore(modules, {"opt": opt})
-    before = extra.get("before") or evaluate_policy(model, tokenizer, task, cfg.eval_n)
-    seconds = float(extra.get("seconds", 0.0))
+    run = Run("grpo", cfg, modules, {"opt": opt}, progress=progress, callback=callback, desc=f"grpo[{cfg.variant}]")
 
-    bar = progress_bar(cfg.steps, f"grpo[{cfg.variant}]", progress)
-    bar.update(start)
-    for step in range(start, cfg.steps):
-        t0 = time.perf_counter()
-        batch = collect_batch(model, tokenizer, task, cfg, step, max_new)
-        row = {"step": step, "reward_mean": float(batch["sampled_rewards"].mean()),
-               "reward_std": float(batch["sampled_rewards"].std()),
-               "accuracy": float((batch["sampled_rewards"] == 1.0).float().mean()),
-               "frac_zero_std": batch["frac_zero_std"], "sampling_rounds": float(batch["rounds"]),
-               "entropy": batch["entropy"]}
-        if batch["groups"] == 0:  # dynamic sampling found no group with varied rewards: nothing to learn
-            row["skipped"] = 1.0
-        else:
-            row.update(grpo_update(model, opt, batch, cfg, ref, max_new, step))
-        row["step_seconds"] = time.perf_counter() - t0
-        seconds += row["step_seconds"]
-        if due(step, cfg.eval_every):
-            row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
-        run.end_step(step, row, history, cfg, bar=bar, callback=callback, modules=modules, optimizers={"opt": opt},
-                     extra={"before": before, "seconds": seconds}, postfix={"reward": f"{row['reward_mean']:.2f}"})
-    bar.close()
-
-    after = evaluate_policy(model, tokenizer, task, cfg.eval_n)
-    if run.enabled:
-        run.write_history(history)
-        save_model(model, tokenizer, run.path / "final")
-    return TrainResult(model, tokenizer, history, before, after, seconds, run.path, {"reference": ref})
+    with run:
+        before = run.remember("before", lambda: evaluate_policy(model, tokenizer, task, cfg.eval_n))
+        for step in run.steps():
+            t0 = time.perf_counter()
+            # 1. sample G completions of each prompt, score them (DAPO: keep groups with varied rewards)
+            batch = collect_batch(model, tokenizer, task, cfg, step, max_new)
+            row = {"step": step, "reward_mean": float(batch["sampled_rewards"].mean()),
+                   "reward_std": float(batch["sampled_rewards"].std()),
+                   "accuracy": float((batch["sampled_rewards"] == 1.0).float().mean()),
+                   "frac_zero_std": batch["frac_zero_std"], "sampling_rounds": float(batch["rounds"]),
+                   "entropy": batch["entropy"]}
+            # 2. advantages and the update (nothing to learn when no group had varied rewards)
+            if batch["groups"] == 0:
+                row["skipped"] = 1.0
+            else:
+                row.update(grpo_update(model, opt, batch, cfg, ref, max_new, step))
+            row["step_seconds"] = time.perf_counter() - t0
+            if due(step, cfg.eval_every):
+                row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
+            run.log(step, row, {"reward": f"{row['reward_mean']:.2f}"})
+        after = evaluate_policy(model, tokenizer, task, cfg.eval_n)
+    run.finish(lambda path: save_model(model, tokenizer, path))
+    return TrainResult(model, tokenizer, run.history, before, after, run.seconds, run.path, {"reference": ref})
 
 
-__all__ = ["GRPOConfig", "train_grpo", "grpo_update", "overlong_penalty", "collect_batch", "rows_that_matter",
-           "select_rows", "policy_forward", "VARIANTS", "AGGREGATION", "EPS"]
+__all__ = ["GRPOConfig", "train_grpo", "grpo_update", "overlong_penalty", "collect_batch", "VARIANTS",
+           "AGGREGATION", "EPS"]

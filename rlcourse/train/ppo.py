@@ -6,15 +6,15 @@ CleanRL's ``ppo.py``)::
     prompts   x_1..x_B (fresh training problems), G completions each   -> rollout, N = B*G rows
     score     s_i = rule reward, or the learned reward model r_phi(x, y)
     no grad   log pi_old, log pi_ref, V_old(s_t) of every response token
-    reward    r_t = -beta * (log pi_old - log pi_ref)_t  (+ s_i on the last token)       seed 001
+    reward    r_t = -beta * (log pi_old - log pi_ref)_t  (+ s_i on the last token)  (Unified Persp.)
     GAE       delta_t = r_t + gamma V(s_{t+1}) - V(s_t),  A_t = delta_t + gamma lam A_{t+1},  R_t = A_t + V(s_t)
     whiten    A <- (A - mean) / std over the batch's tokens
     update    ppo_epochs x minibatches of AdamW steps on
               L = L_clip(actor) + vf_coef * L_V(critic, clipped) - entropy_coef * H
     beta      adaptive KL controller: beta moves toward the target KL (Ziegler et al. 2019)
 
-The per-token reward is seed 001's formula: the reward model speaks once, at the end of the
-response; every token pays :math:`\\beta \\log\\frac{\\pi_{\\text{old}}}{\\pi_{\\text{ref}}}`
+The per-token reward is the formula of "A Unified Perspective on RL for LLMs": the reward model
+speaks once, at the end of the response; every token pays :math:`\\beta \\log\\frac{\\pi_{\\text{old}}}{\\pi_{\\text{ref}}}`
 (the k1 estimate of the KL to the reference, sampled from the policy):
 
 .. math::
@@ -26,11 +26,11 @@ response; every token pays :math:`\\beta \\log\\frac{\\pi_{\\text{old}}}{\\pi_{\
 
 so the return from the first token is
 :math:`s(x, y) - \\beta \\log\\frac{\\pi(y \\mid x)}{\\pi_{\\text{ref}}(y \\mid x)}`, a one-sample
-estimate of the KL-regularised objective of seed 004.
+estimate of the KL-regularised objective of Ke Wei's lecture slides ("Algorithmic and Theoretical Foundations of RL").
 
 **The critic** (``critic="separate"``, the default) is a value model: a copy of the SFT start's
-transformer with a scalar head (:class:`rlcourse.train.reward_model.RewardModel`, read at every
-response position by :meth:`~rlcourse.train.reward_model.RewardModel.values`) and its own
+transformer with a scalar head (:class:`rlcourse.lm.RewardModel`, read at every
+response position by :meth:`~rlcourse.lm.RewardModel.values`) and its own
 optimizer; the policy's update is then exactly the PPO-clip update. ``critic="shared"`` puts the
 value head on the policy's own last hidden states instead (one forward pass for both; the value
 loss then also moves the policy's backbone, weighted by ``vf_coef``). Measured on the 2-core CPU
@@ -67,16 +67,14 @@ import torch
 
 from rlcourse import _validate as V
 from rlcourse.advantages import gae
-from rlcourse.lm import batch_rewards, generate
+from rlcourse.lm import (batch_rewards, default_max_new_tokens, evaluate_policy, generate, held_out_accuracy,
+                         save_model, sequence_logprobs)
+from rlcourse.lm.reward_model import RewardModel
 from rlcourse.lm.rollout import position_ids_from_mask, response_logprobs_from_logits
 from rlcourse.logprobs import entropy_from_logits, masked_mean, masked_var, masked_whiten
 from rlcourse.losses import AdaptiveKLController, FixedKLController, entropy_bonus, ppo_clip_loss, value_loss
-from rlcourse.train.common import (EVAL_N, RunConfig, RunDir, TrainResult, check_finite, default_max_new_tokens, due,
-                                   evaluate_policy, held_out_accuracy, problems_for_step, start_policy,
-                                   step_generator, uses_cpu_threads, validate_common)
-from rlcourse.train.common import progress as progress_bar
-from rlcourse.train.grpo import policy_forward
-from rlcourse.train.reward_model import RewardModel
+from rlcourse.train.common import (Run, RunConfig, TrainResult, check_finite, due, integer, number,
+                                   problems_for_step, start_policy, step_generator)
 
 REWARDS = ("rule", "model")
 CRITICS = ("separate", "shared")
@@ -91,7 +89,7 @@ class PPOConfig(RunConfig):
 
     Attributes:
         reward: ``"rule"`` (the task's verifiable reward) or ``"model"`` (a learned
-            :class:`~rlcourse.train.reward_model.RewardModel`: pass it to :func:`train_ppo`, or
+            :class:`~rlcourse.lm.RewardModel`: pass it to :func:`train_ppo`, or
             give ``reward_model_path``, a directory written by ``RewardModel.save``).
         reward_model_path: see ``reward``.
         missing_eos_penalty: subtracted from the score of a completion that did not stop
@@ -114,16 +112,12 @@ class PPOConfig(RunConfig):
         entropy_coef: weight of the entropy bonus, >= 0.
         ppo_epochs, minibatches: passes over each rollout, minibatches per pass.
         whiten_advantages: normalise the advantages over the batch's tokens.
-        eval_n: held-out problems for the before/after evaluation.
-        (and the run fields of :class:`~rlcourse.train.common.RunConfig`: ``grad_clip``, ``out``,
-        ``device``, ``checkpoint_every``, ``eval_every``, ``threads``)
+        (and the shared fields of :class:`~rlcourse.train.common.RunConfig`)
     """
 
     reward: str = "rule"
     reward_model_path: str | None = None
     missing_eos_penalty: float | None = None
-    preset: str = "tiny"
-    seed: int = 0
     steps: int = 120
     lr: float = 5e-5
     critic_lr: float | None = None
@@ -145,44 +139,38 @@ class PPOConfig(RunConfig):
     ppo_epochs: int = 2
     minibatches: int = 2
     whiten_advantages: bool = True
-    eval_n: int = EVAL_N
 
     def __post_init__(self):
-        validate_common(self)
+        super().__post_init__()
         V.choice("reward", self.reward, REWARDS)
-        if self.missing_eos_penalty is not None:
-            V.positive("missing_eos_penalty", self.missing_eos_penalty, allow_zero=True)
+        number("missing_eos_penalty", self.missing_eos_penalty, strict=False, none_ok=True)
         V.choice("critic", self.critic, CRITICS)
         if self.critic_lr is None:
             self.critic_lr = CRITIC_DEFAULTS[self.critic]["critic_lr"]
-        V.positive("critic_lr", self.critic_lr)
+        number("critic_lr", self.critic_lr)
         if self.vf_coef is None:
             self.vf_coef = CRITIC_DEFAULTS[self.critic]["vf_coef"]
         for name in ("prompts_per_step", "group_size", "ppo_epochs", "minibatches"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            integer(name, getattr(self, name))
         if self.prompts_per_step * self.group_size < self.minibatches:
             raise ValueError(f"minibatches={self.minibatches} is more than the rows per step "
                              f"(prompts_per_step * group_size = {self.prompts_per_step * self.group_size})")
-        V.positive("temperature", self.temperature)
-        V.positive("init_kl_coef", self.init_kl_coef, allow_zero=True)
+        number("init_kl_coef", self.init_kl_coef, strict=False)
         if self.adaptive_kl and self.init_kl_coef == 0:
             raise ValueError("init_kl_coef must be > 0 with adaptive_kl=True (a zero beta cannot adapt)")
-        V.positive("kl_target", self.kl_target)
-        V.positive("kl_horizon", self.kl_horizon)
-        V.in_range("gamma", self.gamma, 0.0, 1.0)
-        V.in_range("lam", self.lam, 0.0, 1.0)
+        number("kl_target", self.kl_target)
+        number("kl_horizon", self.kl_horizon)
+        number("gamma", self.gamma, 0.0, 1.0, strict=False)
+        number("lam", self.lam, 0.0, 1.0, strict=False)
         V.in_range("eps", self.eps, 0.0, 1.0, closed=False)
-        if self.value_clip is not None:
-            V.positive("value_clip", self.value_clip)
-        V.positive("vf_coef", self.vf_coef, allow_zero=True)
-        V.positive("entropy_coef", self.entropy_coef, allow_zero=True)
+        number("value_clip", self.value_clip, none_ok=True)
+        number("vf_coef", self.vf_coef, strict=False)
+        number("entropy_coef", self.entropy_coef, strict=False)
 
 
 def kl_shaped_rewards(scores: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor,
                       beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards of seed 001: a KL penalty on every token, plus the score on the last token.
+    """Per-token rewards ("A Unified Perspective on RL for LLMs"): a KL penalty on every token, the score on the last.
 
     .. math::
 
@@ -220,13 +208,14 @@ def kl_shaped_rewards(scores: torch.Tensor, logp_old: torch.Tensor, logp_ref: to
 def actor_critic_forward(model, critic, input_ids, attention_mask, response_mask, temperature: float):
     """``(logp (N, T), logits (N, T, V), values (N, T))`` of the response tokens: the actor and the critic.
 
-    ``critic`` is a :class:`~rlcourse.train.reward_model.RewardModel` (a separate value model,
+    ``critic`` is a :class:`~rlcourse.lm.RewardModel` (a separate value model,
     its own forward pass) or an ``nn.Linear(hidden, 1)`` value head read on the policy's last
     hidden states (one forward pass for both). ``values[:, t]`` is :math:`V(s_t)`, the value of
     the state whose logits give token ``t``; entries off the response mask are 0.
     """
     if isinstance(critic, RewardModel):
-        logp, logits = policy_forward(model, input_ids, attention_mask, response_mask, temperature)
+        logp, logits = sequence_logprobs(model, input_ids, attention_mask, response_mask, temperature,
+                                         return_logits=True)
         return logp, logits, critic.values(input_ids, attention_mask, response_mask)
     T = response_mask.shape[1]
     h = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
@@ -241,9 +230,9 @@ def actor_critic_forward(model, critic, input_ids, attention_mask, response_mask
 def load_reward(cfg: PPOConfig, reward_model, device):
     """What scores a rollout for ``cfg.reward``: None (the rule), a frozen :class:`RewardModel`, or a callable.
 
-    ``reward_model`` may be a :class:`~rlcourse.train.reward_model.RewardModel` (scored on the
+    ``reward_model`` may be a :class:`~rlcourse.lm.RewardModel` (scored on the
     rollout's token ids directly) or any reward function ``fn(prompts, completions, answers, finished) -> (N,)``
-    such as :meth:`RewardModel.as_reward_fn` or :func:`~rlcourse.train.reward_model.rule_reward`.
+    such as :meth:`RewardModel.as_reward_fn` or :func:`~rlcourse.lm.reward_model.rule_reward`.
     """
     if cfg.reward == "rule":
         if reward_model is not None:
@@ -282,30 +271,26 @@ def rollout_scores(cfg: PPOConfig, ro, answers, reward_model) -> tuple[torch.Ten
     return scores, rule
 
 
-@uses_cpu_threads
 def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=None, reward_model=None,
               progress: bool = True, callback=None) -> TrainResult:
-    """Train ``model`` (default: the cached SFT start) with PPO; see the module docstring.
+    """Train ``model`` (the SFT start) with PPO; see the module docstring.
 
     Args:
         cfg: the configuration (default :class:`PPOConfig`).
         model, tokenizer: the policy to train (it becomes the actor; a frozen copy is the reference).
-        task: the task (default :func:`rlcourse.train.sft.default_task`).
-        reward_model: for ``cfg.reward = "model"``: a :class:`~rlcourse.train.reward_model.RewardModel`
+        task: the task (default :func:`rlcourse.lm.default_task`).
+        reward_model: for ``cfg.reward = "model"``: a :class:`~rlcourse.lm.RewardModel`
             or a reward function ``fn(prompts, completions, answers, finished) -> (N,)`` (see :func:`load_reward`).
         progress: show a tqdm bar. callback: called with each history row.
 
     Returns:
-        A :class:`TrainResult` (``before`` / ``after``: :func:`rlcourse.train.common.evaluate_policy`);
+        A :class:`TrainResult` (``before`` / ``after``: :func:`rlcourse.lm.evaluate_policy`);
         ``extra`` holds the ``critic``, the ``reference`` and the final ``beta``. Writes
         ``config.json``, ``history.jsonl``, ``checkpoint.pt`` and ``final/`` (the policy) to
         ``cfg.out`` if given, and resumes from its checkpoint.
     """
-    from rlcourse.lm import save_model
-
-
     cfg = cfg or PPOConfig()
-    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task, progress=progress)
+    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task)
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     rm = load_reward(cfg, reward_model, device)
 
@@ -324,109 +309,100 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.init_kl_coef))
 
-    run = RunDir(cfg.out)
-    run.write_config(cfg)
-    modules, optimizers = {"policy": model, "critic": critic}, {"opt": opt, "critic_opt": critic_opt}
-    start, history, extra = run.restore(modules, optimizers)
-    kl_ctl.beta = float(extra.get("beta", kl_ctl.beta))
-    before = extra.get("before") or evaluate_policy(model, tokenizer, task, cfg.eval_n)
-    seconds = float(extra.get("seconds", 0.0))
-
+    run = Run("ppo", cfg, {"policy": model, "critic": critic}, {"opt": opt, "critic_opt": critic_opt},
+              progress=progress, callback=callback, desc=f"ppo[{cfg.reward}]")
+    kl_ctl.beta = float(run.state.get("beta", kl_ctl.beta))
     N = cfg.prompts_per_step * cfg.group_size
-    bar = progress_bar(cfg.steps, f"ppo[{cfg.reward}]", progress)
-    bar.update(start)
-    for step in range(start, cfg.steps):
-        t0 = time.perf_counter()
-        g = step_generator(cfg.seed, step, device)
-        # 1. rollout and score
-        problems = problems_for_step(task, cfg.prompts_per_step, cfg.seed, step)
-        ro = generate(model, tokenizer, [p.prompt for p in problems], cfg.group_size, max_new, cfg.temperature,
-                      generator=g)
-        answers = [p.answer for p in problems for _ in range(cfg.group_size)]
-        ids, att, mask = ro.input_ids, ro.attention_mask, ro.response_mask
-        scores, rule = rollout_scores(cfg, ro, answers, rm)
-        check_finite(scores.sum(), name="scores (rewards)", step=step)
+    with run:
+        before = run.remember("before", lambda: evaluate_policy(model, tokenizer, task, cfg.eval_n))
+        for step in run.steps():
+            t0 = time.perf_counter()
+            g = step_generator(cfg.seed, step, device)
+            # 1. rollout and score
+            problems = problems_for_step(task, cfg.prompts_per_step, cfg.seed, step)
+            ro = generate(model, tokenizer, [p.prompt for p in problems], cfg.group_size, max_new, cfg.temperature,
+                          generator=g)
+            answers = [p.answer for p in problems for _ in range(cfg.group_size)]
+            ids, att, mask = ro.input_ids, ro.attention_mask, ro.response_mask
+            scores, rule = rollout_scores(cfg, ro, answers, rm)
+            check_finite(scores.sum(), name="scores (rewards)", step=step)
 
-        # 2. old log-probs, reference log-probs and old values, on the minibatches of the first epoch
-        perms = [torch.randperm(N, generator=g, device=device) for _ in range(cfg.ppo_epochs)]
-        chunks = [perm.tensor_split(cfg.minibatches) for perm in perms]
-        logp_old, logp_ref, values = (torch.zeros_like(mask) for _ in range(3))
-        model.eval()
-        critic.eval()
-        with torch.no_grad():
-            for idx in chunks[0]:
-                logp_old[idx], _, values[idx] = actor_critic_forward(model, critic, ids[idx], att[idx], mask[idx],
-                                                                      cfg.temperature)
-                logp_ref[idx] = policy_forward(ref, ids[idx], att[idx], mask[idx], cfg.temperature)[0]
+            # 2. old log-probs, reference log-probs and old values, on the minibatches of the first epoch
+            perms = [torch.randperm(N, generator=g, device=device) for _ in range(cfg.ppo_epochs)]
+            chunks = [perm.tensor_split(cfg.minibatches) for perm in perms]
+            logp_old, logp_ref, values = (torch.zeros_like(mask) for _ in range(3))
+            model.eval()
+            critic.eval()
+            with torch.no_grad():
+                for idx in chunks[0]:
+                    logp_old[idx], _, values[idx] = actor_critic_forward(model, critic, ids[idx], att[idx], mask[idx],
+                                                                          cfg.temperature)
+                    logp_ref[idx] = sequence_logprobs(ref, ids[idx], att[idx], mask[idx], cfg.temperature)
 
-        # 3. KL-shaped per-token rewards (seed 001), GAE, whitening
-        beta = kl_ctl.value
-        rewards, kl = kl_shaped_rewards(scores, logp_old, logp_ref, mask, beta)
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        adv = masked_whiten(advantages, mask) if cfg.whiten_advantages else advantages
-        check_finite(adv.abs().sum(), name="advantages", step=step)
+            # 3. KL-shaped per-token rewards (Unified Perspective on RL for LLMs), GAE, whitening
+            beta = kl_ctl.value
+            rewards, kl = kl_shaped_rewards(scores, logp_old, logp_ref, mask, beta)
+            advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+            adv = masked_whiten(advantages, mask) if cfg.whiten_advantages else advantages
+            check_finite(adv.abs().sum(), name="advantages", step=step)
 
-        # 4. ppo_epochs x minibatches of updates of the actor and the critic
-        model.train()
-        critic.train()
-        stats_sum: dict[str, float] = {}
-        n_updates = 0
-        for epoch_chunks in chunks:
-            for idx in epoch_chunks:
-                m = mask[idx]
-                logp, logits, v = actor_critic_forward(model, critic, ids[idx], att[idx], m, cfg.temperature)
-                pg_loss, stats = ppo_clip_loss(logp, logp_old[idx], adv[idx], m, eps_low=cfg.eps,
-                                               aggregation="token_mean")
-                entropy = entropy_from_logits(logits, cfg.temperature)
-                vf_loss = value_loss(v, values[idx], returns[idx], m, cfg.value_clip)
-                loss = pg_loss + cfg.vf_coef * vf_loss + entropy_bonus(entropy, m, cfg.entropy_coef)
-                check_finite(loss, name="ppo loss", step=step)
-                opt.zero_grad(set_to_none=True)
-                critic_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-                critic_grad_norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip or float("inf"))
-                check_finite(grad_norm, name="gradient norm", step=step)
-                check_finite(critic_grad_norm, name="critic gradient norm", step=step)
-                opt.step()
-                critic_opt.step()
-                with torch.no_grad():
-                    if cfg.value_clip is not None:
-                        vclip = ((v - values[idx]).abs() > cfg.value_clip).float()
-                        stats["value_clipfrac"] = float(masked_mean(vclip, m))
-                    stats.update(pg_loss=pg_loss.item(), value_loss=vf_loss.item(),
-                                 entropy=float(masked_mean(entropy.detach(), m)), grad_norm=grad_norm.item(),
-                                 critic_grad_norm=critic_grad_norm.item())
-                for k, val in stats.items():
-                    stats_sum[k] = stats_sum.get(k, 0.0) + float(val)
-                n_updates += 1
+            # 4. ppo_epochs x minibatches of updates of the actor and the critic
+            model.train()
+            critic.train()
+            stats_sum: dict[str, float] = {}
+            n_updates = 0
+            for epoch_chunks in chunks:
+                for idx in epoch_chunks:
+                    m = mask[idx]
+                    logp, logits, v = actor_critic_forward(model, critic, ids[idx], att[idx], m, cfg.temperature)
+                    pg_loss, stats = ppo_clip_loss(logp, logp_old[idx], adv[idx], m, eps_low=cfg.eps,
+                                                   aggregation="token_mean")
+                    entropy = entropy_from_logits(logits, cfg.temperature)
+                    vf_loss = value_loss(v, values[idx], returns[idx], m, cfg.value_clip)
+                    loss = pg_loss + cfg.vf_coef * vf_loss + entropy_bonus(entropy, m, cfg.entropy_coef)
+                    check_finite(loss, name="ppo loss", step=step)
+                    opt.zero_grad(set_to_none=True)
+                    critic_opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+                    critic_grad_norm = torch.nn.utils.clip_grad_norm_(critic.parameters(),
+                                                                      cfg.grad_clip or float("inf"))
+                    check_finite(grad_norm, name="gradient norm", step=step)
+                    check_finite(critic_grad_norm, name="critic gradient norm", step=step)
+                    opt.step()
+                    critic_opt.step()
+                    with torch.no_grad():
+                        if cfg.value_clip is not None:
+                            vclip = ((v - values[idx]).abs() > cfg.value_clip).float()
+                            stats["value_clipfrac"] = float(masked_mean(vclip, m))
+                        stats.update(pg_loss=pg_loss.item(), value_loss=vf_loss.item(),
+                                     entropy=float(masked_mean(entropy.detach(), m)), grad_norm=grad_norm.item(),
+                                     critic_grad_norm=critic_grad_norm.item())
+                    for k, val in stats.items():
+                        stats_sum[k] = stats_sum.get(k, 0.0) + float(val)
+                    n_updates += 1
 
-        # 5. the KL controller sees this batch's KL to the reference
-        seq_kl = kl.sum(-1)
-        new_beta = kl_ctl.update(float(seq_kl.mean()), N)
-        with torch.no_grad():
-            var_r = masked_var(returns, mask)
-            explained = 1.0 - float(masked_var(returns - values, mask) / var_r) if float(var_r) > 0 else 0.0
-        row = {"step": step, "reward_mean": float((scores - beta * seq_kl).mean()), "score_mean": float(scores.mean()),
-               "accuracy": float((rule == 1.0).float().mean()), "rule_reward_mean": float(rule.mean()),
-               "kl": float(seq_kl.mean()), "beta": beta, "next_beta": new_beta,
-               **{k: v / n_updates for k, v in stats_sum.items()},
-               "values_mean": float(masked_mean(values, mask)), "returns_mean": float(masked_mean(returns, mask)),
-               "advantages_mean": float(masked_mean(advantages, mask)), "explained_variance": explained,
-               "completion_length": float(mask.sum(-1).mean()), "step_seconds": time.perf_counter() - t0}
-        seconds += row["step_seconds"]
-        if due(step, cfg.eval_every):
-            row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
-        run.end_step(step, row, history, cfg, bar=bar, callback=callback, modules=modules, optimizers=optimizers,
-                     extra={"before": before, "seconds": seconds, "beta": kl_ctl.value},
-                     postfix={"acc": f"{row['accuracy']:.2f}", "kl": f"{row['kl']:.3f}"})
-    bar.close()
-
-    after = evaluate_policy(model, tokenizer, task, cfg.eval_n)
-    if run.enabled:
-        run.write_history(history)
-        save_model(model, tokenizer, run.path / "final")
-    return TrainResult(model, tokenizer, history, before, after, seconds, run.path,
+            # 5. the KL controller sees this batch's KL to the reference
+            seq_kl = kl.sum(-1)
+            new_beta = kl_ctl.update(float(seq_kl.mean()), N)
+            with torch.no_grad():
+                var_r = masked_var(returns, mask)
+                explained = 1.0 - float(masked_var(returns - values, mask) / var_r) if float(var_r) > 0 else 0.0
+            row = {"step": step, "reward_mean": float((scores - beta * seq_kl).mean()),
+                   "score_mean": float(scores.mean()),
+                   "accuracy": float((rule == 1.0).float().mean()), "rule_reward_mean": float(rule.mean()),
+                   "kl": float(seq_kl.mean()), "beta": beta, "next_beta": new_beta,
+                   **{k: v / n_updates for k, v in stats_sum.items()},
+                   "values_mean": float(masked_mean(values, mask)), "returns_mean": float(masked_mean(returns, mask)),
+                   "advantages_mean": float(masked_mean(advantages, mask)), "explained_variance": explained,
+                   "completion_length": float(mask.sum(-1).mean()), "step_seconds": time.perf_counter() - t0}
+            if due(step, cfg.eval_every):
+                row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
+            run.state["beta"] = kl_ctl.value
+            run.log(step, row, {"acc": f"{row['accuracy']:.2f}", "kl": f"{row['kl']:.3f}"})
+        after = evaluate_policy(model, tokenizer, task, cfg.eval_n)
+    run.finish(lambda path: save_model(model, tokenizer, path))
+    return TrainResult(model, tokenizer, run.history, before, after, run.seconds, run.path,
                        {"critic": critic, "reference": ref, "beta": kl_ctl.value})
 
 

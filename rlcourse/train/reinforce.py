@@ -35,13 +35,11 @@ import torch
 
 from rlcourse import _validate as V
 from rlcourse.advantages import dr_grpo_advantages, rloo_advantages
+from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model, sequence_logprobs
 from rlcourse.logprobs import AGGREGATIONS, entropy_from_logits, masked_mean
 from rlcourse.losses import policy_gradient_loss
-from rlcourse.train.common import (EVAL_N, RunConfig, RunDir, TrainResult, check_finite, default_max_new_tokens, due,
-                                   evaluate_policy, held_out_accuracy, sample_groups, start_policy, uses_cpu_threads,
-                                   validate_common)
-from rlcourse.train.common import progress as progress_bar
-from rlcourse.train.grpo import policy_forward
+from rlcourse.train.common import (Run, RunConfig, TrainResult, check_finite, due, integer, sample_groups,
+                                   start_policy)
 
 BASELINES = ("none", "mean", "rloo")
 
@@ -58,14 +56,10 @@ class ReinforceConfig(RunConfig):
         max_new_tokens: completion length limit (None: the task's longest answer + 2).
         temperature: sampling temperature (log-probs are those of logits / temperature).
         aggregation: reduction of the per-token surrogate (default: the unbiased ``seq_mean_token_sum``).
-        eval_n: held-out problems for the before/after evaluation.
-        (and the run fields of :class:`~rlcourse.train.common.RunConfig`: ``grad_clip``, ``out``,
-        ``device``, ``checkpoint_every``, ``eval_every``, ``threads``)
+        (and the shared fields of :class:`~rlcourse.train.common.RunConfig`)
     """
 
     baseline: str = "rloo"
-    preset: str = "tiny"
-    seed: int = 0
     steps: int = 200
     lr: float = 1e-4
     group_size: int = 8
@@ -73,20 +67,14 @@ class ReinforceConfig(RunConfig):
     max_new_tokens: int | None = None
     temperature: float = 1.0
     aggregation: str = "seq_mean_token_sum"
-    eval_n: int = EVAL_N
 
     def __post_init__(self):
-        validate_common(self)
+        super().__post_init__()
         V.choice("baseline", self.baseline, BASELINES)
-        minimum = 2 if self.baseline == "rloo" else 1
-        if not isinstance(self.group_size, int) or self.group_size < minimum:
-            raise ValueError(f"group_size must be an integer >= {minimum} for baseline={self.baseline!r}, "
-                             f"got {self.group_size!r}")
-        if not isinstance(self.prompts_per_step, int) or self.prompts_per_step < 1:
-            raise ValueError(f"prompts_per_step must be a positive integer, got {self.prompts_per_step!r}")
+        integer("group_size", self.group_size, 2 if self.baseline == "rloo" else 1)
+        integer("prompts_per_step", self.prompts_per_step)
         if self.baseline == "mean" and self.group_size * self.prompts_per_step < 2:
             raise ValueError("a mean baseline needs at least 2 samples per step (group_size * prompts_per_step)")
-        V.positive("temperature", self.temperature)
         V.choice("aggregation", self.aggregation, AGGREGATIONS)
         if self.aggregation == "constant":
             raise ValueError("aggregation='constant' needs L_max; use token_mean, seq_mean_token_mean or "
@@ -105,65 +93,55 @@ def reinforce_advantages(rewards: torch.Tensor, baseline: str, group_size: int) 
     return dr_grpo_advantages(rewards, group_size)
 
 
-@uses_cpu_threads
 def train_reinforce(cfg: ReinforceConfig | None = None, model=None, tokenizer=None, *, task=None,
                     progress: bool = True, callback=None) -> TrainResult:
-    """Train ``model`` (default: the cached SFT start) with REINFORCE; see the module docstring.
+    """Train ``model`` (the SFT start) with REINFORCE; see the module docstring.
 
     History rows: ``step``, ``reward_mean``, ``reward_std``, ``accuracy`` (share of samples with
     reward 1), ``loss``, ``advantage_abs_mean``, ``entropy``, ``completion_length``,
     ``grad_norm``, ``step_seconds``, and ``eval_accuracy`` every ``eval_every`` steps.
     """
-    from rlcourse.lm import save_model
-
     cfg = cfg or ReinforceConfig()
-    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task, progress=progress)
+    model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task)
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    run = Run("reinforce", cfg, {"model": model}, {"opt": opt}, progress=progress, callback=callback,
+              desc=f"reinforce[{cfg.baseline}]")
 
-    run = RunDir(cfg.out)
-    run.write_config(cfg)
-    start, history, extra = run.restore({"model": model}, {"opt": opt})
-    before = extra.get("before") or evaluate_policy(model, tokenizer, task, cfg.eval_n)
-    seconds = float(extra.get("seconds", 0.0))
-
-    bar = progress_bar(cfg.steps, f"reinforce[{cfg.baseline}]", progress)
-    bar.update(start)
-    for step in range(start, cfg.steps):
-        t0 = time.perf_counter()
-        _, ro, rewards = sample_groups(model, tokenizer, task, n_prompts=cfg.prompts_per_step,
-                                       group_size=cfg.group_size, max_new_tokens=max_new,
-                                       temperature=cfg.temperature, seed=cfg.seed, step=step)
-        adv = reinforce_advantages(rewards, cfg.baseline, cfg.group_size)
-        model.train()
-        logp, logits = policy_forward(model, ro.input_ids, ro.attention_mask, ro.response_mask, cfg.temperature)
-        loss = policy_gradient_loss(logp, adv, ro.response_mask, cfg.aggregation)
-        check_finite(loss, name="reinforce loss", step=step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        check_finite(grad_norm, name="gradient norm", step=step)
-        opt.step()
-        with torch.no_grad():
-            entropy = masked_mean(entropy_from_logits(logits.detach(), cfg.temperature), ro.response_mask)
-        row = {"step": step, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-               "accuracy": float((rewards == 1.0).float().mean()), "loss": loss.item(),
-               "advantage_abs_mean": float(adv.abs().mean()), "entropy": float(entropy),
-               "completion_length": float(ro.response_mask.sum(-1).mean()), "grad_norm": grad_norm.item(),
-               "step_seconds": time.perf_counter() - t0}
-        seconds += row["step_seconds"]
-        if due(step, cfg.eval_every):
-            row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
-        run.end_step(step, row, history, cfg, bar=bar, callback=callback, modules={"model": model},
-                     optimizers={"opt": opt}, extra={"before": before, "seconds": seconds},
-                     postfix={"reward": f"{row['reward_mean']:.2f}"})
-    bar.close()
-
-    after = evaluate_policy(model, tokenizer, task, cfg.eval_n)
-    if run.enabled:
-        run.write_history(history)
-        save_model(model, tokenizer, run.path / "final")
-    return TrainResult(model, tokenizer, history, before, after, seconds, run.path, {})
+    with run:
+        before = run.remember("before", lambda: evaluate_policy(model, tokenizer, task, cfg.eval_n))
+        for step in run.steps():
+            t0 = time.perf_counter()
+            # 1. sample group_size completions of each prompt, score them with the rule
+            _, ro, rewards = sample_groups(model, tokenizer, task, n_prompts=cfg.prompts_per_step,
+                                           group_size=cfg.group_size, max_new_tokens=max_new,
+                                           temperature=cfg.temperature, seed=cfg.seed, step=step)
+            # 2. advantages: the reward minus the baseline
+            adv = reinforce_advantages(rewards, cfg.baseline, cfg.group_size)
+            # 3. the surrogate loss sum_t A log pi(y_t), one AdamW step
+            model.train()
+            logp, logits = sequence_logprobs(model, ro.input_ids, ro.attention_mask, ro.response_mask,
+                                             cfg.temperature, return_logits=True)
+            loss = policy_gradient_loss(logp, adv, ro.response_mask, cfg.aggregation)
+            check_finite(loss, name="reinforce loss", step=step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            check_finite(grad_norm, name="gradient norm", step=step)
+            opt.step()
+            with torch.no_grad():
+                entropy = masked_mean(entropy_from_logits(logits.detach(), cfg.temperature), ro.response_mask)
+            row = {"step": step, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+                   "accuracy": float((rewards == 1.0).float().mean()), "loss": loss.item(),
+                   "advantage_abs_mean": float(adv.abs().mean()), "entropy": float(entropy),
+                   "completion_length": float(ro.response_mask.sum(-1).mean()), "grad_norm": grad_norm.item(),
+                   "step_seconds": time.perf_counter() - t0}
+            if due(step, cfg.eval_every):
+                row["eval_accuracy"] = held_out_accuracy(model, tokenizer, task, cfg.eval_n)
+            run.log(step, row, {"reward": f"{row['reward_mean']:.2f}"})
+        after = evaluate_policy(model, tokenizer, task, cfg.eval_n)
+    run.finish(lambda path: save_model(model, tokenizer, path))
+    return TrainResult(model, tokenizer, run.history, before, after, run.seconds, run.path, {})
 
 
 __all__ = ["ReinforceConfig", "train_reinforce", "reinforce_advantages", "BASELINES"]

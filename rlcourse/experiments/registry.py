@@ -1,8 +1,10 @@
 """The trainers by name, for the command line and the benchmarks.
 
 ``run(name, preset=..., seed=..., steps=..., out=..., **options)`` builds the algorithm's
-config (its defaults are the course's recipe), starts from the cached SFT policy where the
-algorithm needs one, trains, and returns the :class:`~rlcourse.train.common.TrainResult`.
+config (its defaults are the course's recipe), checks the run directory (a different config
+there is refused before anything is trained), starts from the cached SFT policy
+(:func:`rlcourse.experiments.cache.sft_start`) where the algorithm needs one, trains, and
+returns the :class:`~rlcourse.train.common.TrainResult`.
 """
 
 from __future__ import annotations
@@ -40,10 +42,17 @@ def make_config(name: str, **overrides):
 
 def run(name: str, *, progress: bool = True, **overrides):
     """Train algorithm ``name`` with its default recipe and ``overrides``; returns a TrainResult."""
+    from rlcourse.experiments.cache import sft_start
+    from rlcourse.train.common import RunDir
+
     cfg = make_config(name, **overrides)
+    RunDir(cfg.out).check_config(name, cfg)  # before the start is loaded (or trained)
     module, _, fn, _ = TRAINERS[name]
     train = getattr(importlib.import_module(module), fn)
-    return train(cfg, progress=progress)
+    if name == "sft":
+        return train(cfg, progress=progress)
+    model, tokenizer = sft_start(cfg.preset, cfg.seed, cfg.device, progress=progress)
+    return train(cfg, model, tokenizer, progress=progress)
 
 
 def headline(name: str) -> str:

@@ -1,0 +1,23 @@
+"""Every experiment of the notebooks: a configuration in, plain data out (histories, evaluations,
+tables; no models), memoised per process (:mod:`rlcourse.experiments.memo`).
+
+=========================  ===================================================================
+module                     what
+=========================  ===================================================================
+``cache``                  the one cache of trained starts: the SFT start and the reward models
+``registry``               the trainers by name, with their recipes (``rlcourse train``)
+``lm_rl``                  notebook 04 (REINFORCE baselines, gradient noise, pass@k) and 09 (GRPO variants)
+``rlhf``                   notebooks 07 (reward models and judges), 08 (reward hacking), 10 (DPO vs PPO vs GRPO)
+``memo``, ``settings``     the memoisation, and the preset (``$RLCOURSE_PRESET``)
+=========================  ===================================================================
+
+The figures of :mod:`rlcourse.plots` draw these results: a figure builder is ``plot(experiment())``.
+"""
+
+from rlcourse.experiments.cache import (RM_CONFIG, TEXTBOOK_RM, cache_dir, reward_model_start, rm_config, sft_start,
+                                        sft_start_dir, sft_start_info)
+from rlcourse.experiments.memo import clear_memo
+from rlcourse.experiments.settings import preset
+
+__all__ = ["cache_dir", "sft_start", "sft_start_dir", "sft_start_info", "reward_model_start", "rm_config", "RM_CONFIG",
+           "TEXTBOOK_RM", "clear_memo", "preset"]

@@ -1,0 +1,318 @@
+r"""The experiments of notebooks 07 (reward models), 08 (RLHF with PPO) and 10 (DPO vs PPO vs GRPO).
+
+Each calls the trainers of :mod:`rlcourse.train` (never a private copy of a loss) on the
+course's small LM, from the cached starts of :mod:`rlcourse.experiments.cache`, and returns plain
+data (no models); each is memoised in the process (:mod:`rlcourse.experiments.memo`), so a
+notebook that runs it and then calls the figure builder pays once. The figures are drawn by
+:mod:`rlcourse.plots.rlhf`:
+
+* :func:`reward_model_experiment` (07): the course's and the textbook reward model, and three
+  other judges, on held-out pairs; :func:`score_by_kind` of the policy's own samples;
+* :func:`reward_hacking_runs` (08): PPO against the learned reward model, one run per fixed beta;
+* :func:`method_comparison` (10): DPO vs PPO vs GRPO from the same start.
+
+The preset of the experiments is ``$RLCOURSE_PRESET`` (default ``"tiny"``), as in the notebooks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from rlcourse.experiments import settings
+from rlcourse.experiments.cache import TEXTBOOK_RM, reward_model_start, rm_config, sft_start
+from rlcourse.experiments.memo import memoised
+from rlcourse.lm import (batch_rewards, default_max_new_tokens, default_task, encode_completions, generate,
+                         sequence_logprobs)
+from rlcourse.lm.pairs import encode_pairs, pair_kind, pair_logprobs
+from rlcourse.lm.rollout import encode_prompts, position_ids_from_mask
+from rlcourse.train.dpo import DPOConfig, train_dpo
+from rlcourse.train.grpo import GRPOConfig, train_grpo
+from rlcourse.train.ppo import PPOConfig, train_ppo
+
+__all__ = ["score_by_kind", "pair_groups", "rm_margins", "likelihood_margins", "verdict_margins",
+           "completion_logprobs", "pair_accuracy_by_group", "reward_model_experiment", "HACKING",
+           "reward_hacking_runs", "COMPARISON", "COMPARISON_EVAL_N", "NEEDS", "method_comparison", "policy"]
+
+
+def policy(preset: str, seed: int, progress: bool = False):
+    """A fresh copy of the cached SFT start ``(model in eval mode, tokenizer)``."""
+
+    model, tok = sft_start(preset, seed, progress=progress)
+    return model.eval(), tok
+
+
+@torch.no_grad()
+def score_by_kind(rm, model, tokenizer, task=None, n_problems: int = 200, group_size: int = 8, seed: int = 1
+                  ) -> dict:
+    """Reward-model scores of the policy's own samples on held-out problems, split by what the rule says.
+
+    ``group_size`` completions of each of ``n_problems`` held-out problems are sampled from ``model``
+    (temperature 1) and scored by ``rm`` (unfinished ones as they are, without ``<eos>``). Kinds:
+    ``"correct"`` (rule reward 1), ``"wrong"`` (a well-formed wrong answer, reward 0) and
+    ``"malformed"`` (everything else).
+
+    A Bradley–Terry reward is identified only up to a constant *per prompt*, so the scores are also
+    given ``centred`` within each prompt's group (minus the group mean). Returns ``{"scores": {kind:
+    array}, "centred": {kind: array}, "auc": P(a correct sample outscores a wrong one, any two
+    prompts), "auc_within": the same for pairs of samples of the same prompt (ties 1/2),
+    "count": {kind: n}}``.
+    """
+
+    task = task or default_task()
+    problems = task.held_out(n_problems, seed=seed)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    ro = generate(model, tokenizer, [p.prompt for p in problems], group_size, default_max_new_tokens(task), 1.0,
+                  generator=gen)
+    rule = batch_rewards(ro.completions, [p.answer for p in problems for _ in range(group_size)], ro.finished)
+    scores = rm.score(ro.to(rm.device)).cpu().double()
+    centred = (scores.view(-1, group_size) - scores.view(-1, group_size).mean(-1, keepdim=True)).reshape(-1)
+    kinds = np.where(rule.numpy() == 1.0, "correct", np.where(rule.numpy() == 0.0, "wrong", "malformed"))
+    names = ("correct", "wrong", "malformed")
+
+    def auc(c, w):
+        if c.numel() == 0 or w.numel() == 0:
+            return float("nan")
+        return float(((c[:, None] > w[None, :]).double() + 0.5 * (c[:, None] == w[None, :]).double()).mean())
+
+    is_c, is_w = torch.as_tensor(kinds == "correct"), torch.as_tensor(kinds == "wrong")
+    hits, n = 0.0, 0
+    for g in range(len(problems)):
+        rows = slice(g * group_size, (g + 1) * group_size)
+        c, w = scores[rows][is_c[rows]], scores[rows][is_w[rows]]
+        if c.numel() and w.numel():
+            hits += auc(c, w) * c.numel() * w.numel()
+            n += c.numel() * w.numel()
+    return {"scores": {k: scores.numpy()[kinds == k] for k in names},
+            "centred": {k: centred.numpy()[kinds == k] for k in names},
+            "auc": auc(scores[is_c], scores[is_w]), "auc_within": hits / n if n else float("nan"),
+            "count": {k: int((kinds == k).sum()) for k in names}}
+
+
+# -- judges: three ways to order a preference pair ----------------------------------------------
+
+def pair_groups(pairs: Sequence[dict]) -> dict[str, list[int]]:
+    """Indices of ``pairs`` by kind: ``"all"``, :func:`rlcourse.lm.pair_kind`'s two kinds, and
+    ``"correct_vs_plus_one"``: the chosen answer is right and the rejected one is the answer plus one, the
+    SFT start's systematic error (notebook 04)."""
+
+    out = {"all": list(range(len(pairs)))}
+    for i, p in enumerate(pairs):
+        out.setdefault(pair_kind(p), []).append(i)
+        rej = p["rejected"].strip()
+        if p["chosen"].strip() == str(p["answer"]) and rej.lstrip("-").isdigit() and int(rej) == int(p["answer"]) + 1:
+            out.setdefault("correct_vs_plus_one", []).append(i)
+    return out
+
+
+@torch.no_grad()
+def rm_margins(rm, tokenizer, pairs: Sequence[dict], batch_size: int = 512) -> torch.Tensor:
+    """Reward-model margins :math:`r_\\phi(x, y_w) - r_\\phi(x, y_l)` of ``pairs``, shape ``(N,)``."""
+
+    out = []
+    for s in range(0, len(pairs), batch_size):
+        chunk = list(pairs[s:s + batch_size])
+        b = encode_pairs(tokenizer, chunk, rm.device)
+        r = rm(b.input_ids, b.attention_mask).cpu()
+        out.append(r[:len(chunk)] - r[len(chunk):])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def likelihood_margins(model, tokenizer, pairs: Sequence[dict], batch_size: int = 256) -> torch.Tensor:
+    """The policy as its own judge: :math:`\\log\\pi(y_w \\mid x) - \\log\\pi(y_l \\mid x)` (``<eos>`` included), shape ``(N,)``.
+
+    The closest a small LM that never saw a verdict format comes to a generative reward model:
+    its "verdict" is its own probability of writing the response.
+    """
+
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, len(pairs), batch_size):
+        lc, lr = pair_logprobs(model, tokenizer, list(pairs[s:s + batch_size]), device)
+        out.append((lc - lr).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def verdict_margins(model, tokenizer, pairs: Sequence[dict], question: str = "?", yes: str = "y", no: str = "n"
+                    ) -> tuple[torch.Tensor, float]:
+    """A zero-shot "LLM judge": append ``question`` to ``prompt + response`` and score the response by the
+    next-token log-odds :math:`\\log P(\\text{yes}) - \\log P(\\text{no})`.
+
+    Returns ``(margins (N,), mass)``: chosen-minus-rejected scores, and the mean probability the model
+    puts on the two verdict tokens at all. Meaningful only for a model trained on such a format; the
+    course's SFT model never saw one, and this measures that.
+    """
+
+    device = next(model.parameters()).device
+    ids_yes, ids_no = tokenizer.convert_tokens_to_ids([yes, no])
+    texts = [p["prompt"] + p["chosen"] + question for p in pairs] + [p["prompt"] + p["rejected"] + question for p in pairs]
+    scores, mass = [], []
+    for s in range(0, len(texts), 512):
+        ids, att = encode_prompts(tokenizer, texts[s:s + 512], device)
+        logits = model(input_ids=ids, attention_mask=att, position_ids=position_ids_from_mask(att),
+                       use_cache=False).logits[:, -1].float()
+        lp = torch.log_softmax(logits, -1)
+        scores.append((lp[:, ids_yes] - lp[:, ids_no]).cpu())
+        mass.append((lp[:, ids_yes].exp() + lp[:, ids_no].exp()).cpu())
+    sc = torch.cat(scores)
+    return sc[:len(pairs)] - sc[len(pairs):], float(torch.cat(mass).mean())
+
+
+@torch.no_grad()
+def completion_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+    """:math:`\\log\\pi(y \\mid x)` of each ``completion + <eos>`` under ``model``, shape ``(N,)``."""
+
+    device = next(model.parameters()).device
+    b = encode_completions(tokenizer, list(prompts), list(completions), device=device)
+    return sequence_logprobs(model, b.input_ids, b.attention_mask, b.response_mask).sum(-1).cpu()
+
+
+def pair_accuracy_by_group(margins: torch.Tensor, groups: dict[str, list[int]]) -> dict[str, float]:
+    """Share of pairs with a positive margin (a tie counts 1/2), in each group."""
+    hit = (margins > 0).double() + 0.5 * (margins == 0).double()
+    return {g: float(hit[idx].mean()) if idx else float("nan") for g, idx in groups.items()}
+
+
+def reward_model_experiment(preset: str | None = None, seed: int = 0) -> dict:
+    """Notebook 07's experiment: the course's reward model and the textbook one (both cached), judged on the
+    held-out pairs of the former.
+
+    Returns ``info`` and ``textbook_info`` (:func:`reward_model_start` of :data:`RM_CONFIG` and of
+    :data:`TEXTBOOK_RM`), ``scores`` (:func:`score_by_kind` with the course's reward model), ``groups``
+    (sizes of :func:`pair_groups`), ``judges`` (judge -> group -> pair accuracy: the two BT reward models,
+    the likelihood judge and the zero-shot verdict judge) and ``verdict_mass``. Memoised in the process.
+    """
+    return _reward_model_experiment(preset or settings.preset(), seed)
+
+
+@memoised
+def _reward_model_experiment(preset: str, seed: int) -> dict:
+    rm, info = reward_model_start(preset, seed, progress=False)
+    rm0, info0 = reward_model_start(preset, seed, cfg=rm_config(preset, seed, **TEXTBOOK_RM), progress=False)
+    model, tok = policy(preset, seed)
+    held = info["pairs"]["held_out"]
+    groups = pair_groups(held)
+    verdict, mass = verdict_margins(model, tok, held)
+    judges = {"BT reward model (course recipe)": pair_accuracy_by_group(rm_margins(rm, tok, held), groups),
+              "BT reward model (textbook)": pair_accuracy_by_group(rm_margins(rm0, tok, held), groups),
+              "likelihood judge: log π_SFT(y|x)": pair_accuracy_by_group(likelihood_margins(model, tok, held), groups),
+              "verdict judge: log P(y)/P(n) after '?'": pair_accuracy_by_group(verdict, groups)}
+    return {"info": info, "textbook_info": info0, "scores": score_by_kind(rm, model, tok),
+            "groups": {g: len(v) for g, v in groups.items()}, "judges": judges, "verdict_mass": mass}
+
+
+#: Notebook 08's experiment: PPO against the learned reward model of :func:`reward_model_start`
+#: with a fixed KL coefficient (no adaptive controller), one run per beta, everything else equal.
+#: The reward model is the textbook one of notebook 07 (:data:`TEXTBOOK_RM`), whose errors are easy to find.
+HACKING = dict(betas=(0.1, 3.0), steps=60, eval_n=200, n_examples=8, reward_model=TEXTBOOK_RM)
+
+
+@torch.no_grad()
+def _examples(model, tokenizer, rm, task, n: int) -> list[dict]:
+    """Greedy answers of ``model`` to the first ``n`` held-out problems, with their learned and true rewards."""
+
+    problems = task.held_out(n, seed=0)
+    ro = generate(model, tokenizer, [p.prompt for p in problems], 1, default_max_new_tokens(task), 1.0, greedy=True)
+    rule = batch_rewards(ro.completions, [p.answer for p in problems], ro.finished)
+    learned = rm.score(ro.to(rm.device)).cpu()
+    return [{"prompt": p.prompt, "answer": p.answer, "completion": c + ("" if f else " (no <eos>)"),
+             "learned": float(s), "true": float(r)}
+            for p, c, f, s, r in zip(problems, ro.completions, ro.finished.tolist(), learned, rule)]
+
+
+def reward_hacking_runs(preset: str | None = None, seed: int = 0, betas: tuple = HACKING["betas"],
+                        steps: int = HACKING["steps"], reward_model: dict | None = None) -> dict:
+    """PPO (:func:`rlcourse.train.ppo.train_ppo`, ``reward="model"``) against the cached textbook reward model
+    (``HACKING["reward_model"]``), from the same SFT start and seed, once per fixed ``beta``.
+    ``reward_model`` replaces the changes to :data:`RM_CONFIG` that define the reward model (``{}``: the
+    course's reward model of notebook 07).
+
+    Returns ``{"reward_model": info of reward_model_start (without its pairs and history), "start":
+    greedy examples of the SFT start, "runs": {beta: {"history", "before", "after", "seconds",
+    "examples"}}}``. History rows carry ``score_mean`` (the learned reward of the batch),
+    ``rule_reward_mean`` (the true, rule-based reward of the same samples) and ``kl``. Memoised in the
+    process: a second call with the same arguments returns the same runs.
+    """
+    rm = HACKING["reward_model"] if reward_model is None else reward_model
+    return _reward_hacking_runs(preset or settings.preset(), seed, tuple(float(b) for b in betas), int(steps),
+                                tuple(sorted(rm.items())))
+
+
+@memoised
+def _reward_hacking_runs(preset: str, seed: int, betas: tuple, steps: int, rm_changes: tuple) -> dict:
+
+    task = default_task()
+    rm, info = reward_model_start(preset, seed, cfg=rm_config(preset, seed, **dict(rm_changes)), progress=False)
+    model, tok = policy(preset, seed)
+    out = {"reward_model": {k: v for k, v in info.items() if k not in ("pairs", "history")},
+           "start": _examples(model, tok, rm, task, HACKING["n_examples"]), "runs": {}}
+    for beta in betas:
+        model, tok = policy(preset, seed)
+        cfg = PPOConfig(reward="model", preset=preset, seed=seed, steps=steps, init_kl_coef=float(beta),
+                        adaptive_kl=False, eval_n=HACKING["eval_n"])
+        res = train_ppo(cfg, model, tok, task=task, reward_model=rm, progress=False)
+        out["runs"][float(beta)] = {"history": res.history, "before": res.before, "after": res.after,
+                                    "seconds": res.seconds,
+                                    "examples": _examples(res.model.eval(), tok, rm, task, HACKING["n_examples"])}
+    return out
+
+
+#: Notebook 10's comparison: the same SFT start, seed, task and held-out evaluation for every run;
+#: ``(label, method, config fields)``; each run is 1-13 s of training on the idle 2-core CPU (measured).
+#: DPO runs twice: with beta = 1 and with the beta = 0.1 common for large models.
+COMPARISON = (
+    ("DPO (β = 1)", "DPO", dict(steps=60, n_prompts=300, beta=1.0, lr=1e-4, eval_every=10)),
+    ("DPO (β = 0.1)", "DPO", dict(steps=60, n_prompts=300, beta=0.1, lr=1e-4, eval_every=10)),
+    ("PPO", "PPO", dict(steps=30, eval_every=5)),
+    ("GRPO", "GRPO", dict(steps=30, prompts_per_step=8, group_size=8, eval_every=5, distinct_rows=True)),
+)
+COMPARISON_EVAL_N = 200
+
+#: What each method needs during training (for the table of notebook 10).
+NEEDS = {
+    "DPO": {"data": "offline pairs", "reward model": "no (implicit)", "critic": "no",
+            "reference": "log-probs once", "sampling in training": "no"},
+    "PPO": {"data": "on-policy samples", "reward model": "yes (here: the rule)", "critic": "yes",
+            "reference": "yes (KL in reward)", "sampling in training": "yes"},
+    "GRPO": {"data": "on-policy groups", "reward model": "yes (here: the rule)", "critic": "no (group mean)",
+             "reference": "optional (β = 0 here)", "sampling in training": "yes (G per prompt)"},
+}
+
+
+def method_comparison(preset: str | None = None, seed: int = 0) -> dict:
+    """DPO vs PPO vs GRPO from the same SFT start (rule reward / oracle pairs), same held-out evaluation.
+
+    Runs every entry of :data:`COMPARISON` with :func:`rlcourse.train.dpo.train_dpo`,
+    :func:`rlcourse.train.ppo.train_ppo` or :func:`rlcourse.train.grpo.train_grpo`. Returns ``{"rows": [...],
+    "histories": {label: [...]}}``; each row: ``label``, ``method``, ``steps``, ``accuracy_before``,
+    ``accuracy_after`` (greedy, held-out), ``pass@1_after``, ``pass@8_after``, ``train_seconds``
+    (optimisation steps; for PPO/GRPO sampling included), ``data_seconds`` (DPO's offline pair sampling and
+    reference scoring) and ``wall_seconds`` (the whole trainer call, evaluations included). Memoised in
+    the process.
+    """
+    return _method_comparison(preset or settings.preset(), seed)
+
+
+@memoised
+def _method_comparison(preset: str, seed: int) -> dict:
+
+    trainers = {"DPO": (DPOConfig, train_dpo), "PPO": (PPOConfig, train_ppo), "GRPO": (GRPOConfig, train_grpo)}
+    rows, histories = [], {}
+    for label, method, fields in COMPARISON:
+        Config, train = trainers[method]
+        model, tok = policy(preset, seed)
+        cfg = Config(preset=preset, seed=seed, eval_n=COMPARISON_EVAL_N, **fields)
+        t0 = time.perf_counter()
+        res = train(cfg, model, tok, progress=False)
+        wall = time.perf_counter() - t0
+        histories[label] = res.history
+        rows.append({"label": label, "method": method, "steps": cfg.steps, "accuracy_before": res.before["accuracy"],
+                     "accuracy_after": res.after["accuracy"], "pass@1_after": res.after["pass@1"],
+                     "pass@8_after": res.after["pass@8"], "train_seconds": res.seconds,
+                     "data_seconds": float(res.extra.get("pairs_seconds", 0.0)), "wall_seconds": wall})
+    return {"rows": rows, "histories": histories}
