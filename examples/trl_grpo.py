@@ -123,7 +123,7 @@ def load_start(a, device):
         from rlcourse.lm import load_model
 
         return load_model(a.model, device)
-    from rlcourse.train.sft import sft_start
+    from rlcourse.experiments import sft_start
 
     return sft_start(a.preset, a.seed, device, progress=False)
 
@@ -138,8 +138,8 @@ def main(argv=None):
     from accelerate import PartialState
     from trl import GRPOTrainer
 
-    from rlcourse.train.common import default_max_new_tokens, held_out_accuracy
-    from rlcourse.train.sft import default_task
+    from rlcourse.lm import default_max_new_tokens, held_out_accuracy
+    from rlcourse.lm import default_task
 
     from accelerate.utils import parse_flag_from_env
 

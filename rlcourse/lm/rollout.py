@@ -130,10 +130,19 @@ def _check_common(group_size, max_new_tokens, temperature):
 def _cache_kwarg(model) -> str:
     """The name under which this model's ``forward`` takes a KV cache: ``cache`` since
     transformers 5.2x (``past_key_values`` is deprecated there, and warns), ``past_key_values``
-    before."""
+    before. Read from the first ``forward`` in the class hierarchy that names either (a subclass
+    whose ``forward(*args, **kwargs)`` only wraps its parent's is looked through)."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    for cls in type(model).__mro__:
+        fwd = cls.__dict__.get("forward")
+        if fwd is None:
+            continue
+        params = inspect.signature(fwd).parameters
+        for name in ("cache", "past_key_values"):
+            if name in params:
+                return name
+    return "past_key_values"
 
 
 def _cache_of(out):

@@ -165,10 +165,12 @@ def kl_course_mdp() -> tuple[ToyMDP, torch.Tensor, torch.Tensor]:
 def kl_estimator_curves(ratios=None) -> dict[str, np.ndarray]:
     """k1, k2, k3 of :mod:`rlcourse.kl` as functions of the ratio :math:`r = \\pi_{\\text{ref}}(y)/\\pi(y)` of one sampled token."""
     r = torch.as_tensor(np.geomspace(0.05, 20, 401) if ratios is None else ratios, dtype=torch.float64)
-    logp = torch.zeros_like(r)
+    # The estimators see only log(pi_ref / pi): place both log-probs at or below 0 with that difference.
+    shift = float(r.max().log().clamp(min=0.0))
+    logp = torch.full_like(r, -shift)
     out = {"ratio": r.numpy()}
     for name, fn in KL_ESTIMATORS.items():
-        out[name] = fn(logp, r.log()).numpy()
+        out[name] = fn(logp, r.log() - shift).numpy()
     return out
 
 
