@@ -46,7 +46,7 @@ def test_kl_shaped_reward_puts_the_score_on_the_last_token():
     r, kl = kl_shaped_rewards(scores, logp_old, logp_ref, mask, beta=0.1)
     assert torch.allclose(kl, (logp_old - logp_ref) * mask)
     assert torch.allclose(r, torch.tensor([[-0.05, 0.1, 1.0], [-0.01, 0.05 - 2.0, 0.0]]))
-    # the return from the first token: score - beta * (sequence log-ratio), as seed 004's objective
+    # the return from the first token: score - beta * (sequence log-ratio), as in the KL-regularised objective of Ke Wei's lecture slides
     assert torch.allclose(r.sum(-1), scores - 0.1 * kl.sum(-1))
     with pytest.raises(ValueError, match="beta"):
         kl_shaped_rewards(scores, logp_old, logp_ref, mask, beta=-1.0)

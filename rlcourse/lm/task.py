@@ -3,7 +3,8 @@
 A problem is a prompt such as ``"12+7="``; the model should answer ``"19"`` and stop
 (``<eos>``). Difficulty is set by the number of digits of the operands and the operators.
 
-Reward (rule-based, as in seed 004). With ``correct`` judged by math-verify's ``parse`` /
+Reward (rule-based, as in Ke Wei's lecture slides "Algorithmic and Theoretical Foundations of RL:
+Introduction of RL for LLMs"; see REFERENCES.md). With ``correct`` judged by math-verify's ``parse`` /
 ``verify`` (gold first) and ``well_formed`` meaning "the completion is one integer, optionally
 surrounded by spaces, and ended with ``<eos>``":
 

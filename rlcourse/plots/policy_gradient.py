@@ -316,7 +316,7 @@ def plot_loss_not_a_loss(J: np.ndarray, surrogate: dict[float, np.ndarray], batc
     b.axhline(0, color="k", lw=0.5)
     b.set_xlabel("gradient step")
     b.set_ylabel("value of the surrogate loss")
-    b.set_title("the 'loss' goes up, down or sideways")
+    b.set_title("the 'loss' goes up or down with the shift c")
     b.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -133,7 +133,7 @@ def gae_bias_variance(mdp: ToyMDP, theta: torch.Tensor, values: torch.Tensor, la
 
 def kl_shaped_example(length: int = 24, vocab_size: int = 8, beta: float = 0.1, score: float = 1.0,
                       spread: float = 0.7, seed: int = 0) -> dict[str, torch.Tensor]:
-    r"""One synthetic response with per-token KL-shaped rewards, as PPO-RLHF builds them (seed 001):
+    r"""One synthetic response with per-token KL-shaped rewards, as PPO-RLHF builds them ("A Unified Perspective on RL for LLMs"):
 
     .. math::
 
