@@ -155,16 +155,21 @@ def cmd_figures(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rlcourse", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="rlcourse",
+        description="rlcourse: reinforcement learning for LLMs, derived, checked numerically, and run on a "
+                    "small LM trained from scratch. Run 'rlcourse COMMAND --help' for a command's options.")
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="run every derivation check")
     v.add_argument("--only", action="append", metavar="NAME", help="run only this derivation (repeatable)")
     v.add_argument("--json", action="store_true", help="print a JSON list of checks")
     v.set_defaults(func=cmd_verify)
     t = sub.add_parser("train", help="train one algorithm on the small LM")
-    t.add_argument("algorithm", choices=["sft", "rm", "reinforce", "ppo", "grpo", "dpo"])
+    t.add_argument("algorithm", choices=["sft", "rm", "reinforce", "ppo", "grpo", "dpo"],
+                   help="sft (the SFT start), rm (Bradley-Terry reward model), reinforce, ppo, grpo or dpo")
     t.add_argument("--preset", choices=["tiny", "small"], default=None, help="model preset (default tiny)")
-    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--seed", type=int, default=None,
+                   help="training seed (default 0); the SFT start of a new seed is trained first (minutes)")
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the course recipe)")
     t.add_argument("--out", default=None, help="run directory: config, history, checkpoints; resumes if present")
     t.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")

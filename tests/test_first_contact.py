@@ -101,3 +101,17 @@ def test_test_runs_send_figures_to_a_temporary_directory():
 
     assert os.environ.get("RLCOURSE_FIGURES")
     assert ROOT / "figures" not in [figures_dir().resolve(), *figures_dir().resolve().parents]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["verify", "--help"], ["figures", "--help"]])
+def test_help_texts_are_plain_text(argv, capsys):
+    """No reStructuredText markup (double backticks) in what ``--help`` prints, and every line fits
+    an 80-column terminal as argparse wraps it."""
+    from rlcourse.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and ":func:" not in out, out
+    assert out.strip()
