@@ -178,6 +178,18 @@ def test_reward_of_negative_answers_and_batch_rewards():
         batch_rewards(["1"], ["1", "2"])
 
 
+def test_finished_flags_default_to_true_and_must_have_one_per_entry():
+    from rlcourse.lm.task import finished_flags
+
+    assert finished_flags(None, 3) == [True, True, True]
+    assert finished_flags(torch.tensor([True, False]), 2) == [True, False]
+    with pytest.raises(ValueError, match="finished has 1 entries but prompts has 2"):
+        finished_flags([True], 2, "prompts")
+    # every caller refuses a wrong length instead of zipping it short
+    with pytest.raises(ValueError, match="finished has 1 entries but completions has 2"):
+        batch_rewards(["1", "2"], ["1", "2"], finished=[True])
+
+
 def test_integer_fast_path_agrees_with_math_verify():
     rng = random.Random(0)
     answers = [str(rng.randrange(-200, 2000)) for _ in range(40)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
@@ -153,6 +154,24 @@ def test_held_out_pairs_come_from_held_out_prompts_only(lm, monkeypatch):
     assert len(data["train"]) == 20 and len(data["held_out"]) == 10
     assert not any(TASK.is_held_out(p) for p in seen["train"])
     assert all(TASK.is_held_out(p) for p in seen["held_out"])
+
+
+def test_sampled_pairs_are_saved_with_the_run_and_read_back_when_resuming(lm, monkeypatch, tmp_path):
+    model, tok = lm
+    calls = []
+
+    def fake_oracle(model, tokenizer, problems, **kw):
+        calls.append(len(problems))
+        return [{"prompt": p.prompt, "chosen": p.answer, "rejected": p.answer + "1", "answer": p.answer}
+                for p in problems]
+
+    monkeypatch.setattr(rm_module, "oracle_pairs", fake_oracle)
+    run = types.SimpleNamespace(path=tmp_path)  # what make_pair_data reads of a Run
+    cfg = small_cfg(n_prompts=20, eval_prompts=10)
+    first = make_pair_data(cfg, model, tok, TASK, run)
+    assert (tmp_path / "pairs.json").exists() and calls == [20, 10]
+    assert make_pair_data(cfg, model, tok, TASK, run) == first
+    assert calls == [20, 10]  # read back from pairs.json, not sampled again
 
 
 def test_resume_reproduces_the_uninterrupted_run(lm, tmp_path):

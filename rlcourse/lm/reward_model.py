@@ -24,6 +24,7 @@ from torch import nn
 from rlcourse import _validate as V
 from rlcourse.lm.model import pick_device, quiet_transformers
 from rlcourse.lm.rollout import encode_completions, position_ids_from_mask, response_logprobs_from_logits
+from rlcourse.lm.task import finished_flags
 from rlcourse.logprobs import masked_mean
 
 HEAD_FILE = "head.safetensors"
@@ -141,10 +142,7 @@ class RewardModel(nn.Module):
             if completions is None or len(completions) != len(prompts):
                 raise ValueError(f"completions must be a list with one entry per prompt ({len(prompts)}), "
                                  f"got {None if completions is None else len(completions)}")
-            if finished is None:
-                finished = [True] * len(prompts)
-            elif isinstance(finished, torch.Tensor):
-                finished = finished.tolist()
+            finished = finished_flags(finished, len(prompts), "prompts")
             out = []
             for s in range(0, len(prompts), batch_size):
                 b = encode_completions(self.tokenizer, prompts[s:s + batch_size], completions[s:s + batch_size],

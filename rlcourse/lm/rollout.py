@@ -32,7 +32,7 @@ import torch
 
 from .. import _validate as V
 from ..logprobs import token_logprobs
-from .task import Problem, batch_rewards
+from .task import Problem, batch_rewards, finished_flags
 from .tokenizer import check_text
 
 
@@ -100,12 +100,7 @@ def encode_completions(tokenizer, prompts: Sequence[str], completions: Sequence[
     completions = check_text(tokenizer, completions, "completions") if completions else []
     if len(completions) != len(prompts):
         raise ValueError(f"prompts has {len(prompts)} entries but completions has {len(completions)}")
-    if finished is None:
-        finished = [True] * len(prompts)
-    elif isinstance(finished, torch.Tensor):
-        finished = finished.tolist()
-    if len(finished) != len(prompts):
-        raise ValueError(f"finished has {len(finished)} entries but prompts has {len(prompts)}")
+    finished = finished_flags(finished, len(prompts), "prompts")
     p_ids, p_att = encode_prompts(tokenizer, prompts)
     resp = [tokenizer(c, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if f else [])
             for c, f in zip(completions, finished)]

@@ -212,6 +212,16 @@ def reward(completion: str, answer: str | int, finished: bool = True) -> float:
     return (REWARD_CORRECT if correct else REWARD_WRONG) - (0.0 if is_well_formed(completion, finished) else FORMAT_PENALTY)
 
 
+def finished_flags(finished: Sequence[bool] | torch.Tensor | None, n: int, of: str = "completions") -> list[bool]:
+    """``finished`` as a list of ``n`` flags (None: all True); ``ValueError`` if it does not have one per entry of ``of``."""
+    if finished is None:
+        return [True] * n
+    finished = finished.tolist() if isinstance(finished, torch.Tensor) else list(finished)
+    if len(finished) != n:
+        raise ValueError(f"finished has {len(finished)} entries but {of} has {n}")
+    return finished
+
+
 def batch_rewards(completions: Sequence[str], answers: Sequence[str | int],
                   finished: Sequence[bool] | torch.Tensor | None = None) -> torch.Tensor:
     """:func:`reward` for each completion: a float32 tensor ``(N,)``.
@@ -222,12 +232,7 @@ def batch_rewards(completions: Sequence[str], answers: Sequence[str | int],
     completions, answers = list(completions), list(answers)
     if len(completions) != len(answers):
         raise ValueError(f"completions has {len(completions)} entries but answers has {len(answers)}")
-    if finished is None:
-        finished = [True] * len(completions)
-    elif isinstance(finished, torch.Tensor):
-        finished = finished.tolist()
-    if len(finished) != len(completions):
-        raise ValueError(f"finished has {len(finished)} entries but completions has {len(completions)}")
+    finished = finished_flags(finished, len(completions))
     return torch.tensor([reward(c, a, f) for c, a, f in zip(completions, answers, finished)], dtype=torch.float32)
 
 

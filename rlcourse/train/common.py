@@ -169,10 +169,92 @@ class RunConfig:
         integer("eval_every", self.eval_every, 0)
         integer("eval_n", self.eval_n)
         integer("threads", self.threads, none_ok=True)
-        if getattr(self, "max_new_tokens", None) is not None:
-            integer("max_new_tokens", self.max_new_tokens)
-        if hasattr(self, "temperature"):
-            number("temperature", self.temperature)
+
+
+# Each trainer's config derives from the ones below whose fields it uses, and sets its own defaults:
+#   SFTConfig(ScheduleConfig); ReinforceConfig, GRPOConfig, PPOConfig(OnPolicyConfig);
+#   RewardModelConfig, DPOConfig(PairConfig) = ScheduleConfig + SamplingConfig + the pairs' fields.
+
+
+@dataclass
+class SamplingConfig(RunConfig):
+    """:class:`RunConfig` plus how completions are sampled from the policy.
+
+    Attributes:
+        group_size: completions per prompt (>= 1; a trainer that compares them asks for more).
+        max_new_tokens: completion length limit (None: the task's longest answer + 2).
+        temperature: sampling temperature, finite and > 0 (log-probs are those of logits / temperature).
+    """
+
+    group_size: int = 8
+    max_new_tokens: int | None = None
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        integer("group_size", self.group_size)
+        integer("max_new_tokens", self.max_new_tokens, none_ok=True)
+        number("temperature", self.temperature)
+
+
+@dataclass
+class OnPolicyConfig(SamplingConfig):
+    """:class:`SamplingConfig` plus the batch of an on-policy step (REINFORCE, PPO, GRPO).
+
+    Attributes:
+        prompts_per_step: fresh training problems per step (rows = ``prompts_per_step * group_size``).
+    """
+
+    prompts_per_step: int = 16
+
+    def __post_init__(self):
+        super().__post_init__()
+        integer("prompts_per_step", self.prompts_per_step)
+
+
+@dataclass
+class ScheduleConfig(RunConfig):
+    """:class:`RunConfig` plus minibatches and a learning-rate schedule (SFT, reward model, DPO).
+
+    Each trainer's config derives from this one and sets its own defaults.
+
+    Attributes:
+        batch_size: examples (or pairs) per optimizer step.
+        warmup_steps: steps of linear warmup to ``lr``; then a cosine decay to ``lr * min_lr_ratio``
+            (:func:`lr_at`).
+        min_lr_ratio: the final learning rate as a share of ``lr``, in [0, 1].
+    """
+
+    batch_size: int = 64
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        integer("batch_size", self.batch_size)
+        integer("warmup_steps", self.warmup_steps, 0)
+        number("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, strict=False)
+
+
+@dataclass
+class PairConfig(ScheduleConfig, SamplingConfig):
+    """:class:`ScheduleConfig` and :class:`SamplingConfig` plus how the oracle's preference pairs are
+    drawn (reward model, DPO): ``group_size`` (>= 2) samples of each of ``n_prompts`` distinct training
+    problems, every distinct pair labelled by the oracle (:func:`rlcourse.lm.oracle_pairs`).
+
+    Attributes:
+        n_prompts: distinct training problems.
+        max_pairs_per_group: keep at most this many pairs of each problem (None: all).
+    """
+
+    n_prompts: int = 2000
+    max_pairs_per_group: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        integer("group_size", self.group_size, 2)  # a pair needs two samples
+        integer("n_prompts", self.n_prompts)
+        integer("max_pairs_per_group", self.max_pairs_per_group, none_ok=True)
 
 
 def lr_at(cfg, step: int) -> float:
@@ -181,6 +263,28 @@ def lr_at(cfg, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
+    """Set the learning rate of every parameter group of ``opt``; returns ``lr``."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float | None,
+                   *, step: int) -> torch.Tensor:
+    """One optimizer step on ``loss``: clear the gradients, backpropagate, clip the gradient norm of
+    ``model``'s parameters at ``grad_clip`` (None: no clipping), check it is finite, step.
+
+    Returns the gradient norm before clipping (raises :class:`NonFiniteLossError` if it is NaN or infinite).
+    """
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    check_finite(grad_norm, name="gradient norm", step=step)
+    opt.step()
+    return grad_norm
 
 
 def due(step: int, every: int) -> bool:

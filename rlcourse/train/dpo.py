@@ -54,14 +54,14 @@ from rlcourse import _validate as V
 from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model
 from rlcourse.lm.pairs import oracle_pairs, pair_logprobs
 from rlcourse.preference import dpo_loss
-from rlcourse.train.common import (Run, RunConfig, TrainResult, check_finite, due, integer, lr_at, number,
-                                   start_policy, step_generator)
+from rlcourse.train.common import (PairConfig, Run, TrainResult, check_finite, due, integer, lr_at, number,
+                                   optimizer_step, set_lr, start_policy, step_generator)
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
 
 @dataclass
-class DPOConfig(RunConfig):
+class DPOConfig(PairConfig):
     """Configuration of :func:`train_dpo`.
 
     Attributes:
@@ -79,7 +79,7 @@ class DPOConfig(RunConfig):
         n_prompts, group_size, temperature, max_new_tokens, max_pairs_per_group: the pairs: ``group_size``
             samples of each of ``n_prompts`` distinct training problems, labelled by the oracle.
         rounds: 1 = offline DPO; > 1 = iterative DPO with fresh pairs from the current policy each round.
-        (and the shared fields of :class:`~rlcourse.train.common.RunConfig`)
+        (and the shared fields of :class:`~rlcourse.train.common.PairConfig`)
     """
 
     loss_type: str = "sigmoid"
@@ -90,12 +90,7 @@ class DPOConfig(RunConfig):
     lr: float = 1e-4
     batch_size: int = 64
     warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
     n_prompts: int = 2000
-    group_size: int = 8
-    temperature: float = 1.0
-    max_new_tokens: int | None = None
-    max_pairs_per_group: int | None = None
     rounds: int = 1
 
     def __post_init__(self):
@@ -107,12 +102,7 @@ class DPOConfig(RunConfig):
         number("rpo_alpha", self.rpo_alpha, strict=False)
         if self.label_smoothing and self.loss_type == "ipo":
             raise ValueError("label_smoothing has no meaning for loss_type='ipo'; set it to 0")
-        for name in ("batch_size", "n_prompts", "rounds"):
-            integer(name, getattr(self, name))
-        integer("group_size", self.group_size, 2)  # pairs need two samples
-        integer("warmup_steps", self.warmup_steps, 0)
-        integer("max_pairs_per_group", self.max_pairs_per_group, none_ok=True)
-        number("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, strict=False)
+        integer("rounds", self.rounds)
 
 
 @torch.no_grad()
@@ -195,9 +185,7 @@ def train_dpo(cfg: DPOConfig | None = None, model=None, tokenizer=None, *, task=
             round_ = step // steps_per_round
             data = scored_pairs(round_)
             model.train()
-            lr = lr_at(cfg, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            lr = set_lr(opt, lr_at(cfg, step))
             idx = torch.randperm(len(data), generator=step_generator(cfg.seed, step))[:cfg.batch_size]
             batch = [data[i] for i in idx.tolist()]
             # 2. the policy's log-probs of chosen and rejected; the reference's were stored with the pairs
@@ -212,11 +200,7 @@ def train_dpo(cfg: DPOConfig | None = None, model=None, tokenizer=None, *, task=
                 nll = -(pc * len_c).sum() / len_c.sum() if average else -pc.sum() / len_c.sum()
                 loss = loss + cfg.rpo_alpha * nll
             check_finite(loss, name="dpo loss", step=step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            check_finite(grad_norm, name="gradient norm", step=step)
-            opt.step()
+            grad_norm = optimizer_step(model, opt, loss, cfg.grad_clip, step=step)
             row = {"step": step, "loss": loss.item(), "pref_loss": pref_loss.item(),
                    "reward_accuracy": float((chosen_rewards > rejected_rewards).float().mean()),
                    "margin": float((chosen_rewards - rejected_rewards).mean()),

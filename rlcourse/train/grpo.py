@@ -57,8 +57,8 @@ from rlcourse.kl import KL_ESTIMATORS
 from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model, sequence_logprobs
 from rlcourse.lm.rollout import encode_completions
 from rlcourse.losses import grpo_loss
-from rlcourse.train.common import (Run, RunConfig, TrainResult, check_finite, due, integer, number, sample_groups,
-                                   start_policy)
+from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, integer, number, optimizer_step,
+                                   sample_groups, start_policy)
 from rlcourse.train.distinct_rows import distinct_rows
 
 VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo")
@@ -71,7 +71,7 @@ EPS = {"grpo": (0.2, 0.2), "dr_grpo": (0.2, 0.2), "dapo": (0.2, 0.28), "gspo": (
 
 
 @dataclass
-class GRPOConfig(RunConfig):
+class GRPOConfig(OnPolicyConfig):
     """Configuration of :func:`train_grpo`.
 
     Attributes:
@@ -93,16 +93,12 @@ class GRPOConfig(RunConfig):
         overlong_buffer: DAPO's L_cache (tokens); None -> 1 for dapo, 0 (off) otherwise.
         distinct_rows: compute only the distinct completions with A != 0 (exact; beta = 0 only;
             :mod:`rlcourse.train.distinct_rows`).
-        (and the shared fields of :class:`~rlcourse.train.common.RunConfig`)
+        (and the shared fields of :class:`~rlcourse.train.common.OnPolicyConfig`)
     """
 
     variant: str = "grpo"
     steps: int = 300
     lr: float = 1e-4
-    group_size: int = 8
-    prompts_per_step: int = 16
-    max_new_tokens: int | None = None
-    temperature: float = 1.0
     eps_low: float | None = None
     eps_high: float | None = None
     beta: float = 0.0
@@ -118,7 +114,6 @@ class GRPOConfig(RunConfig):
         super().__post_init__()
         V.choice("variant", self.variant, VARIANTS)
         integer("group_size", self.group_size, 2)  # G completions per prompt
-        integer("prompts_per_step", self.prompts_per_step)
         if self.eps_low is None:  # the variant's range (eps_high too, if not given)
             self.eps_low = EPS[self.variant][0]
             self.eps_high = EPS[self.variant][1] if self.eps_high is None else self.eps_high
@@ -266,11 +261,7 @@ def grpo_update(model, opt, batch: dict, cfg: GRPOConfig, ref, max_new_tokens: i
                                 max_completion_length=max_new_tokens if cfg.aggregation == "constant" else None,
                                 **norms)
         check_finite(loss, name=f"{cfg.variant} loss", step=step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        check_finite(grad_norm, name="gradient norm", step=step)
-        opt.step()
+        grad_norm = optimizer_step(model, opt, loss, cfg.grad_clip, step=step)
         if it == 0:
             first = {"loss": loss.item(), **stats, "grad_norm": grad_norm.item(),
                      "completion_length": float(batch["response_mask"].sum(-1).mean()),

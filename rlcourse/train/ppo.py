@@ -73,7 +73,7 @@ from rlcourse.lm.reward_model import RewardModel
 from rlcourse.lm.rollout import position_ids_from_mask, response_logprobs_from_logits
 from rlcourse.logprobs import entropy_from_logits, masked_mean, masked_var, masked_whiten
 from rlcourse.losses import AdaptiveKLController, FixedKLController, entropy_bonus, ppo_clip_loss, value_loss
-from rlcourse.train.common import (Run, RunConfig, TrainResult, check_finite, due, integer, number,
+from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, integer, number,
                                    problems_for_step, start_policy, step_generator)
 
 REWARDS = ("rule", "model")
@@ -84,7 +84,7 @@ CRITIC_DEFAULTS = {"separate": {"critic_lr": 3e-4, "vf_coef": 0.5}, "shared": {"
 
 
 @dataclass
-class PPOConfig(RunConfig):
+class PPOConfig(OnPolicyConfig):
     """Configuration of :func:`train_ppo`.
 
     Attributes:
@@ -112,7 +112,7 @@ class PPOConfig(RunConfig):
         entropy_coef: weight of the entropy bonus, >= 0.
         ppo_epochs, minibatches: passes over each rollout, minibatches per pass.
         whiten_advantages: normalise the advantages over the batch's tokens.
-        (and the shared fields of :class:`~rlcourse.train.common.RunConfig`)
+        (and the shared fields of :class:`~rlcourse.train.common.OnPolicyConfig`)
     """
 
     reward: str = "rule"
@@ -124,8 +124,6 @@ class PPOConfig(RunConfig):
     critic: str = "separate"
     prompts_per_step: int = 64
     group_size: int = 2
-    max_new_tokens: int | None = None
-    temperature: float = 1.0
     init_kl_coef: float = 0.02
     adaptive_kl: bool = True
     kl_target: float = 0.5
@@ -150,8 +148,8 @@ class PPOConfig(RunConfig):
         number("critic_lr", self.critic_lr)
         if self.vf_coef is None:
             self.vf_coef = CRITIC_DEFAULTS[self.critic]["vf_coef"]
-        for name in ("prompts_per_step", "group_size", "ppo_epochs", "minibatches"):
-            integer(name, getattr(self, name))
+        integer("ppo_epochs", self.ppo_epochs)
+        integer("minibatches", self.minibatches)
         if self.prompts_per_step * self.group_size < self.minibatches:
             raise ValueError(f"minibatches={self.minibatches} is more than the rows per step "
                              f"(prompts_per_step * group_size = {self.prompts_per_step * self.group_size})")

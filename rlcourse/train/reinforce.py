@@ -38,14 +38,14 @@ from rlcourse.advantages import dr_grpo_advantages, rloo_advantages
 from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model, sequence_logprobs
 from rlcourse.logprobs import AGGREGATIONS, entropy_from_logits, masked_mean
 from rlcourse.losses import policy_gradient_loss
-from rlcourse.train.common import (Run, RunConfig, TrainResult, check_finite, due, integer, sample_groups,
-                                   start_policy)
+from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, integer, optimizer_step,
+                                   sample_groups, start_policy)
 
 BASELINES = ("none", "mean", "rloo")
 
 
 @dataclass
-class ReinforceConfig(RunConfig):
+class ReinforceConfig(OnPolicyConfig):
     """Configuration of :func:`train_reinforce`.
 
     Attributes:
@@ -56,23 +56,18 @@ class ReinforceConfig(RunConfig):
         max_new_tokens: completion length limit (None: the task's longest answer + 2).
         temperature: sampling temperature (log-probs are those of logits / temperature).
         aggregation: reduction of the per-token surrogate (default: the unbiased ``seq_mean_token_sum``).
-        (and the shared fields of :class:`~rlcourse.train.common.RunConfig`)
+        (and the shared fields of :class:`~rlcourse.train.common.OnPolicyConfig`)
     """
 
     baseline: str = "rloo"
     steps: int = 200
     lr: float = 1e-4
-    group_size: int = 8
-    prompts_per_step: int = 16
-    max_new_tokens: int | None = None
-    temperature: float = 1.0
     aggregation: str = "seq_mean_token_sum"
 
     def __post_init__(self):
         super().__post_init__()
         V.choice("baseline", self.baseline, BASELINES)
         integer("group_size", self.group_size, 2 if self.baseline == "rloo" else 1)
-        integer("prompts_per_step", self.prompts_per_step)
         if self.baseline == "mean" and self.group_size * self.prompts_per_step < 2:
             raise ValueError("a mean baseline needs at least 2 samples per step (group_size * prompts_per_step)")
         V.choice("aggregation", self.aggregation, AGGREGATIONS)
@@ -124,11 +119,7 @@ def train_reinforce(cfg: ReinforceConfig | None = None, model=None, tokenizer=No
                                              cfg.temperature, return_logits=True)
             loss = policy_gradient_loss(logp, adv, ro.response_mask, cfg.aggregation)
             check_finite(loss, name="reinforce loss", step=step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            check_finite(grad_norm, name="gradient norm", step=step)
-            opt.step()
+            grad_norm = optimizer_step(model, opt, loss, cfg.grad_clip, step=step)
             with torch.no_grad():
                 entropy = masked_mean(entropy_from_logits(logits.detach(), cfg.temperature), ro.response_mask)
             row = {"step": step, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),

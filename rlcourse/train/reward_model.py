@@ -55,6 +55,7 @@ same class as its critic); the pairs and their accuracy in :mod:`rlcourse.lm.pai
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -65,12 +66,12 @@ from rlcourse.lm import default_max_new_tokens
 from rlcourse.lm.pairs import encode_pairs, oracle_pairs, pair_accuracy
 from rlcourse.lm.reward_model import RewardModel, chosen_nll
 from rlcourse.preference import bradley_terry_loss
-from rlcourse.train.common import (Run, RunConfig, TrainResult, check_finite, due, integer, lr_at, number,
-                                   start_policy, step_generator)
+from rlcourse.train.common import (PairConfig, Run, TrainResult, check_finite, due, integer, lr_at, number,
+                                   optimizer_step, set_lr, start_policy, step_generator)
 
 
 @dataclass
-class RewardModelConfig(RunConfig):
+class RewardModelConfig(PairConfig):
     """Configuration of :func:`train_reward_model`.
 
     Attributes:
@@ -84,19 +85,14 @@ class RewardModelConfig(RunConfig):
         normalize: shift the head's bias so that the training responses score 0 on average.
         weight_decay: AdamW's.
         eval_every (of :class:`~rlcourse.train.common.RunConfig`): here, held-out *pair* accuracy.
-        (and the shared fields of :class:`~rlcourse.train.common.RunConfig`)
+        (and the shared fields of :class:`~rlcourse.train.common.PairConfig`)
     """
 
     steps: int = 800
     lr: float = 1e-3
     batch_size: int = 128
     warmup_steps: int = 20
-    min_lr_ratio: float = 0.1
     n_prompts: int = 6000
-    group_size: int = 8
-    temperature: float = 1.0
-    max_new_tokens: int | None = None
-    max_pairs_per_group: int | None = None
     eval_prompts: int = 300
     extra_layers: int = 2
     sft_coef: float = 1.0
@@ -107,13 +103,8 @@ class RewardModelConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("batch_size", "n_prompts", "eval_prompts"):
-            integer(name, getattr(self, name))
+        integer("eval_prompts", self.eval_prompts)
         integer("extra_layers", self.extra_layers, 0)
-        integer("group_size", self.group_size, 2)  # pairs need two samples
-        integer("warmup_steps", self.warmup_steps, 0)
-        integer("max_pairs_per_group", self.max_pairs_per_group, none_ok=True)
-        number("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, strict=False)
         number("sft_coef", self.sft_coef, strict=False)
         number("margin", self.margin, None)
         number("weight_decay", self.weight_decay, strict=False)
@@ -185,9 +176,7 @@ def train_reward_model(cfg: RewardModelConfig | None = None, model=None, tokeniz
         for step in run.steps():
             t0 = time.perf_counter()
             # 2. this step's learning rate and batch of pairs
-            lr = lr_at(cfg, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            lr = set_lr(opt, lr_at(cfg, step))
             idx = torch.randperm(len(train_pairs), generator=step_generator(cfg.seed, step))[:cfg.batch_size]
             batch = [train_pairs[i] for i in idx.tolist()]
             b = encode_pairs(tokenizer, batch, device)
@@ -200,11 +189,7 @@ def train_reward_model(cfg: RewardModelConfig | None = None, model=None, tokeniz
                 nll = chosen_nll(rm, h[:len(batch)], b.input_ids[:len(batch)], b.response_mask[:len(batch)])
                 loss = loss + cfg.sft_coef * nll
             check_finite(loss, name="reward model loss", step=step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip or float("inf"))
-            check_finite(grad_norm, name="gradient norm", step=step)
-            opt.step()
+            grad_norm = optimizer_step(rm, opt, loss, cfg.grad_clip, step=step)
             d = (r_chosen - r_rejected).detach()
             row = {"step": step, "loss": loss.item(), "bt_loss": bt_loss.item(),
                    "accuracy": float(((d > 0).float() + 0.5 * (d == 0).float()).mean()),

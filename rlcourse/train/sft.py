@@ -41,12 +41,12 @@ from rlcourse.lm import (ArithmeticTask, build_tokenizer, default_task, encode_c
                          held_out_accuracy, pick_device, save_model, sequence_logprobs, sft_examples)
 from rlcourse.lm.model import build_model
 from rlcourse.logprobs import aggregate
-from rlcourse.train.common import (Run, RunConfig, TrainResult, check_finite, due, integer, lr_at, number,
-                                   set_seed)
+from rlcourse.train.common import (Run, ScheduleConfig, TrainResult, check_finite, due, integer, lr_at, number,
+                                   optimizer_step, set_lr, set_seed)
 
 
 @dataclass
-class SFTConfig(RunConfig):
+class SFTConfig(ScheduleConfig):
     """Configuration of :func:`train_sft` (defaults: the course's SFT start).
 
     Attributes:
@@ -62,14 +62,13 @@ class SFTConfig(RunConfig):
         clean_steps: the first ``clean_steps`` steps use only correct demonstrations
             (capability first), the rest use the ``wrong_fraction`` mixture.
         eval_before: evaluate the untrained model too (it scores 0; skipping saves time).
-        (and the shared fields of :class:`~rlcourse.train.common.RunConfig`)
+        (and the shared fields of :class:`~rlcourse.train.common.ScheduleConfig`)
     """
 
     steps: int = 2000
     lr: float = 2e-3
     batch_size: int = 128
     warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.98)
     wrong_fraction: float = 0.55
@@ -80,10 +79,7 @@ class SFTConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        integer("batch_size", self.batch_size)
-        integer("warmup_steps", self.warmup_steps, 0)
         integer("clean_steps", self.clean_steps, 0)
-        number("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, strict=False)
         number("wrong_fraction", self.wrong_fraction, 0.0, 1.0, strict=False)
         self.offsets = tuple(self.offsets)
         if not self.offsets or any(not isinstance(d, int) or d == 0 for d in self.offsets):
@@ -136,16 +132,11 @@ def train_sft(cfg: SFTConfig | None = None, *, task: ArithmeticTask | None = Non
         for step in run.steps():
             t0 = time.perf_counter()
             # 1. the learning rate of this step (warmup, cosine)
-            lr = lr_at(cfg, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            lr = set_lr(opt, lr_at(cfg, step))
             # 2. the NLL of this step's demonstrations, and one AdamW step
             loss = sft_loss(model, tokenizer, demonstrations(cfg, task, step), device)
             check_finite(loss, name="sft loss", step=step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            opt.step()
+            grad_norm = optimizer_step(model, opt, loss, cfg.grad_clip, step=step)
             row = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
                    "step_seconds": time.perf_counter() - t0}
             if due(step, cfg.eval_every):
@@ -157,4 +148,4 @@ def train_sft(cfg: SFTConfig | None = None, *, task: ArithmeticTask | None = Non
     return TrainResult(model, tokenizer, run.history, before, after, run.seconds, run.path, {"task": task})
 
 
-__all__ = ["SFTConfig", "train_sft", "sft_loss", "demonstrations", "RECIPE_VERSION"]
+__all__ = ["SFTConfig", "train_sft", "sft_loss", "demonstrations"]
