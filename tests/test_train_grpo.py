@@ -162,17 +162,74 @@ def test_variants_choose_aggregation_ratio_clip_and_sampling():
     assert GRPOConfig(eps_low=0.1).eps_high == 0.1
 
 
-def test_dynamic_sampling_keeps_only_groups_with_varied_rewards(start):
-    model, tok = fresh(start)
-    cfg = tiny(variant="dapo", prompts_per_step=8, group_size=4, max_sampling_rounds=3)
-    batch = collect_batch(model, tok, TASK, cfg, 0, TASK.max_answer_chars + 2)
-    assert batch["frac_zero_std"] > 0  # some groups were all-equal and dropped
-    assert 0 < batch["groups"] <= 8 and batch["rewards"].numel() == 4 * batch["groups"]
+#: The scripted rounds of the dynamic-sampling test: per round, 4 groups of G = 4 completions and their rule
+#: rewards. Round 0 keeps groups 1 and 3 (groups 0 and 2 are all equal); round 1 fills the batch with its
+#: groups 1 and 2 and stops (its group 3 is never needed; a round 2 would be an error).
+SCRIPTED_ROUNDS = [
+    ([["5", "5", "5", "5"], ["7", "6", "6", "6"], ["1", "2", "3", "4"], ["8", "9", "9", "8"]],
+     [[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]]),
+    ([["2", "2", "2", "2"], ["0", "0", "3", "0"], ["4", "1", "4", "1"], ["6", "6", "5", "6"]],
+     [[1, 1, 1, 1], [0, 0, 1, 0], [1, 0, 1, 0], [1, 1, 0, 1]]),
+]
+
+
+def scripted_sample_groups(tok, calls, rounds=SCRIPTED_ROUNDS):
+    """A stand-in for :func:`rlcourse.train.common.sample_groups` that returns ``rounds`` (default
+    :data:`SCRIPTED_ROUNDS`) and records the rounds asked for: no model samples anything."""
+    from rlcourse.lm import Rollout
+
+    def sample(model, tokenizer, task, *, n_prompts, group_size, max_new_tokens, temperature, seed, step, round_=0):
+        calls.append(round_)
+        completions, rewards = rounds[round_]
+        problems = TASK.sample(n_prompts, "train", seed=100 + round_, unique=True)
+        prompts = [p.prompt for p in problems for _ in range(group_size)]
+        flat = [c for g in completions for c in g]
+        enc = encode_completions(tok, prompts, flat)
+        ro = Rollout(enc.input_ids, enc.attention_mask, enc.response_mask, enc.prompt_length,
+                     logprobs=-0.5 * enc.response_mask, finished=torch.ones(len(flat), dtype=torch.bool),
+                     prompts=prompts, completions=flat, group_size=group_size, temperature=temperature)
+        return problems, ro, torch.tensor([float(r) for g in rewards for r in g])
+
+    return sample
+
+
+def test_dynamic_sampling_keeps_only_groups_with_varied_rewards(monkeypatch):
+    tok = build_tokenizer()
+    calls = []
+    monkeypatch.setattr(grpo_mod, "sample_groups", scripted_sample_groups(tok, calls))
+    cfg = tiny(variant="dapo", prompts_per_step=4, group_size=4, max_sampling_rounds=3, overlong_buffer=0)
+    batch = collect_batch(None, tok, TASK, cfg, 0, max_new_tokens=4)
+    assert calls == [0, 1] and batch["rounds"] == 2  # stopped as soon as 4 groups were kept
+    assert batch["groups"] == 4 and batch["frac_zero_std"] == 3 / 8  # 3 of the 8 sampled groups were all equal
+    assert batch["sampled_rewards"].numel() == 32 and batch["entropy"] == pytest.approx(0.5)
     grouped = batch["rewards"].view(-1, 4)
     assert bool((grouped.std(-1) > 0).all())
-    # the re-encoded batch has the rollout layout: response mask counts 1..max_new tokens per row
-    lengths = batch["response_mask"].sum(-1)
-    assert bool((lengths >= 1).all()) and int(lengths.max()) <= TASK.max_answer_chars + 2
+    kept = [(0, 1), (0, 3), (1, 1), (1, 2)]  # (round, group), in sampling order
+    assert grouped.tolist() == [[float(r) for r in SCRIPTED_ROUNDS[k][1][g]] for k, g in kept]
+    # the kept rows are re-encoded into one batch in the rollout layout: the same tokens as encoding them directly
+    prompts = [p.prompt for k, g in kept for p in [TASK.sample(4, "train", seed=100 + k, unique=True)[g]] * 4]
+    enc = encode_completions(tok, prompts, [c for k, g in kept for c in SCRIPTED_ROUNDS[k][0][g]])
+    assert torch.equal(batch["input_ids"], enc.input_ids) and torch.equal(batch["response_mask"], enc.response_mask)
+
+    # negative control: without dynamic sampling the same first round is the batch, all-equal groups included
+    calls.clear()
+    plain = collect_batch(None, tok, TASK, dataclasses.replace(cfg, dynamic_sampling=False), 0, max_new_tokens=4)
+    assert calls == [0] and plain["groups"] == 4 and not bool((plain["rewards"].view(-1, 4).std(-1) > 0).all())
+
+
+def test_dynamic_sampling_judges_groups_by_the_shaped_reward(monkeypatch):
+    """A group whose rule rewards are all equal varies once DAPO's overlong shaping penalises one of its
+    completions: it carries signal and is kept."""
+    tok = build_tokenizer()
+    completions, rewards = SCRIPTED_ROUNDS[0]
+    long_one = [completions[0], completions[1], ["12", "2", "3", "4"], completions[3]]  # group 2: rewards 0, 0, 0, 0
+    monkeypatch.setattr(grpo_mod, "sample_groups", scripted_sample_groups(tok, [], [(long_one, rewards)]))
+    cfg = tiny(variant="dapo", prompts_per_step=4, group_size=4, max_sampling_rounds=1, overlong_buffer=1)
+    # max_new_tokens = 3, buffer 1: "12" + <eos> (3 tokens) is penalised by -1, the 2-token completions are not
+    batch = collect_batch(None, tok, TASK, cfg, 0, max_new_tokens=3)
+    assert batch["groups"] == 3 and batch["frac_zero_std"] == 1 / 4  # only group 0 (all 1) is dropped
+    assert batch["rewards"].view(-1, 4)[1].tolist() == [-1.0, 0.0, 0.0, 0.0]
+    assert batch["sampled_rewards"][8:12].tolist() == [0.0, 0.0, 0.0, 0.0]  # the rule rewards, unshaped
 
 
 def test_overlong_penalty_is_zero_then_linear_then_minus_one():
