@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from rlcourse import plots  # noqa: E402
+from rlcourse.experiments import toy  # noqa: E402
 from rlcourse.plots import policy_gradient as P  # noqa: E402
 
 NAMES = ["02_mc_gradient_error", "02_loss_not_a_loss", "02_training",
@@ -64,7 +65,7 @@ def test_training_figure_shows_every_method_and_j_star():
     left, right = fig.axes
     labels = [ln.get_label() for ln in left.get_lines() if not ln.get_label().startswith("_")]
     assert any("exact" in s for s in labels)
-    assert sum("REINFORCE" in s for s in labels) == len(P.TRAIN_BATCHES)
+    assert sum("REINFORCE" in s for s in labels) == len(toy.TRAIN_BATCHES)
     assert any("J^*" in s for s in labels)
     assert right.get_yscale() == "log"
     plt.close(fig)
@@ -146,7 +147,7 @@ def test_shifted_mdp_moves_returns_and_j_by_the_shift_but_not_the_gradient(cours
 
 def test_surrogate_loss_value_depends_on_the_shift_along_the_same_run(course):
     mdp, theta = course
-    runs = {c: P.gradient_ascent(P.shifted_mdp(mdp, c), theta, steps=30) for c in (-2.0, 2.0)}
+    runs = {c: toy.gradient_ascent(P.shifted_mdp(mdp, c), theta, steps=30) for c in (-2.0, 2.0)}
     # identical parameters: the exact gradient does not see the shift
     torch.testing.assert_close(runs[-2.0]["theta"], runs[2.0]["theta"], atol=1e-10, rtol=0)
     np.testing.assert_allclose(runs[2.0]["J"] - runs[-2.0]["J"], 4.0, atol=1e-10)
@@ -158,10 +159,10 @@ def test_surrogate_loss_value_depends_on_the_shift_along_the_same_run(course):
 def test_gradient_ascent_raises_j_toward_max_return(course):
     mdp, theta = course
     j_star = float(mdp.returns().max())
-    exact = P.gradient_ascent(mdp, theta, steps=100, lr=0.3)
+    exact = toy.gradient_ascent(mdp, theta, steps=100, lr=0.3)
     assert np.all(np.diff(exact["J"]) > 0)               # small exact steps: monotone ascent
     assert exact["J"][-1] <= j_star and j_star - exact["J"][-1] < 0.1
-    sampled = P.gradient_ascent(mdp, theta, steps=100, lr=0.3, batch_size=16, seed=0)
+    sampled = toy.gradient_ascent(mdp, theta, steps=100, lr=0.3, batch_size=16, seed=0)
     assert len(sampled["batch_loss"]) == 100
     assert sampled["J"][-1] > exact["J"][0] + 0.5
 
@@ -169,23 +170,29 @@ def test_gradient_ascent_raises_j_toward_max_return(course):
 def test_reinforce_step_is_unbiased_for_the_exact_gradient(course):
     # one REINFORCE step from theta0 with many samples lands where the exact step lands
     mdp, theta = course
-    exact = P.gradient_ascent(mdp, theta, steps=1, lr=1.0)["theta"]
-    sampled = P.gradient_ascent(mdp, theta, steps=1, lr=1.0, batch_size=20000, seed=0)["theta"]
+    exact = toy.gradient_ascent(mdp, theta, steps=1, lr=1.0)["theta"]
+    sampled = toy.gradient_ascent(mdp, theta, steps=1, lr=1.0, batch_size=20000, seed=0)["theta"]
     assert float((exact - sampled).abs().max()) < 0.05
 
 
 def test_bad_arguments_raise_value_error(course):
     mdp, theta = course
     with pytest.raises(ValueError, match="batch_size"):
-        P.gradient_ascent(mdp, theta, steps=1, batch_size=0)
+        toy.gradient_ascent(mdp, theta, steps=1, batch_size=0)
     with pytest.raises(ValueError, match="ns"):
         P.sampled_errors(mdp, theta, {}, [10, 5])
     with pytest.raises(ValueError, match="repeats"):
         P.sampled_errors(mdp, theta, {}, [1, 2], repeats=0)
 
 
-def test_data_functions_restore_the_thread_count(course):
+def test_toy_loops_run_single_threaded_and_restore_the_thread_count(course, monkeypatch):
+    from rlcourse.threads import cpu_threads
+
     mdp, theta = course
-    before = torch.get_num_threads()
-    P.gradient_ascent(mdp, theta, steps=1)
-    assert torch.get_num_threads() == before
+    seen = []
+    objective = mdp.objective
+    monkeypatch.setattr(mdp, "objective", lambda *a, **k: seen.append(torch.get_num_threads()) or objective(*a, **k))
+    with cpu_threads(2):
+        toy.gradient_ascent(mdp, theta, steps=1)
+        assert torch.get_num_threads() == 2
+    assert seen and set(seen) == {1}  # every J along the run was computed with one thread

@@ -6,9 +6,12 @@ Every number comes from the course's trainers, run from the cached SFT start
 ``variant`` in ``{"grpo", "dr_grpo", "dapo", "gspo"}``; the gradient-noise measurement uses the
 same package functions a trainer step uses (:func:`rlcourse.train.common.sample_groups`,
 :func:`rlcourse.train.reinforce.reinforce_advantages`, :func:`rlcourse.losses.policy_gradient_loss`).
-Each experiment returns plain data (histories and evaluations, no models: ``json.dumps`` takes
-it) and is memoised per process and arguments (:mod:`rlcourse.experiments.memo`); the figures
-are drawn by :mod:`rlcourse.plots.lm_rl`.
+Each experiment is a function of a frozen config (:class:`ReinforceBaselinesConfig`,
+:class:`GradientNoiseConfig`, :class:`GRPOVariantsConfig`; :func:`run` runs any of them) that
+returns plain data (histories and evaluations, no models: ``json.dumps`` takes it), memoised per
+process and config (:mod:`rlcourse.experiments.memo`); the notebooks call the keyword forms
+(``reinforce_baselines_experiment(preset, seed=0, ...)``). The figures are drawn by
+:mod:`rlcourse.plots.lm_rl`.
 
 Speed: the tiny model's tensors are small, and on a busy 2-core CPU several intra-op threads
 cost far more than they save (a REINFORCE step was measured 20x slower with 2 threads than
@@ -19,8 +22,10 @@ with 1 on a loaded machine). The experiments therefore run under
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,19 +38,95 @@ from rlcourse.train.common import sample_groups
 from rlcourse.train.grpo import GRPOConfig, train_grpo
 from rlcourse.train.reinforce import ReinforceConfig, reinforce_advantages, train_reinforce
 
-__all__ = ["REINFORCE_SETTINGS", "GRPO_SETTINGS", "PASS_KS", "clear_memo", "pass_at_k_curve", "run_summary",
-           "reinforce_baselines_experiment", "gradient_noise_experiment", "grpo_variants_experiment"]
+__all__ = ["ReinforceBaselinesConfig", "GradientNoiseConfig", "GRPOVariantsConfig", "run", "reinforce_baselines",
+           "gradient_noise", "grpo_variants", "REINFORCE_SETTINGS", "GRPO_SETTINGS", "PASS_KS", "clear_memo",
+           "pass_at_k_curve", "run_summary", "reinforce_baselines_experiment", "gradient_noise_experiment",
+           "grpo_variants_experiment"]
+
+#: The k of the pass@k curves (one set of max(PASS_KS) samples per problem).
+PASS_KS = (1, 2, 4, 8)
+
+
+def _tuples(cfg, *names: str) -> None:
+    """Store the sequence fields ``names`` of a frozen config as tuples (so that it is hashable: memoised)."""
+    for name in names:
+        object.__setattr__(cfg, name, tuple(getattr(cfg, name)))
+
+
+@dataclass(frozen=True)
+class ReinforceBaselinesConfig:
+    """Notebook 04: REINFORCE from the same start, seed and budget, once per baseline in ``baselines``.
+
+    ``steps`` optimizer steps of ``prompts_per_step`` x ``group_size`` samples at learning rate ``lr``;
+    held-out greedy accuracy on ``eval_n`` problems every ``eval_every`` steps; pass@k for k in ``ks``.
+    """
+
+    preset: str = "tiny"
+    steps: int = 60
+    seed: int = 0
+    baselines: tuple = ("none", "mean", "rloo")
+    lr: float = 1e-4
+    prompts_per_step: int = 16
+    group_size: int = 8
+    eval_n: int = 200
+    eval_every: int = 10
+    ks: tuple = PASS_KS
+
+    def __post_init__(self):
+        _tuples(self, "baselines", "ks")
+
+
+@dataclass(frozen=True)
+class GradientNoiseConfig:
+    """Notebook 04: the noise of the REINFORCE gradient at the start (see :func:`gradient_noise`)."""
+
+    preset: str = "tiny"
+    seed: int = 0
+    n_batches: int = 16
+    prompts_per_step: int = 16
+    group_size: int = 8
+    shifts: tuple = (0.0, 1.0)
+    baselines: tuple = ("none", "mean", "rloo")
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.n_batches, int) or self.n_batches < 2:
+            raise ValueError(f"n_batches must be an integer >= 2, got {self.n_batches!r}")
+        _tuples(self, "baselines")
+        object.__setattr__(self, "shifts", tuple(float(c) for c in self.shifts))
+
+
+@dataclass(frozen=True)
+class GRPOVariantsConfig:
+    """Notebook 09: GRPO, Dr. GRPO, DAPO and GSPO from the same start, seed and budget.
+
+    ``num_iterations = 2``: the second optimizer step on each batch is off-policy, so the ratios, the
+    clipping and GSPO's sequence ratio actually act.
+    """
+
+    preset: str = "tiny"
+    steps: int = 40
+    seed: int = 0
+    variants: tuple = ("grpo", "dr_grpo", "dapo", "gspo")
+    lr: float = 1e-4
+    prompts_per_step: int = 16
+    group_size: int = 8
+    num_iterations: int = 2
+    eval_n: int = 200
+    eval_every: int = 10
+    ks: tuple = PASS_KS
+
+    def __post_init__(self):
+        _tuples(self, "variants", "ks")
 
 
 #: The budget of notebook 04: every baseline gets the same steps, prompts and samples.
-REINFORCE_SETTINGS = dict(steps=60, lr=1e-4, prompts_per_step=16, group_size=8, eval_n=200, eval_every=10)
+REINFORCE_SETTINGS = {k: getattr(ReinforceBaselinesConfig(), k)
+                      for k in ("steps", "lr", "prompts_per_step", "group_size", "eval_n", "eval_every")}
 #: The budget of notebook 09: every variant gets the same steps, prompts, samples per prompt and
-#: optimizer steps per batch (``num_iterations = 2``: the second step is off-policy, so the
-#: ratios, the clipping and GSPO's sequence ratio actually act).
-GRPO_SETTINGS = dict(steps=40, lr=1e-4, prompts_per_step=16, group_size=8, num_iterations=2, eval_n=200,
-                     eval_every=10)
-#: The k of the pass@k curves (one set of max(PASS_KS) samples per problem).
-PASS_KS = (1, 2, 4, 8)
+#: optimizer steps per batch.
+GRPO_SETTINGS = {k: getattr(GRPOVariantsConfig(), k)
+                 for k in ("steps", "lr", "prompts_per_step", "group_size", "num_iterations", "eval_n", "eval_every")}
 
 
 def _start(preset: str, seed: int, model, tokenizer, progress: bool):
@@ -72,52 +153,65 @@ def run_summary(result, **extra) -> dict:
             "seconds": float(result.seconds), **extra}
 
 
-@memoised
-def reinforce_baselines_experiment(preset: str = "tiny", steps: int = REINFORCE_SETTINGS["steps"], seed: int = 0, *,
-                                   baselines: Sequence[str] = ("none", "mean", "rloo"),
-                                   lr: float = REINFORCE_SETTINGS["lr"],
-                                   prompts_per_step: int = REINFORCE_SETTINGS["prompts_per_step"],
-                                   group_size: int = REINFORCE_SETTINGS["group_size"],
-                                   eval_n: int = REINFORCE_SETTINGS["eval_n"],
-                                   eval_every: int = REINFORCE_SETTINGS["eval_every"],
-                                   ks: Sequence[int] = PASS_KS, model=None, tokenizer=None, task=None,
-                                   progress: bool = False) -> dict:
-    """REINFORCE from the same start, with the same seed and budget, for each baseline.
+def _compare(cfg, labels: Sequence[str], train: Callable, trainer_config: Callable, *, model, tokenizer, task,
+             progress: bool) -> dict:
+    """One run per label from fresh copies of the same start: ``train(trainer_config(label), model, tokenizer)``.
 
-    Every run calls :func:`rlcourse.train.reinforce.train_reinforce` on a fresh copy of the start
-    (``model``/``tokenizer`` if given, else the cached SFT start of ``preset``); with the same
-    ``seed`` every run sees the same training problems at every step.
-
-    Returns:
-        ``{"config": {...}, "start": pass@k curve of the start, "runs": {baseline: run}}`` where a
-        run is :func:`run_summary` plus ``"pass_at_k"``: the pass@k curve after training.
+    Returns ``{"config": cfg as a dict, "start": pass@k curve of the start, "runs": {label: run}}`` where a
+    run is :func:`run_summary` plus ``"pass_at_k"`` (after training) and ``"samples"``: the completions
+    generated (DAPO's dynamic sampling may generate more than one round per step).
     """
-
     task = task or default_task()
-    config = dict(preset=preset, steps=steps, seed=seed, lr=lr, prompts_per_step=prompts_per_step,
-                  group_size=group_size, eval_n=eval_n, eval_every=eval_every)
-    out = {"config": config, "runs": {}}
+    out = {"config": dataclasses.asdict(cfg), "runs": {}}
     with cpu_threads(1):
-        m0, tok = _start(preset, seed, model, tokenizer, progress)
-        out["start"] = pass_at_k_curve(m0, tok, task, eval_n, ks, seed=seed)
-        for b in baselines:
-            m, tok = _start(preset, seed, model, tokenizer, progress)
-            cfg = ReinforceConfig(baseline=b, preset=preset, seed=seed, steps=steps, lr=lr, group_size=group_size,
-                                  prompts_per_step=prompts_per_step, eval_n=eval_n, eval_every=eval_every)
-            res = train_reinforce(cfg, m, tok, task=task, progress=progress)
-            out["runs"][b] = run_summary(res, pass_at_k=pass_at_k_curve(res.model, tok, task, eval_n, ks,
-                                                                         seed=seed)["pass_at_k"],
-                                         samples=len(res.history) * prompts_per_step * group_size)
+        m0, tok = _start(cfg.preset, cfg.seed, model, tokenizer, progress)
+        out["start"] = pass_at_k_curve(m0, tok, task, cfg.eval_n, cfg.ks, seed=cfg.seed)
+        for label in labels:
+            m, tok = _start(cfg.preset, cfg.seed, model, tokenizer, progress)
+            res = train(trainer_config(label), m, tok, task=task, progress=progress)
+            rounds = sum(float(r.get("sampling_rounds", 1.0)) for r in res.history)
+            out["runs"][label] = run_summary(
+                res, pass_at_k=pass_at_k_curve(res.model, tok, task, cfg.eval_n, cfg.ks, seed=cfg.seed)["pass_at_k"],
+                samples=int(round(rounds * cfg.prompts_per_step * cfg.group_size)))
     return out
 
 
 @memoised
-def gradient_noise_experiment(preset: str = "tiny", seed: int = 0, *, n_batches: int = 16,
-                              prompts_per_step: int = REINFORCE_SETTINGS["prompts_per_step"],
-                              group_size: int = REINFORCE_SETTINGS["group_size"],
-                              shifts: Sequence[float] = (0.0, 1.0), baselines: Sequence[str] = ("none", "mean", "rloo"),
-                              temperature: float = 1.0, model=None, tokenizer=None, task=None,
-                              progress: bool = False) -> dict:
+def reinforce_baselines(cfg: ReinforceBaselinesConfig, *, model=None, tokenizer=None, task=None,
+                        progress: bool = False) -> dict:
+    """REINFORCE (:func:`rlcourse.train.reinforce.train_reinforce`) from the same start, seed and budget, for
+    each baseline: every run trains a fresh copy of the start (``model``/``tokenizer`` if given, else the
+    cached SFT start of ``cfg.preset``); with the same seed every run sees the same training problems at
+    every step. Returns :func:`_compare`'s ``{"config", "start", "runs": {baseline: run}}``.
+    """
+    def trainer_config(baseline):
+        return ReinforceConfig(baseline=baseline, preset=cfg.preset, seed=cfg.seed, steps=cfg.steps, lr=cfg.lr,
+                               group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, eval_n=cfg.eval_n,
+                               eval_every=cfg.eval_every)
+
+    return _compare(cfg, cfg.baselines, train_reinforce, trainer_config, model=model, tokenizer=tokenizer, task=task,
+                    progress=progress)
+
+
+@memoised
+def grpo_variants(cfg: GRPOVariantsConfig, *, model=None, tokenizer=None, task=None, progress: bool = False) -> dict:
+    """GRPO, Dr. GRPO, DAPO and GSPO (:func:`rlcourse.train.grpo.train_grpo`, each variant with its own
+    defaults: advantage, aggregation, clip range, DAPO's dynamic sampling and overlong shaping) from fresh
+    copies of the same start, with the same steps, prompts per step, G, learning rate and
+    ``num_iterations``. Returns :func:`_compare`'s ``{"config", "start", "runs": {variant: run}}``.
+    """
+    def trainer_config(variant):
+        return GRPOConfig(variant=variant, preset=cfg.preset, seed=cfg.seed, steps=cfg.steps, lr=cfg.lr,
+                          group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step,
+                          num_iterations=cfg.num_iterations, eval_n=cfg.eval_n, eval_every=cfg.eval_every,
+                          distinct_rows=True)  # exact, and faster (notebook 09)
+
+    return _compare(cfg, cfg.variants, train_grpo, trainer_config, model=model, tokenizer=tokenizer, task=task,
+                    progress=progress)
+
+
+@memoised
+def gradient_noise(cfg: GradientNoiseConfig, *, model=None, tokenizer=None, task=None, progress: bool = False) -> dict:
     r"""The noise of the REINFORCE gradient at the start, for each baseline and reward shift ``c``.
 
     Draws ``n_batches`` batches exactly as a training step does (``prompts_per_step`` x
@@ -138,27 +232,24 @@ def gradient_noise_experiment(preset: str = "tiny", seed: int = 0, *, n_batches:
     gradient and :math:`\frac{G-1}{G}` times the RLOO gradient (0 up to float32 rounding: the two
     advantages are proportional on every group), and ``reward_mean`` of the samples.
     """
-
-    if not isinstance(n_batches, int) or n_batches < 2:
-        raise ValueError(f"n_batches must be an integer >= 2, got {n_batches!r}")
     task = task or default_task()
-    shifts = [float(c) for c in shifts]
+    baselines, shifts, G = cfg.baselines, cfg.shifts, cfg.group_size
     with cpu_threads(1):
-        m, tok = _start(preset, seed, model, tokenizer, progress)
+        m, tok = _start(cfg.preset, cfg.seed, model, tokenizer, progress)
         params = [p for p in m.parameters() if p.requires_grad]
         total = {(b, c): 0.0 for b in baselines for c in shifts}
         sq = {(b, c): 0.0 for b in baselines for c in shifts}
         worst, rewards = 0.0, []
-        for k in range(n_batches):
-            _, ro, r = sample_groups(m, tok, task, n_prompts=prompts_per_step, group_size=group_size,
-                                     max_new_tokens=default_max_new_tokens(task), temperature=temperature,
-                                     seed=seed, step=k)
+        for k in range(cfg.n_batches):
+            _, ro, r = sample_groups(m, tok, task, n_prompts=cfg.prompts_per_step, group_size=G,
+                                     max_new_tokens=default_max_new_tokens(task), temperature=cfg.temperature,
+                                     seed=cfg.seed, step=k)
             rewards.append(r.float().mean().item())
-            logp = sequence_logprobs(m, ro.input_ids, ro.attention_mask, ro.response_mask, temperature)
+            logp = sequence_logprobs(m, ro.input_ids, ro.attention_mask, ro.response_mask, cfg.temperature)
             grads = {}
             for b in baselines:
                 for c in shifts:
-                    adv = reinforce_advantages(r + c, b, group_size)
+                    adv = reinforce_advantages(r + c, b, G)
                     loss = policy_gradient_loss(logp, adv, ro.response_mask, "seq_mean_token_sum")
                     g = torch.autograd.grad(-loss, params, retain_graph=True)  # the ascent direction
                     g = torch.cat([x.reshape(-1) for x in g]).double()
@@ -169,8 +260,8 @@ def gradient_noise_experiment(preset: str = "tiny", seed: int = 0, *, n_batches:
                 for c in shifts:
                     gm, gr = grads[("mean", c)], grads[("rloo", c)]
                     scale = float(gr.norm()) or 1.0
-                    worst = max(worst, float((gm - (group_size - 1) / group_size * gr).norm()) / scale)
-    n = n_batches
+                    worst = max(worst, float((gm - (G - 1) / G * gr).norm()) / scale)
+    n = cfg.n_batches
     stats = {}
     for b in baselines:
         stats[b] = {}
@@ -180,52 +271,40 @@ def gradient_noise_experiment(preset: str = "tiny", seed: int = 0, *, n_batches:
             signal = float(mean @ mean) - tr / n
             stats[b][c] = {"trace_cov": tr, "signal": signal,
                            "noise_to_signal": tr / signal if signal > 0 else math.inf}
-    out = {"config": dict(preset=preset, seed=seed, n_batches=n, prompts_per_step=prompts_per_step,
-                          group_size=group_size, temperature=temperature),
-           "shifts": shifts, "stats": stats, "mean_vs_rloo": worst, "reward_mean": float(np.mean(rewards))}
-    return out
+    return {"config": dataclasses.asdict(cfg), "shifts": list(shifts), "stats": stats, "mean_vs_rloo": worst,
+            "reward_mean": float(np.mean(rewards))}
 
 
-@memoised
-def grpo_variants_experiment(preset: str = "tiny", steps: int = GRPO_SETTINGS["steps"], seed: int = 0, *,
-                             variants: Sequence[str] = ("grpo", "dr_grpo", "dapo", "gspo"),
-                             lr: float = GRPO_SETTINGS["lr"],
-                             prompts_per_step: int = GRPO_SETTINGS["prompts_per_step"],
-                             group_size: int = GRPO_SETTINGS["group_size"],
-                             num_iterations: int = GRPO_SETTINGS["num_iterations"],
-                             eval_n: int = GRPO_SETTINGS["eval_n"], eval_every: int = GRPO_SETTINGS["eval_every"],
-                             ks: Sequence[int] = PASS_KS, model=None, tokenizer=None, task=None,
-                             progress: bool = False) -> dict:
-    """GRPO, Dr. GRPO, DAPO and GSPO from the same start, with the same seed and budget.
-
-    Every run calls :func:`rlcourse.train.grpo.train_grpo` (each variant with its own defaults:
-    advantage, aggregation, clip range, DAPO's dynamic sampling and overlong shaping) on a fresh
-    copy of the start, with the same steps, prompts per step, G, learning rate and
-    ``num_iterations``. DAPO's dynamic sampling may generate more than one round per step: the
-    number of completions each run generated is reported as ``"samples"``.
-
-    Returns:
-        ``{"config": {...}, "start": pass@k curve of the start, "runs": {variant: run}}`` where a run
-        is :func:`run_summary` plus ``"pass_at_k"`` (after training) and ``"samples"``.
-    """
-
-    task = task or default_task()
-    config = dict(preset=preset, steps=steps, seed=seed, lr=lr, prompts_per_step=prompts_per_step,
-                  group_size=group_size, num_iterations=num_iterations, eval_n=eval_n, eval_every=eval_every)
-    out = {"config": config, "runs": {}}
-    with cpu_threads(1):
-        m0, tok = _start(preset, seed, model, tokenizer, progress)
-        out["start"] = pass_at_k_curve(m0, tok, task, eval_n, ks, seed=seed)
-        for v in variants:
-            m, tok = _start(preset, seed, model, tokenizer, progress)
-            cfg = GRPOConfig(variant=v, preset=preset, seed=seed, steps=steps, lr=lr, group_size=group_size,
-                             prompts_per_step=prompts_per_step, num_iterations=num_iterations, eval_n=eval_n,
-                             eval_every=eval_every, distinct_rows=True)  # exact, and faster (notebook 09)
-            res = train_grpo(cfg, m, tok, task=task, progress=progress)
-            rounds = sum(float(r.get("sampling_rounds", 1.0)) for r in res.history)
-            out["runs"][v] = run_summary(
-                res, pass_at_k=pass_at_k_curve(res.model, tok, task, eval_n, ks, seed=seed)["pass_at_k"],
-                samples=int(round(rounds * prompts_per_step * group_size)))
-    return out
+_EXPERIMENTS = {ReinforceBaselinesConfig: reinforce_baselines, GradientNoiseConfig: gradient_noise,
+                GRPOVariantsConfig: grpo_variants}
 
 
+def run(cfg, *, model=None, tokenizer=None, task=None, progress: bool = False) -> dict:
+    """Run the experiment that ``cfg`` configures (its type says which); ``model``/``tokenizer``: the start
+    to copy instead of the cached SFT start (then nothing is memoised), ``task``: instead of the default."""
+    if type(cfg) not in _EXPERIMENTS:
+        raise TypeError(f"cfg must be one of {[c.__name__ for c in _EXPERIMENTS]}, got {type(cfg).__name__}")
+    return _EXPERIMENTS[type(cfg)](cfg, model=model, tokenizer=tokenizer, task=task, progress=progress)
+
+
+# -- the keyword forms the notebooks call ----------------------------------------------------------
+
+def reinforce_baselines_experiment(preset: str = "tiny", steps: int = ReinforceBaselinesConfig.steps, seed: int = 0, *,
+                                   model=None, tokenizer=None, task=None, progress: bool = False, **fields) -> dict:
+    """:func:`reinforce_baselines` of ``ReinforceBaselinesConfig(preset, steps, seed, **fields)``."""
+    return reinforce_baselines(ReinforceBaselinesConfig(preset=preset, steps=steps, seed=seed, **fields), model=model,
+                               tokenizer=tokenizer, task=task, progress=progress)
+
+
+def gradient_noise_experiment(preset: str = "tiny", seed: int = 0, *, model=None, tokenizer=None, task=None,
+                              progress: bool = False, **fields) -> dict:
+    """:func:`gradient_noise` of ``GradientNoiseConfig(preset, seed, **fields)``."""
+    return gradient_noise(GradientNoiseConfig(preset=preset, seed=seed, **fields), model=model, tokenizer=tokenizer,
+                          task=task, progress=progress)
+
+
+def grpo_variants_experiment(preset: str = "tiny", steps: int = GRPOVariantsConfig.steps, seed: int = 0, *,
+                             model=None, tokenizer=None, task=None, progress: bool = False, **fields) -> dict:
+    """:func:`grpo_variants` of ``GRPOVariantsConfig(preset, steps, seed, **fields)``."""
+    return grpo_variants(GRPOVariantsConfig(preset=preset, steps=steps, seed=seed, **fields), model=model,
+                         tokenizer=tokenizer, task=task, progress=progress)

@@ -6,17 +6,21 @@ data (no models); each is memoised in the process (:mod:`rlcourse.experiments.me
 notebook that runs it and then calls the figure builder pays once. The figures are drawn by
 :mod:`rlcourse.plots.rlhf`:
 
-* :func:`reward_model_experiment` (07): the course's and the textbook reward model, and three
-  other judges, on held-out pairs; :func:`score_by_kind` of the policy's own samples;
-* :func:`reward_hacking_runs` (08): PPO against the learned reward model, one run per fixed beta;
-* :func:`method_comparison` (10): DPO vs PPO vs GRPO from the same start.
+* :func:`reward_models` (07, :class:`RewardModelsConfig`): the course's and the textbook reward
+  model, and three other judges, on held-out pairs; :func:`score_by_kind` of the policy's own samples;
+* :func:`reward_hacking` (08, :class:`RewardHackingConfig`): PPO against the learned reward model,
+  one run per fixed beta;
+* :func:`compare_methods` (10, :class:`MethodComparisonConfig`): DPO vs PPO vs GRPO from the same start.
 
-The preset of the experiments is ``$RLCOURSE_PRESET`` (default ``"tiny"``), as in the notebooks.
+:func:`run` runs any of them from its config; the notebooks call the keyword forms
+(:func:`reward_model_experiment`, :func:`reward_hacking_runs`, :func:`method_comparison`). The preset
+of a config is ``$RLCOURSE_PRESET`` (default ``"tiny"``) when it is built, as in the notebooks.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -33,8 +37,9 @@ from rlcourse.train.dpo import DPOConfig, train_dpo
 from rlcourse.train.grpo import GRPOConfig, train_grpo
 from rlcourse.train.ppo import PPOConfig, train_ppo
 
-__all__ = ["score_by_kind", "pair_groups", "rm_margins", "likelihood_margins", "verdict_margins",
-           "completion_logprobs", "pair_accuracy_by_group", "reward_model_experiment", "HACKING",
+__all__ = ["RewardModelsConfig", "RewardHackingConfig", "MethodComparisonConfig", "run", "reward_models",
+           "reward_hacking", "compare_methods", "score_by_kind", "pair_groups", "rm_margins", "likelihood_margins",
+           "verdict_margins", "completion_logprobs", "pair_accuracy_by_group", "reward_model_experiment", "HACKING",
            "reward_hacking_runs", "COMPARISON", "COMPARISON_EVAL_N", "NEEDS", "method_comparison", "policy"]
 
 
@@ -57,7 +62,7 @@ def score_by_kind(rm, model, tokenizer, task=None, n_problems: int = 200, group_
 
     A Bradley–Terry reward is identified only up to a constant *per prompt*, so the scores are also
     given ``centred`` within each prompt's group (minus the group mean). Returns ``{"scores": {kind:
-    array}, "centred": {kind: array}, "auc": P(a correct sample outscores a wrong one, any two
+    list}, "centred": {kind: list}, "auc": P(a correct sample outscores a wrong one, any two
     prompts), "auc_within": the same for pairs of samples of the same prompt (ties 1/2),
     "count": {kind: n}}``.
     """
@@ -86,8 +91,8 @@ def score_by_kind(rm, model, tokenizer, task=None, n_problems: int = 200, group_
         if c.numel() and w.numel():
             hits += auc(c, w) * c.numel() * w.numel()
             n += c.numel() * w.numel()
-    return {"scores": {k: scores.numpy()[kinds == k] for k in names},
-            "centred": {k: centred.numpy()[kinds == k] for k in names},
+    return {"scores": {k: scores.numpy()[kinds == k].tolist() for k in names},
+            "centred": {k: centred.numpy()[kinds == k].tolist() for k in names},
             "auc": auc(scores[is_c], scores[is_w]), "auc_within": hits / n if n else float("nan"),
             "count": {k: int((kinds == k).sum()) for k in names}}
 
@@ -178,7 +183,16 @@ def pair_accuracy_by_group(margins: torch.Tensor, groups: dict[str, list[int]]) 
     return {g: float(hit[idx].mean()) if idx else float("nan") for g, idx in groups.items()}
 
 
-def reward_model_experiment(preset: str | None = None, seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class RewardModelsConfig:
+    """Notebook 07: the cached reward models of ``(preset, seed)`` and the judges (see :func:`reward_models`)."""
+
+    preset: str = field(default_factory=settings.preset)
+    seed: int = 0
+
+
+@memoised
+def reward_models(cfg: RewardModelsConfig) -> dict:
     """Notebook 07's experiment: the course's reward model and the textbook one (both cached), judged on the
     held-out pairs of the former.
 
@@ -187,11 +201,7 @@ def reward_model_experiment(preset: str | None = None, seed: int = 0) -> dict:
     (sizes of :func:`pair_groups`), ``judges`` (judge -> group -> pair accuracy: the two BT reward models,
     the likelihood judge and the zero-shot verdict judge) and ``verdict_mass``. Memoised in the process.
     """
-    return _reward_model_experiment(preset or settings.preset(), seed)
-
-
-@memoised
-def _reward_model_experiment(preset: str, seed: int) -> dict:
+    preset, seed = cfg.preset, cfg.seed
     rm, info = reward_model_start(preset, seed, progress=False)
     rm0, info0 = reward_model_start(preset, seed, cfg=rm_config(preset, seed, **TEXTBOOK_RM), progress=False)
     model, tok = policy(preset, seed)
@@ -225,40 +235,53 @@ def _examples(model, tokenizer, rm, task, n: int) -> list[dict]:
             for p, c, f, s, r in zip(problems, ro.completions, ro.finished.tolist(), learned, rule)]
 
 
-def reward_hacking_runs(preset: str | None = None, seed: int = 0, betas: tuple = HACKING["betas"],
-                        steps: int = HACKING["steps"], reward_model: dict | None = None) -> dict:
-    """PPO (:func:`rlcourse.train.ppo.train_ppo`, ``reward="model"``) against the cached textbook reward model
-    (``HACKING["reward_model"]``), from the same SFT start and seed, once per fixed ``beta``.
-    ``reward_model`` replaces the changes to :data:`RM_CONFIG` that define the reward model (``{}``: the
-    course's reward model of notebook 07).
+@dataclass(frozen=True)
+class RewardHackingConfig:
+    """Notebook 08: PPO against a cached reward model, one run per fixed ``beta`` in ``betas``, ``steps`` each.
+
+    ``reward_model``: the changes to :data:`RM_CONFIG` that define the reward model, as a dict or as
+    ``(field, value)`` pairs (stored sorted, so that the config is hashable); None: ``HACKING["reward_model"]``
+    (the textbook one of notebook 07); ``{}``: the course's reward model.
+    """
+
+    preset: str = field(default_factory=settings.preset)
+    seed: int = 0
+    betas: tuple = HACKING["betas"]
+    steps: int = HACKING["steps"]
+    reward_model: tuple | None = None
+
+    def __post_init__(self):
+        rm = HACKING["reward_model"] if self.reward_model is None else dict(self.reward_model)
+        object.__setattr__(self, "reward_model", tuple(sorted(rm.items())))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "steps", int(self.steps))
+
+
+@memoised
+def reward_hacking(cfg: RewardHackingConfig) -> dict:
+    """PPO (:func:`rlcourse.train.ppo.train_ppo`, ``reward="model"``) against the cached reward model of
+    ``cfg.reward_model``, from the same SFT start and seed, once per fixed ``beta``.
 
     Returns ``{"reward_model": info of reward_model_start (without its pairs and history), "start":
     greedy examples of the SFT start, "runs": {beta: {"history", "before", "after", "seconds",
     "examples"}}}``. History rows carry ``score_mean`` (the learned reward of the batch),
     ``rule_reward_mean`` (the true, rule-based reward of the same samples) and ``kl``. Memoised in the
-    process: a second call with the same arguments returns the same runs.
+    process: a second call with the same config returns the same runs.
     """
-    rm = HACKING["reward_model"] if reward_model is None else reward_model
-    return _reward_hacking_runs(preset or settings.preset(), seed, tuple(float(b) for b in betas), int(steps),
-                                tuple(sorted(rm.items())))
-
-
-@memoised
-def _reward_hacking_runs(preset: str, seed: int, betas: tuple, steps: int, rm_changes: tuple) -> dict:
-
+    preset, seed = cfg.preset, cfg.seed
     task = default_task()
-    rm, info = reward_model_start(preset, seed, cfg=rm_config(preset, seed, **dict(rm_changes)), progress=False)
+    rm, info = reward_model_start(preset, seed, cfg=rm_config(preset, seed, **dict(cfg.reward_model)), progress=False)
     model, tok = policy(preset, seed)
     out = {"reward_model": {k: v for k, v in info.items() if k not in ("pairs", "history")},
            "start": _examples(model, tok, rm, task, HACKING["n_examples"]), "runs": {}}
-    for beta in betas:
+    for beta in cfg.betas:
         model, tok = policy(preset, seed)
-        cfg = PPOConfig(reward="model", preset=preset, seed=seed, steps=steps, init_kl_coef=float(beta),
-                        adaptive_kl=False, eval_n=HACKING["eval_n"])
-        res = train_ppo(cfg, model, tok, task=task, reward_model=rm, progress=False)
-        out["runs"][float(beta)] = {"history": res.history, "before": res.before, "after": res.after,
-                                    "seconds": res.seconds,
-                                    "examples": _examples(res.model.eval(), tok, rm, task, HACKING["n_examples"])}
+        ppo_cfg = PPOConfig(reward="model", preset=preset, seed=seed, steps=cfg.steps, init_kl_coef=beta,
+                            adaptive_kl=False, eval_n=HACKING["eval_n"])
+        res = train_ppo(ppo_cfg, model, tok, task=task, reward_model=rm, progress=False)
+        out["runs"][beta] = {"history": res.history, "before": res.before, "after": res.after,
+                             "seconds": res.seconds,
+                             "examples": _examples(res.model.eval(), tok, rm, task, HACKING["n_examples"])}
     return out
 
 
@@ -284,7 +307,16 @@ NEEDS = {
 }
 
 
-def method_comparison(preset: str | None = None, seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class MethodComparisonConfig:
+    """Notebook 10: every entry of :data:`COMPARISON` from the SFT start of ``(preset, seed)``."""
+
+    preset: str = field(default_factory=settings.preset)
+    seed: int = 0
+
+
+@memoised
+def compare_methods(cfg: MethodComparisonConfig) -> dict:
     """DPO vs PPO vs GRPO from the same SFT start (rule reward / oracle pairs), same held-out evaluation.
 
     Runs every entry of :data:`COMPARISON` with :func:`rlcourse.train.dpo.train_dpo`,
@@ -295,24 +327,48 @@ def method_comparison(preset: str | None = None, seed: int = 0) -> dict:
     reference scoring) and ``wall_seconds`` (the whole trainer call, evaluations included). Memoised in
     the process.
     """
-    return _method_comparison(preset or settings.preset(), seed)
-
-
-@memoised
-def _method_comparison(preset: str, seed: int) -> dict:
-
     trainers = {"DPO": (DPOConfig, train_dpo), "PPO": (PPOConfig, train_ppo), "GRPO": (GRPOConfig, train_grpo)}
     rows, histories = [], {}
     for label, method, fields in COMPARISON:
         Config, train = trainers[method]
-        model, tok = policy(preset, seed)
-        cfg = Config(preset=preset, seed=seed, eval_n=COMPARISON_EVAL_N, **fields)
+        model, tok = policy(cfg.preset, cfg.seed)
+        run_cfg = Config(preset=cfg.preset, seed=cfg.seed, eval_n=COMPARISON_EVAL_N, **fields)
         t0 = time.perf_counter()
-        res = train(cfg, model, tok, progress=False)
+        res = train(run_cfg, model, tok, progress=False)
         wall = time.perf_counter() - t0
         histories[label] = res.history
-        rows.append({"label": label, "method": method, "steps": cfg.steps, "accuracy_before": res.before["accuracy"],
-                     "accuracy_after": res.after["accuracy"], "pass@1_after": res.after["pass@1"],
-                     "pass@8_after": res.after["pass@8"], "train_seconds": res.seconds,
-                     "data_seconds": float(res.extra.get("pairs_seconds", 0.0)), "wall_seconds": wall})
+        rows.append({"label": label, "method": method, "steps": run_cfg.steps,
+                     "accuracy_before": res.before["accuracy"], "accuracy_after": res.after["accuracy"],
+                     "pass@1_after": res.after["pass@1"], "pass@8_after": res.after["pass@8"],
+                     "train_seconds": res.seconds, "data_seconds": float(res.extra.get("pairs_seconds", 0.0)),
+                     "wall_seconds": wall})
     return {"rows": rows, "histories": histories}
+
+
+_EXPERIMENTS = {RewardModelsConfig: reward_models, RewardHackingConfig: reward_hacking,
+                MethodComparisonConfig: compare_methods}
+
+
+def run(cfg) -> dict:
+    """Run the experiment that ``cfg`` configures (its type says which); memoised in the process."""
+    if type(cfg) not in _EXPERIMENTS:
+        raise TypeError(f"cfg must be one of {[c.__name__ for c in _EXPERIMENTS]}, got {type(cfg).__name__}")
+    return _EXPERIMENTS[type(cfg)](cfg)
+
+
+# -- the keyword forms the notebooks call ----------------------------------------------------------
+
+def reward_model_experiment(preset: str | None = None, seed: int = 0) -> dict:
+    """:func:`reward_models` of ``RewardModelsConfig(preset, seed)`` (preset None: ``$RLCOURSE_PRESET``)."""
+    return reward_models(RewardModelsConfig(preset or settings.preset(), seed))
+
+
+def reward_hacking_runs(preset: str | None = None, seed: int = 0, betas: tuple = HACKING["betas"],
+                        steps: int = HACKING["steps"], reward_model: dict | None = None) -> dict:
+    """:func:`reward_hacking` of ``RewardHackingConfig(...)`` (preset None: ``$RLCOURSE_PRESET``)."""
+    return reward_hacking(RewardHackingConfig(preset or settings.preset(), seed, betas, steps, reward_model))
+
+
+def method_comparison(preset: str | None = None, seed: int = 0) -> dict:
+    """:func:`compare_methods` of ``MethodComparisonConfig(preset, seed)`` (preset None: ``$RLCOURSE_PRESET``)."""
+    return compare_methods(MethodComparisonConfig(preset or settings.preset(), seed))

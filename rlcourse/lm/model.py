@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from rlcourse.threads import cpu_threads  # noqa: F401  (the course's one thread mechanism, re-exported)
+
 from .tokenizer import build_tokenizer, load_tokenizer
 
 
@@ -126,32 +128,6 @@ def pick_device(override: str | torch.device | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None):
-    """Run the block with ``n`` torch intra-op threads (None: leave torch's setting), restored after.
-
-    The course's one mechanism for CPU threads: trainer configs have a ``threads`` field that
-    the trainers pass here, the tests run under ``cpu_threads(1)`` (``tests/conftest.py``) and
-    the notebooks call it in their first cell.
-
-    Why it matters: the tiny model does many small operations. On an idle 2-core CPU two
-    threads are faster (an SFT step: 0.068 s against 0.109 s for one), but when other processes
-    compete for the cores two threads spin-wait on each other (0.6-5 s a step measured, against
-    0.1-0.2 s for one thread). Only CPU work is affected.
-    """
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {n!r}")
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @contextlib.contextmanager

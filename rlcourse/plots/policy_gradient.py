@@ -7,9 +7,10 @@ REINFORCE update from :func:`rlcourse.losses.policy_gradient_loss`.
 
 Three kinds of function:
 
-* *data* functions (``course_mdp``, ``shifted_mdp``, ``gradient_ascent``,
-  ``variance_reduction_estimators``, ``estimator_stats``, ``sampled_errors``,
-  ``predicted_rms_error``): tensors in, numbers out, no plotting;
+* *data* functions (``course_mdp``, ``shifted_mdp``, ``variance_reduction_estimators``,
+  ``estimator_stats``, ``sampled_errors``, ``predicted_rms_error``): tensors in, numbers out, no
+  plotting; the training runs of notebook 02 (exact gradient ascent and REINFORCE on the toy MDP)
+  are experiments, :mod:`rlcourse.experiments.toy`;
 * *plot* functions (``plot_*``): data in, a matplotlib ``Figure`` out;
 * *builders* registered with :func:`rlcourse.plots.figure` (``02_…``, ``03_…``): no arguments,
   they compute their own data and return the figure the notebook shows.
@@ -30,24 +31,22 @@ covariance trace are computed exactly by enumerating every sequence.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from rlcourse.advantages import trajectory_return
 from rlcourse.derivations import baseline as bl
-from rlcourse.derivations import policy_gradient as pg
 from rlcourse.derivations import reward_to_go as rtg
-from rlcourse.losses import policy_gradient_loss
+from rlcourse.experiments import toy
 from rlcourse.plots import figure
+from rlcourse.threads import cpu_threads
 from rlcourse.toymdp import ToyMDP
 
 __all__ = [
-    "course_mdp", "shifted_mdp", "gradient_ascent", "variance_reduction_estimators", "estimator_stats",
-    "sampled_errors", "predicted_rms_error", "running_estimate", "training_curves",
+    "course_mdp", "shifted_mdp", "variance_reduction_estimators", "estimator_stats",
+    "sampled_errors", "predicted_rms_error", "running_estimate",
     "plot_mc_gradient", "plot_loss_not_a_loss", "plot_training", "plot_estimator_bars",
     "plot_error_curves", "plot_constant_baseline",
 ]
@@ -59,10 +58,6 @@ DTYPE = torch.float64
 # so that the numbers printed by `rlcourse verify` and by the notebooks agree.
 MDP_KWARGS = dict(vocab_size=3, horizon=3, seed=0)
 THETA_SEED = 1
-
-# Exact gradient ascent and REINFORCE on the course MDP (notebook 02).
-TRAIN_STEPS = 200
-TRAIN_LR = 0.3
 
 # Names of the estimators of notebook 03, in the order they are plotted.
 FULL, RTG, CONST, VBASE, ADV, ACTION = (
@@ -76,23 +71,6 @@ FULL, RTG, CONST, VBASE, ADV, ACTION = (
 
 
 # ============================================================================ data
-
-def _one_thread(fn):
-    """Run ``fn`` with one intra-op thread. The toy MDP's tensors have tens of entries: with
-    several threads, each tiny op pays a thread synchronisation that costs far more than the
-    op (10-100x slower loops on a loaded 2-core machine). The caller's setting is restored."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(n)
-
-    return wrapper
-
 
 def course_mdp() -> tuple[ToyMDP, torch.Tensor]:
     """The toy MDP of the course and its starting parameters (the ones the derivation checks use).
@@ -116,53 +94,6 @@ def shifted_mdp(mdp: ToyMDP, shift: float) -> ToyMDP:
     term = mdp.terminal_reward + shift * mdp.terminates.to(DTYPE)
     return ToyMDP(mdp.vocab_size, mdp.horizon, mdp.token_reward, term, eos=mdp.eos,
                   temperature=mdp.temperature)
-
-
-@_one_thread
-def gradient_ascent(mdp: ToyMDP, theta0: torch.Tensor, steps: int = TRAIN_STEPS, lr: float = TRAIN_LR,
-                    batch_size: int | None = None, seed: int = 0) -> dict:
-    r"""Maximise :math:`J` by gradient ascent, :math:`\theta \leftarrow \theta + \eta\, \hat g`.
-
-    ``batch_size=None``: the exact gradient :math:`\nabla_\theta J` (enumeration).
-    ``batch_size=B``: REINFORCE, :math:`\hat g = \frac1B \sum_i R(\tau_i) \nabla_\theta \log P_\theta(\tau_i)`
-    with :math:`\tau_i` sampled from :math:`\pi_\theta`, obtained as minus the gradient of
-    :func:`rlcourse.losses.policy_gradient_loss` (aggregation ``seq_mean_token_sum``,
-    advantage :math:`R(\tau_i)` on every token).
-
-    Returns a dict of numpy arrays over the ``steps + 1`` iterates:
-    ``J`` (exact objective), ``surrogate_loss`` (exact value of
-    :math:`-\sum_\tau \mathrm{sg}[P_\theta]\, R \log P_\theta`, whose gradient is :math:`-\nabla J`),
-    ``batch_loss`` (REINFORCE only, the value of the minibatch loss that was differentiated,
-    ``steps`` entries), and ``theta`` (final parameters, a tensor).
-    """
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be None (exact gradient) or a positive integer, got {batch_size!r}")
-    theta = theta0.detach().clone().to(DTYPE)
-    seq = mdp.sequences
-    R = trajectory_return(seq.token_rewards, seq.mask)
-    J, surrogate, batch_loss = [], [], []
-    for k in range(steps + 1):
-        J.append(float(mdp.objective(theta)))
-        surrogate.append(-pg.surrogate_gradient(mdp, theta)[0])
-        if k == steps:
-            break
-        if batch_size is None:
-            grad = mdp.exact_gradient(theta)
-        else:
-            idx = mdp.sample(theta, batch_size, seed=seed * 100_003 + k)
-            th = theta.clone().requires_grad_(True)
-            logp = mdp.token_logprobs(th)[idx]
-            loss = policy_gradient_loss(logp, R[idx], seq.mask[idx], aggregation="seq_mean_token_sum")
-            (neg_grad,) = torch.autograd.grad(loss, th)
-            grad = -neg_grad
-            batch_loss.append(float(loss.detach()))
-        theta = theta + lr * grad
-    return {"J": np.array(J), "surrogate_loss": np.array(surrogate), "batch_loss": np.array(batch_loss),
-            "theta": theta}
 
 
 def variance_reduction_estimators(mdp: ToyMDP, theta: torch.Tensor, seed: int = 3) -> dict[str, torch.Tensor]:
@@ -222,7 +153,7 @@ def _check_ns(ns) -> np.ndarray:
     return ns.astype(int)
 
 
-@_one_thread
+@cpu_threads(1)  # tens of entries per tensor: a thread synchronisation costs more than the op
 def running_estimate(mdp: ToyMDP, theta: torch.Tensor, estimates: torch.Tensor, ns, seed: int = 0) -> torch.Tensor:
     r"""The sample mean :math:`\bar X_n` of one stream of sampled sequences, at each ``n`` in ``ns``.
 
@@ -234,7 +165,7 @@ def running_estimate(mdp: ToyMDP, theta: torch.Tensor, estimates: torch.Tensor, 
     return (x[ns - 1] / torch.as_tensor(ns, dtype=DTYPE)[:, None]).reshape(len(ns), *estimates.shape[1:])
 
 
-@_one_thread
+@cpu_threads(1)  # tens of entries per tensor: a thread synchronisation costs more than the op
 def sampled_errors(mdp: ToyMDP, theta: torch.Tensor, estimates: dict[str, torch.Tensor], ns, repeats: int = 100,
                    seed: int = 0) -> dict[str, np.ndarray]:
     r"""Error :math:`\lVert \bar X_n - \nabla J \rVert` of sampled gradient estimates, shape (repeats, len(ns)).
@@ -446,31 +377,17 @@ LOSS_SHIFTS = (-2.0, 0.0, 2.0)
 def build_loss_not_a_loss() -> plt.Figure:
     """J rises along exact gradient ascent; the surrogate loss's value depends on a reward shift."""
     mdp, theta = course_mdp()
-    run = gradient_ascent(mdp, theta)
-    surrogate = {c: gradient_ascent(shifted_mdp(mdp, c), theta)["surrogate_loss"] for c in LOSS_SHIFTS}
-    reinforce = gradient_ascent(mdp, theta, batch_size=16, seed=0)
+    run = toy.gradient_ascent(mdp, theta)
+    surrogate = {c: toy.gradient_ascent(shifted_mdp(mdp, c), theta)["surrogate_loss"] for c in LOSS_SHIFTS}
+    reinforce = toy.gradient_ascent(mdp, theta, batch_size=16, seed=0)
     return plot_loss_not_a_loss(run["J"], surrogate, reinforce["batch_loss"])
-
-
-TRAIN_BATCHES = (1, 16)
-TRAIN_SEEDS = (0, 1, 2, 3, 4)
-
-
-def training_curves(mdp: ToyMDP, theta: torch.Tensor) -> dict[str, np.ndarray]:
-    """J over training: exact gradient ascent, and REINFORCE with each batch size of ``TRAIN_BATCHES``
-    over ``TRAIN_SEEDS`` (arrays of shape (runs, steps + 1))."""
-    curves = {"exact gradient ascent": gradient_ascent(mdp, theta)["J"][None]}
-    for B in TRAIN_BATCHES:
-        curves[f"REINFORCE, B = {B}"] = np.stack(
-            [gradient_ascent(mdp, theta, batch_size=B, seed=s)["J"] for s in TRAIN_SEEDS])
-    return curves
 
 
 @figure("02_training")
 def build_training() -> plt.Figure:
     """Exact gradient ascent vs sampled REINFORCE on the toy MDP, J against J* = max R."""
     mdp, theta = course_mdp()
-    return plot_training(training_curves(mdp, theta), float(mdp.returns().max()), float(mdp.objective(theta)))
+    return plot_training(toy.training_curves(mdp, theta), float(mdp.returns().max()), float(mdp.objective(theta)))
 
 
 @figure("03_estimator_variance")

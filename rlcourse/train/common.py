@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from rlcourse.lm.evaluation import EVAL_N
-from rlcourse.lm.model import cpu_threads
+from rlcourse.threads import cpu_threads
 
 # -- checks ------------------------------------------------------------------------------------
 
