@@ -8,6 +8,7 @@ model with ``RLCOURSE_CACHE`` in a tmp dir.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -233,3 +234,40 @@ def test_memo_returns_the_same_result_without_retraining(monkeypatch):
         assert calls == ["none", "none"]
     finally:
         X.clear_memo()
+
+
+def test_run_of_a_config_is_the_keyword_form_and_memoised(monkeypatch):
+    calls = []
+
+    def fake_train(cfg, model, tok, task=None, progress=False):
+        calls.append(cfg.baseline)
+        from rlcourse.train.common import TrainResult
+
+        return TrainResult(model, tok, [{"step": 0, "reward_mean": 0.1}], {"accuracy": 0.1}, {"accuracy": 0.2}, 1.0)
+
+    monkeypatch.setattr(X, "train_reinforce", fake_train)
+    monkeypatch.setattr(X, "_start", lambda *a, **k: (torch.nn.Linear(1, 1), None))
+    monkeypatch.setattr(X, "pass_at_k_curve", lambda *a, **k: {"accuracy": 0.1, "mean_reward": 0.1,
+                                                                "pass_at_k": {1: 0.1}})
+    X.clear_memo()
+    try:
+        cfg = X.ReinforceBaselinesConfig(steps=1, baselines=["none"])  # a list is stored as a tuple: hashable
+        assert cfg.baselines == ("none",) and hash(cfg) == hash(X.ReinforceBaselinesConfig(steps=1, baselines=("none",)))
+        a = X.run(cfg)
+        b = X.reinforce_baselines_experiment("tiny", steps=1, baselines=("none",))
+        assert a is b and calls == ["none"]
+        assert a["config"] == {**dataclasses.asdict(cfg)} and json.loads(json.dumps(a))["config"]["steps"] == 1
+        assert a["runs"]["none"]["samples"] == 1 * cfg.prompts_per_step * cfg.group_size
+    finally:
+        X.clear_memo()
+    from rlcourse.train.grpo import GRPOConfig
+
+    with pytest.raises(TypeError, match="cfg must be one of"):
+        X.run(GRPOConfig())  # a trainer's config is not an experiment's
+    with pytest.raises(ValueError, match="n_batches"):
+        X.GradientNoiseConfig(n_batches=1)
+
+
+def test_settings_the_notebooks_print_are_the_configs_defaults():
+    assert X.REINFORCE_SETTINGS["steps"] == X.ReinforceBaselinesConfig().steps == 60
+    assert X.GRPO_SETTINGS["num_iterations"] == X.GRPOVariantsConfig().num_iterations == 2

@@ -91,8 +91,8 @@ def test_plot_reward_model_on_synthetic_data():
     history[24]["held_out_pair_accuracy"] = 0.55
     history[49]["held_out_pair_accuracy"] = 0.6
     rng = np.random.default_rng(0)
-    scores = {"centred": {"correct": rng.normal(1, 1, 40), "wrong": rng.normal(-1, 1, 60), "malformed": np.array([3.0])},
-              "auc_within": 0.8}
+    scores = {"centred": {"correct": rng.normal(1, 1, 40).tolist(), "wrong": rng.normal(-1, 1, 60).tolist(),
+                          "malformed": [3.0]}, "auc_within": 0.8}  # score_by_kind's lists
     fig = rlhf.plot_reward_model({"a": history, "b": history[:30]}, scores)
     assert len(fig.axes) == 2
     assert len(fig.axes[0].lines) >= 4, "batch and held-out curves per reward model"
@@ -237,3 +237,16 @@ def test_reward_model_cache_dir_depends_on_the_config():
     assert len({a, b, c}) == 3
     assert a == cache.reward_model_start_dir("tiny", 0), "deterministic"
     assert a.name.startswith("rm-tiny-seed0-")
+
+
+def test_rlhf_experiment_configs_are_hashable_and_take_the_preset_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RLCOURSE_PRESET", "small")
+    assert X.RewardModelsConfig().preset == X.MethodComparisonConfig().preset == "small"
+    assert X.RewardModelsConfig("tiny").preset == "tiny"
+    c = X.RewardHackingConfig(reward_model={"steps": 5, "n_prompts": 10}, betas=[1, 2])
+    assert c.reward_model == (("n_prompts", 10), ("steps", 5)) and c.betas == (1.0, 2.0)
+    assert hash(c) == hash(X.RewardHackingConfig(reward_model=(("steps", 5), ("n_prompts", 10)), betas=(1.0, 2.0)))
+    assert X.RewardHackingConfig().reward_model == tuple(sorted(X.HACKING["reward_model"].items()))
+    assert X.RewardHackingConfig(reward_model={}).reward_model == ()  # the course's reward model
+    with pytest.raises(TypeError, match="cfg must be one of"):
+        X.run(X.HACKING)

@@ -38,7 +38,7 @@ from rlcourse.train.common import sample_groups
 from rlcourse.train.grpo import GRPOConfig, train_grpo
 from rlcourse.train.reinforce import ReinforceConfig, reinforce_advantages, train_reinforce
 
-__all__ = ["ReinforceBaselinesConfig", "GradientNoiseConfig", "GRPOVariantsConfig", "run", "reinforce_baselines",
+__all__ = ["ComparisonConfig", "ReinforceBaselinesConfig", "GradientNoiseConfig", "GRPOVariantsConfig", "run", "reinforce_baselines",
            "gradient_noise", "grpo_variants", "REINFORCE_SETTINGS", "GRPO_SETTINGS", "PASS_KS", "clear_memo",
            "pass_at_k_curve", "run_summary", "reinforce_baselines_experiment", "gradient_noise_experiment",
            "grpo_variants_experiment"]
@@ -54,17 +54,15 @@ def _tuples(cfg, *names: str) -> None:
 
 
 @dataclass(frozen=True)
-class ReinforceBaselinesConfig:
-    """Notebook 04: REINFORCE from the same start, seed and budget, once per baseline in ``baselines``.
-
-    ``steps`` optimizer steps of ``prompts_per_step`` x ``group_size`` samples at learning rate ``lr``;
-    held-out greedy accuracy on ``eval_n`` problems every ``eval_every`` steps; pass@k for k in ``ks``.
-    """
+class ComparisonConfig:
+    """The budget every run of a comparison shares: from fresh copies of the same start (the cached SFT
+    start of ``(preset, seed)``), ``steps`` optimizer steps of ``prompts_per_step`` x ``group_size``
+    samples at learning rate ``lr``; held-out greedy accuracy on ``eval_n`` problems every
+    ``eval_every`` steps; pass@k for k in ``ks`` before and after."""
 
     preset: str = "tiny"
     steps: int = 60
     seed: int = 0
-    baselines: tuple = ("none", "mean", "rloo")
     lr: float = 1e-4
     prompts_per_step: int = 16
     group_size: int = 8
@@ -73,7 +71,18 @@ class ReinforceBaselinesConfig:
     ks: tuple = PASS_KS
 
     def __post_init__(self):
-        _tuples(self, "baselines", "ks")
+        _tuples(self, "ks")
+
+
+@dataclass(frozen=True)
+class ReinforceBaselinesConfig(ComparisonConfig):
+    """Notebook 04: REINFORCE once per baseline in ``baselines``, under one :class:`ComparisonConfig` budget."""
+
+    baselines: tuple = ("none", "mean", "rloo")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _tuples(self, "baselines")
 
 
 @dataclass(frozen=True)
@@ -97,27 +106,20 @@ class GradientNoiseConfig:
 
 
 @dataclass(frozen=True)
-class GRPOVariantsConfig:
-    """Notebook 09: GRPO, Dr. GRPO, DAPO and GSPO from the same start, seed and budget.
+class GRPOVariantsConfig(ComparisonConfig):
+    """Notebook 09: GRPO, Dr. GRPO, DAPO and GSPO (``variants``) under one :class:`ComparisonConfig` budget.
 
     ``num_iterations = 2``: the second optimizer step on each batch is off-policy, so the ratios, the
     clipping and GSPO's sequence ratio actually act.
     """
 
-    preset: str = "tiny"
     steps: int = 40
-    seed: int = 0
     variants: tuple = ("grpo", "dr_grpo", "dapo", "gspo")
-    lr: float = 1e-4
-    prompts_per_step: int = 16
-    group_size: int = 8
     num_iterations: int = 2
-    eval_n: int = 200
-    eval_every: int = 10
-    ks: tuple = PASS_KS
 
     def __post_init__(self):
-        _tuples(self, "variants", "ks")
+        super().__post_init__()
+        _tuples(self, "variants")
 
 
 #: The budget of notebook 04: every baseline gets the same steps, prompts and samples.
@@ -153,7 +155,7 @@ def run_summary(result, **extra) -> dict:
             "seconds": float(result.seconds), **extra}
 
 
-def _compare(cfg, labels: Sequence[str], train: Callable, trainer_config: Callable, *, model, tokenizer, task,
+def _compare(cfg: ComparisonConfig, labels: Sequence[str], train: Callable, trainer_config: Callable, *, model, tokenizer, task,
              progress: bool) -> dict:
     """One run per label from fresh copies of the same start: ``train(trainer_config(label), model, tokenizer)``.
 

@@ -37,7 +37,7 @@ from rlcourse.train.dpo import DPOConfig, train_dpo
 from rlcourse.train.grpo import GRPOConfig, train_grpo
 from rlcourse.train.ppo import PPOConfig, train_ppo
 
-__all__ = ["RewardModelsConfig", "RewardHackingConfig", "MethodComparisonConfig", "run", "reward_models",
+__all__ = ["StartConfig", "RewardModelsConfig", "RewardHackingConfig", "MethodComparisonConfig", "run", "reward_models",
            "reward_hacking", "compare_methods", "score_by_kind", "pair_groups", "rm_margins", "likelihood_margins",
            "verdict_margins", "completion_logprobs", "pair_accuracy_by_group", "reward_model_experiment", "HACKING",
            "reward_hacking_runs", "COMPARISON", "COMPARISON_EVAL_N", "NEEDS", "method_comparison", "policy"]
@@ -184,11 +184,16 @@ def pair_accuracy_by_group(margins: torch.Tensor, groups: dict[str, list[int]]) 
 
 
 @dataclass(frozen=True)
-class RewardModelsConfig:
-    """Notebook 07: the cached reward models of ``(preset, seed)`` and the judges (see :func:`reward_models`)."""
+class StartConfig:
+    """The SFT start of an experiment: ``(preset, seed)``; the preset defaults to ``$RLCOURSE_PRESET``."""
 
     preset: str = field(default_factory=settings.preset)
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class RewardModelsConfig(StartConfig):
+    """Notebook 07: the cached reward models of the start and the judges (see :func:`reward_models`)."""
 
 
 @memoised
@@ -236,7 +241,7 @@ def _examples(model, tokenizer, rm, task, n: int) -> list[dict]:
 
 
 @dataclass(frozen=True)
-class RewardHackingConfig:
+class RewardHackingConfig(StartConfig):
     """Notebook 08: PPO against a cached reward model, one run per fixed ``beta`` in ``betas``, ``steps`` each.
 
     ``reward_model``: the changes to :data:`RM_CONFIG` that define the reward model, as a dict or as
@@ -244,8 +249,6 @@ class RewardHackingConfig:
     (the textbook one of notebook 07); ``{}``: the course's reward model.
     """
 
-    preset: str = field(default_factory=settings.preset)
-    seed: int = 0
     betas: tuple = HACKING["betas"]
     steps: int = HACKING["steps"]
     reward_model: tuple | None = None
@@ -308,11 +311,8 @@ NEEDS = {
 
 
 @dataclass(frozen=True)
-class MethodComparisonConfig:
-    """Notebook 10: every entry of :data:`COMPARISON` from the SFT start of ``(preset, seed)``."""
-
-    preset: str = field(default_factory=settings.preset)
-    seed: int = 0
+class MethodComparisonConfig(StartConfig):
+    """Notebook 10: every entry of :data:`COMPARISON` from the start (see :func:`compare_methods`)."""
 
 
 @memoised
@@ -360,15 +360,16 @@ def run(cfg) -> dict:
 
 def reward_model_experiment(preset: str | None = None, seed: int = 0) -> dict:
     """:func:`reward_models` of ``RewardModelsConfig(preset, seed)`` (preset None: ``$RLCOURSE_PRESET``)."""
-    return reward_models(RewardModelsConfig(preset or settings.preset(), seed))
+    return reward_models(RewardModelsConfig(preset=preset or settings.preset(), seed=seed))
 
 
 def reward_hacking_runs(preset: str | None = None, seed: int = 0, betas: tuple = HACKING["betas"],
                         steps: int = HACKING["steps"], reward_model: dict | None = None) -> dict:
     """:func:`reward_hacking` of ``RewardHackingConfig(...)`` (preset None: ``$RLCOURSE_PRESET``)."""
-    return reward_hacking(RewardHackingConfig(preset or settings.preset(), seed, betas, steps, reward_model))
+    return reward_hacking(RewardHackingConfig(preset=preset or settings.preset(), seed=seed, betas=betas, steps=steps,
+                                              reward_model=reward_model))
 
 
 def method_comparison(preset: str | None = None, seed: int = 0) -> dict:
     """:func:`compare_methods` of ``MethodComparisonConfig(preset, seed)`` (preset None: ``$RLCOURSE_PRESET``)."""
-    return compare_methods(MethodComparisonConfig(preset or settings.preset(), seed))
+    return compare_methods(MethodComparisonConfig(preset=preset or settings.preset(), seed=seed))

@@ -245,9 +245,8 @@ def plot_loss_not_a_loss(J: np.ndarray, surrogate: dict[float, np.ndarray], batc
     for c, vals in surrogate.items():
         b.plot(steps, vals, lw=2, label=f"surrogate loss, rewards shifted by c = {c:+g}")
     b.axhline(0, color="k", lw=0.5)
-    b.set_xlabel("gradient step")
-    b.set_ylabel("value of the surrogate loss")
-    b.set_title("the 'loss' goes up or down with the shift c")
+    b.set(xlabel="gradient step", ylabel="value of the surrogate loss",
+          title="the 'loss' goes up or down with the shift c")
     b.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -339,9 +338,8 @@ def plot_constant_baseline(bs: np.ndarray, variance: np.ndarray, marks: dict[str
     ax.plot(bs, variance, color="k", lw=1.5, label=r"$\mathrm{tr\,Cov}[(R(\tau) - b)\,\nabla\log P_\theta(\tau)]$")
     for (label, (b, v)), m in zip(marks.items(), ["o", "s", "*", "D", "^"]):
         ax.plot([b], [v], m, ms=10 if m == "*" else 7, label=f"{label}: b = {b:.3f}, tr Cov = {v:.3f}")
-    ax.set_xlabel("constant baseline b")
-    ax.set_ylabel("exact covariance trace")
-    ax.set_title("the best constant baseline is not the mean reward")
+    ax.set(xlabel="constant baseline b", ylabel="exact covariance trace",
+           title="the best constant baseline is not the mean reward")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -378,19 +378,15 @@ def plot_dpo_ipo(curves: dict) -> plt.Figure:
     ax1.plot(h, curves["ipo"], color=COLORS["ipo"], label=r"IPO: $(h - \frac{1}{2\beta})^2$")
     ax1.axvline(target, color=COLORS["ipo"], ls=":", lw=1)
     ax1.axhline(0, color="k", lw=0.6)
-    ax1.set_ylim(-0.5, 8)
-    ax1.set_xlabel(r"margin $h$ (chosen minus rejected log-ratio to the reference)")
-    ax1.set_ylabel("loss of one pair")
-    ax1.set_title(f"β = {beta}: IPO has a finite target h = 1/(2β) = {target:g}")
+    ax1.set(ylim=(-0.5, 8), xlabel=r"margin $h$ (chosen minus rejected log-ratio to the reference)",
+            ylabel="loss of one pair", title=f"β = {beta}: IPO has a finite target h = 1/(2β) = {target:g}")
     ax1.legend(fontsize=8)
     ax2.plot(h, -np.asarray(curves["dpo_grad"]), color=COLORS["dpo"], label=r"DPO: $\beta\,\sigma(-\beta h)$")
     ax2.plot(h, -np.asarray(curves["ipo_grad"]), color=COLORS["ipo"], label=r"IPO: $-2(h - \frac{1}{2\beta})$")
     ax2.axhline(0, color="k", lw=0.6)
     ax2.axvline(target, color=COLORS["ipo"], ls=":", lw=1)
-    ax2.set_ylim(-2, 3)
-    ax2.set_xlabel("margin h")
-    ax2.set_ylabel(r"push on $\log\pi(y_w)$  ($-\partial L/\partial \log\pi(y_w)$)")
-    ax2.set_title("DPO never stops pushing; IPO pulls back")
+    ax2.set(ylim=(-2, 3), xlabel="margin h", ylabel=r"push on $\log\pi(y_w)$  ($-\partial L/\partial \log\pi(y_w)$)",
+            title="DPO never stops pushing; IPO pulls back")
     ax2.legend(fontsize=8)
     fig.tight_layout()
     return fig
