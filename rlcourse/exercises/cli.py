@@ -22,8 +22,8 @@ def _rows_table(rows: list[dict]) -> str:
     for r in rows:
         fail = r["failures"][0] if r["failures"] else None
         extra = ""
-        if fail:
-            extra = fail["property"] if fail["property"] not in (r["status"],) else fail["detail"]
+        if fail and r["status"] != "not implemented":
+            extra = fail["property"] if fail["property"] != r["status"] else fail["detail"]
             if fail.get("input"):
                 extra += f" (on {fail['input']})"
         pts = f"{r['points']}/{r.get('max_points', r['points'])}"

@@ -23,8 +23,10 @@ def _logprob_cases(seed):
     for k, (B, T, V, temp, scale) in enumerate([(1, 1, 2, 1.0, 1.0), (2, 3, 4, 0.7, 1.0), (3, 5, 7, 2.0, 2.0),
                                                  (2, 4, 5, 1.0, 400.0)]):
         g = gen(seed, k)
-        out.append({"logits": randn(g, B, T, V, scale=scale), "tokens": torch.randint(0, V, (B, T), generator=g),
-                    "temperature": temp})
+        logits = randn(g, B, T, V, scale=scale)
+        # with logits of size 400, take the least likely token: its probability underflows to 0
+        tokens = logits.argmin(-1) if scale > 100 else torch.randint(0, V, (B, T), generator=g)
+        out.append({"logits": logits, "tokens": tokens, "temperature": temp})
     return out
 
 

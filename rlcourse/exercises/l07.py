@@ -63,7 +63,7 @@ register(
 def bt_fit(wins):
     # Newton's method on the log-likelihood sum_ij wins[i, j] log sigmoid(r_i - r_j)
     n = wins + wins.T
-    r = torch.zeros(wins.shape[0], dtype=DTYPE)
+    r = torch.zeros(wins.shape[0], dtype=wins.dtype)
     for _ in range(50):
         p = torch.sigmoid(r[:, None] - r[None, :])
         grad = (wins - n * p).sum(1)

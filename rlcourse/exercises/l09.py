@@ -82,7 +82,7 @@ def agg_loss(loss_mat, mask, mode, max_len=None):
         return (loss_mat * m).sum() / B
     if mode == "constant":
         return (loss_mat * m).sum() / (B * max_len)
-    raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    raise ValueError(f"mode must be token_mean, seq_mean_token_mean, seq_mean_token_sum or constant, got {mode!r}")
 
 
 def _agg_cases(seed):

@@ -135,6 +135,7 @@ def _first_error(cell) -> str | None:
 def grade_notebook(path: Path | str, seed: int = 0, timeout: int = 600) -> list[dict]:
     """Execute the notebook at ``path`` and return one row per exercise
     ``{id, passed, points, max_points, status, failures}``; never raises for errors inside the notebook."""
+    from jupyter_client import KernelManager
     from nbclient import NotebookClient
 
     from rlcourse.exercises.registry import get
@@ -151,7 +152,9 @@ def grade_notebook(path: Path | str, seed: int = 0, timeout: int = 600) -> list[
         env[SEED_ENV] = str(int(seed))
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         env.setdefault("MPLBACKEND", "Agg")
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+        # IPC transport: no TCP port, and no "running over TCP without encryption" warning
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(tmp) / "kernel"))
+        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3", allow_errors=True,
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
         client.execute(env=env)
         recorded = {}
