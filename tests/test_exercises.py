@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from pathlib import Path
 
 import nbformat
 import pytest
-import torch
 
 from rlcourse import cli
 from rlcourse.exercises import check, get, load_all, selftest
-from rlcourse.exercises.grading import Failure, for_cases, run_properties
+from rlcourse.exercises.grading import for_cases, run_properties
 from rlcourse.exercises.notebooks import (SOURCE_DIR, STUDENT_DIR, build, clear_solutions, exercise_ids,
                                           grade_notebook, sources)
 

@@ -172,8 +172,10 @@ def compare(got, expected, atol: float = 1e-8, rtol: float = 1e-6, what: str = "
     if not bool(torch.isfinite(g).all()) and bool(torch.isfinite(exp).all()):
         return f"{what} has non-finite entries: {describe(g)}"
     if not torch.allclose(g, exp, atol=atol, rtol=rtol):
-        err = float((g - exp).abs().max())
-        return f"{what} {describe(g)}, expected {describe(exp)} (max error {err:.3g})"
+        diff = (g - exp).abs()
+        worst = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)) if diff.dim() else ()
+        at = f"; worst entry {list(worst)}: {float(g[worst]):.10g} vs {float(exp[worst]):.10g}" if worst else ""
+        return f"{what} {describe(g)}, expected {describe(exp)} (max error {float(diff.max()):.3g}{at})"
     return None
 
 

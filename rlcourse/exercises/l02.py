@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from rlcourse.exercises.grading import DTYPE, compare, for_cases, gen, randn, value_close
+from rlcourse.exercises.grading import compare, for_cases, gen, randn, value_close
 from rlcourse.exercises.registry import register
 from rlcourse.toymdp import ToyMDP
 
