@@ -156,7 +156,11 @@ def grade_notebook(path: Path | str, seed: int = 0, timeout: int = 600) -> list[
         km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(tmp) / "kernel"))
         client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3", allow_errors=True,
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
-        client.execute(env=env)
+        kernel_error = None
+        try:
+            client.execute(env=env)
+        except Exception as e:  # a dead kernel or a cell timeout: grade what was recorded
+            kernel_error = f"the notebook stopped: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:200]}"
         recorded = {}
         if results_file.exists():
             for line in results_file.read_text(encoding="utf-8").splitlines():
@@ -169,7 +173,7 @@ def grade_notebook(path: Path | str, seed: int = 0, timeout: int = 600) -> list[
             rows.append(recorded[ex_id])
             continue
         check_cell = next(c for c in nb.cells if c.cell_type == "code" and ex_id in exercise_ids_of(c))
-        why = _first_error(check_cell) or first_error or "its check cell did not run"
+        why = _first_error(check_cell) or kernel_error or first_error or "its check cell did not run"
         try:
             points = get(ex_id).points
         except ValueError:
