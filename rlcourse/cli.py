@@ -1,4 +1,4 @@
-"""Command line: ``rlcourse verify | train | figures | exercises | check | site | slides``.
+"""Command line: ``rlcourse verify | train | experiment | figures | exercises | check | site | slides``.
 
 ``rlcourse verify`` runs every derivation check and prints a table (or JSON with ``--json``);
 it exits with status 1 if any check fails. ``rlcourse train ALGO`` trains one algorithm of the
@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_exercise_commands(sub)  # exercises list|build|selftest, check NOTEBOOK|ID
     site.add_subcommands(sub)
+    from rlcourse.experiments.runner import add_subcommands as add_experiment_commands
+
+    add_experiment_commands(sub)  # experiment list|run
     return p
 
 

@@ -14,10 +14,19 @@ module                     what
 The figures of :mod:`rlcourse.plots` draw these results: a figure builder is ``plot(experiment())``.
 """
 
-from rlcourse.experiments.cache import (RM_CONFIG, TEXTBOOK_RM, cache_dir, reward_model_start, rm_config, sft_start,
-                                        sft_start_dir, sft_start_info)
 from rlcourse.experiments.memo import clear_memo
 from rlcourse.experiments.settings import preset
+
+
+def __getattr__(name):
+    # The cache imports the LM (transformers: seconds); import it when one of its names is used, so that
+    # `rlcourse experiment` and the toy-MDP experiments do not pay for it (PEP 562).
+    if name in ("RM_CONFIG", "TEXTBOOK_RM", "cache_dir", "reward_model_start", "rm_config", "sft_start",
+                "sft_start_dir", "sft_start_info"):
+        from rlcourse.experiments import cache
+
+        return getattr(cache, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["cache_dir", "sft_start", "sft_start_dir", "sft_start_info", "reward_model_start", "rm_config", "RM_CONFIG",
            "TEXTBOOK_RM", "clear_memo", "preset"]
