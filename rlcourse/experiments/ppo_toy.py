@@ -27,6 +27,7 @@ Recorded after each iteration (one row per arm, seed and iteration; ``step`` = i
 * ``clipfrac``: the fraction of the batch's tokens whose ratio :math:`\pi_\theta/\pi_{\text{old}}` ends
   the iteration outside :math:`[1-\epsilon, 1+\epsilon]` (``ppo_clip_loss``'s statistic; for the other
   arms, what the clip would have clipped);
+* ``j_drop``: :math:`\max(0, J(\theta_{\text{old}}) - J(\theta))`, how much the iteration lost (0 if it gained);
 * ``beta``: the penalty coefficient (``penalty`` arms only).
 
 A seed fixes the batches (the only randomness); the MDP and the start are the course's.
@@ -69,7 +70,10 @@ class PPOToyConfig:
         epochs: the K values (optimizer steps per batch); every method runs with every K.
         iterations: batches sampled (policy updates) per arm and seed.
         batch_size: sequences per batch.
-        lr: Adam learning rate on the logits.
+        lr: learning rate on the logits.
+        optimizer: ``"sgd"`` (default: a step is the gradient, so a zero gradient stops it) or ``"adam"``
+            (state kept across iterations, as in PPO implementations: its momentum keeps moving the logits
+            after the clip has zeroed the gradient, so clipped ratios drift further out of the range).
         eps: the clip range (``clip``) and the range of the ``clipfrac`` statistic.
         kl_target, init_beta, kl_horizon: the adaptive penalty (``penalty``): target per-token
             KL(old‖new), starting beta, and the controller's horizon (relative step ≤ 0.2 / horizon).
@@ -80,8 +84,9 @@ class PPOToyConfig:
     methods: tuple[str, ...] = ("vanilla", "clip", "penalty")
     epochs: tuple[int, ...] = (1, 4, 16)
     iterations: int = 40
-    batch_size: int = 16
-    lr: float = 0.1
+    batch_size: int = 8
+    lr: float = 1.0
+    optimizer: str = "sgd"
     eps: float = 0.2
     kl_target: float = 0.01
     init_beta: float = 1.0
@@ -106,6 +111,8 @@ class PPOToyConfig:
             _ints(name, getattr(self, name))
         for name in ("lr", "eps", "kl_target", "init_beta", "kl_horizon"):
             _positive(name, getattr(self, name))
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if not isinstance(self.lam, (int, float)) or not 0 <= self.lam <= 1:
             raise ValueError(f"lam must be a number in [0, 1], got {self.lam!r}")
 
@@ -147,9 +154,10 @@ def _loss(method, logp, logp_old, adv, mask, cfg, beta):
 def _run_arm(cfg: PPOToyConfig, method: str, K: int, seed: int, arm: str, tick) -> list[dict]:
     mdp, theta0 = course_mdp(cfg)
     theta = theta0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([theta], lr=cfg.lr)
+    opt = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)([theta], lr=cfg.lr)
     ctl = AdaptiveKLController(cfg.init_beta, cfg.kl_target, cfg.kl_horizon) if method == "penalty" else None
-    row0 = {"arm": arm, "seed": seed, "step": 0, "J": float(mdp.objective(theta0)), "kl": 0.0, "clipfrac": 0.0}
+    row0 = {"arm": arm, "seed": seed, "step": 0, "J": float(mdp.objective(theta0)), "kl": 0.0, "clipfrac": 0.0,
+            "j_drop": 0.0}
     rows = [row0 | ({"beta": ctl.beta} if ctl else {})]
     for it in range(1, cfg.iterations + 1):
         old = theta.detach().clone()
@@ -168,8 +176,9 @@ def _run_arm(cfg: PPOToyConfig, method: str, K: int, seed: int, arm: str, tick) 
             logp_new = _batch_logp(mdp, new, b)
             _, stats = ppo_clip_loss(logp_new, logp_old, adv, b["mask"], eps_low=cfg.eps)
             kl = float(kl_categorical(mdp.sequence_logprobs(old), mdp.sequence_logprobs(new)))
-            row = {"arm": arm, "seed": seed, "step": it, "J": float(mdp.objective(new)), "kl": kl,
-                   "clipfrac": stats["clipfrac"]}
+            J_old, J = float(mdp.objective(old)), float(mdp.objective(new))
+            row = {"arm": arm, "seed": seed, "step": it, "J": J, "kl": kl, "clipfrac": stats["clipfrac"],
+                   "j_drop": max(0.0, J_old - J)}
             if ctl:
                 ctl.update(stats["approx_kl"], 1)  # the batch's k3 estimate of KL(old || new) per token
                 row["beta"] = beta
@@ -182,7 +191,7 @@ def _run_arm(cfg: PPOToyConfig, method: str, K: int, seed: int, arm: str, tick) 
             description="K epochs on one batch, toy MDP: vanilla PG vs PPO-clip vs PPO-penalty (adaptive beta); "
                         "exact J and KL(old||new) per update")
 def run_seed(cfg: PPOToyConfig, seed: int, progress) -> list[dict]:
-    """Every arm (method × K) of ``cfg`` for one seed; tidy rows ``{arm, seed, step, J, kl, clipfrac[, beta]}``."""
+    """Every arm (method × K) of ``cfg`` for one seed; tidy rows ``{arm, seed, step, J, kl, clipfrac, j_drop[, beta]}``."""
     arms = cfg.arms()
     total, done = len(arms) * cfg.iterations, [0]
 
