@@ -9,6 +9,10 @@ module                     what
 ``lm_rl``                  notebook 04 (REINFORCE baselines, gradient noise, pass@k) and 09 (GRPO variants)
 ``rlhf``                   notebooks 07 (reward models and judges), 08 (reward hacking), 10 (DPO vs PPO vs GRPO)
 ``memo``, ``settings``     the memoisation, and the preset (``$RLCOURSE_PRESET``)
+``runner``                 experiments by name over seeds, saved and resumed per seed (``rlcourse experiment``)
+``summary``                means and Student-t intervals over seeds (the runner's ``summary``, the plots' bands)
+``ppo_toy``                notebook 06: K epochs on one batch, vanilla PG vs PPO-clip vs PPO-penalty (toy MDP)
+``critic_gae``             notebook 05: a critic on λ-returns and the best GAE λ as it learns (toy MDP)
 =========================  ===================================================================
 
 The figures of :mod:`rlcourse.plots` draw these results: a figure builder is ``plot(experiment())``.
