@@ -107,6 +107,11 @@ def _double_length_norm(adv, *, mask, **_):
     return adv / mask.sum(-1).clamp(min=1).to(adv.dtype)
 
 
+def _flipped_sign(adv, **_):
+    # BUG: the advantage's sign flipped (baseline minus reward, or a loss maximised instead of minimised)
+    return -adv
+
+
 def _recomputed_old(logp_old, *, logp, **_):
     # BUG: the "old" log-probs recomputed under the current policy at every iteration: ratio == 1 always
     return logp.detach()
@@ -126,7 +131,7 @@ BUGS: dict[str, Bug] = {b.name: b for b in [
         "GRPO's z-score (r - mean) / (std + 1e-8) with no guard for a group of equal rewards",
         ("grpo",), _unguarded_zscore),
     Bug("off_by_one", "logprobs", "alignment",
-        "reward does not improve (or collapses) while the loss moves: the gradient is for the wrong tokens",
+        "reward erratic, gradient norm several times the clean run's and spiky: the gradient is for the wrong labels",
         "each response token is scored by the logits at its own position instead of the position before it",
         ("grpo", "reinforce"), lambda fn, **_: _off_by_one_logprobs),
     Bug("double_length_norm", "advantages", "normalisation",
@@ -140,7 +145,7 @@ BUGS: dict[str, Bug] = {b.name: b for b in [
     Bug("advantage_sign", "advantages", "objective",
         "reward goes DOWN steadily while everything else looks healthy",
         "the advantage's sign is flipped (baseline minus reward, or a loss maximised)",
-        ("grpo", "reinforce", "ppo"), lambda adv, **_: -adv),
+        ("grpo", "reinforce", "ppo"), _flipped_sign),
 ]}
 
 
