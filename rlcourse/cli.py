@@ -1,4 +1,4 @@
-"""Command line: ``rlcourse verify | train | figures | site | slides | bugs``.
+"""Command line: ``rlcourse verify | train | experiment | figures | exercises | check | site | slides | bugs``.
 
 ``rlcourse verify`` runs every derivation check and prints a table (or JSON with ``--json``);
 it exits with status 1 if any check fails. ``rlcourse train ALGO`` trains one algorithm of the
@@ -192,9 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--list", action="store_true", help="list the figure names and exit")
     f.set_defaults(func=cmd_figures)
     from rlcourse import site
+    from rlcourse.exercises.cli import add_subcommands as add_exercise_commands
+
+    add_exercise_commands(sub)  # exercises list|build|selftest, check NOTEBOOK|ID
     site.add_subcommands(sub)
+    from rlcourse.experiments.runner import add_subcommands as add_experiment_commands
+
+    add_experiment_commands(sub)  # experiment list|run
     from rlcourse.train import bugs
-    bugs.add_subcommands(sub)
+
+    bugs.add_subcommands(sub)  # bugs list|detect (the debugging lab)
     return p
 
 

@@ -198,6 +198,17 @@ def _config_record(name: str, cfg) -> dict:
     return json.loads(json.dumps({"algorithm": name, **asdict(cfg)}, default=str))
 
 
+def config_diff(old: dict, new: dict, ignore=()) -> list[str]:
+    """The keys whose values differ between two config records (a key absent from one side differs), sorted;
+    keys in ``ignore`` are skipped."""
+    return [k for k in sorted(set(old) | set(new)) if k not in ignore and old.get(k, "(absent)") != new.get(k, "(absent)")]
+
+
+def describe_config_diff(old: dict, new: dict, keys) -> str:
+    """``"k: <old> there, <new> now, ..."`` for the differing ``keys`` (as :func:`config_diff` lists them)."""
+    return ", ".join(f"{k}: {old.get(k, '(absent)')!r} there, {new.get(k, '(absent)')!r} now" for k in keys)
+
+
 class RunDir:
     """A run directory: ``config.json``, ``history.jsonl``, ``checkpoint.pt`` and ``final/``.
 
@@ -235,10 +246,9 @@ class RunDir:
             except (OSError, ValueError) as e:
                 raise ValueError(f"{path} cannot be read ({e}); delete the run directory {str(self.path)!r} to "
                                  "start fresh") from e
-            diff = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_CHANGES
-                    and old.get(k, "(absent)") != new.get(k, "(absent)") and not (k == "algorithm" and k not in old)]
+            diff = [k for k in config_diff(old, new, RESUMABLE_CHANGES) if not (k == "algorithm" and k not in old)]
             if diff:
-                seen = ", ".join(f"{k}: {old.get(k, '(absent)')!r} there, {new.get(k, '(absent)')!r} now" for k in diff)
+                seen = describe_config_diff(old, new, diff)
                 raise ValueError(f"run directory {str(self.path)!r} holds a {old.get('algorithm', 'different')} run "
                                  f"whose config differs ({seen}). To resume it, repeat its options; to start "
                                  "fresh, pass a new --out (out=) or delete that directory.")
