@@ -1,4 +1,4 @@
-"""Command line: ``rlcourse verify | train | experiment | figures | exercises | check | site | slides``.
+"""Command line: ``rlcourse verify | train | experiment | figures | exercises | check | site | slides | bugs``.
 
 ``rlcourse verify`` runs every derivation check and prints a table (or JSON with ``--json``);
 it exits with status 1 if any check fails. ``rlcourse train ALGO`` trains one algorithm of the
@@ -104,6 +104,13 @@ def cmd_train(args) -> int:
             print("rlcourse train: --baseline applies to reinforce only", file=sys.stderr)
             return 2
         options["baseline"] = args.baseline
+    if args.bug is not None:  # the silent-bug lab: checked here so that sft, rm and dpo refuse it clearly
+        from rlcourse.train import bugs
+        try:
+            options["bug"] = bugs.check(args.bug, args.algorithm)
+        except ValueError as e:
+            print(f"rlcourse train: {e}", file=sys.stderr)
+            return 2
     from rlcourse.train.common import NonFiniteLossError, TrainingInterrupted
 
     try:
@@ -175,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     t.add_argument("--variant", default=None, choices=["grpo", "dr_grpo", "dapo", "gspo"], help="grpo variant")
     t.add_argument("--baseline", default=None, choices=["none", "mean", "rloo"], help="reinforce baseline")
+    t.add_argument("--bug", default=None, metavar="NAME",
+                   help="inject a silent bug (debugging lab; 'rlcourse bugs list' names them and their trainers)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
     f = sub.add_parser("figures", help="regenerate the course's figures (PNG) into figures/")
@@ -190,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rlcourse.experiments.runner import add_subcommands as add_experiment_commands
 
     add_experiment_commands(sub)  # experiment list|run
+    from rlcourse.train import bugs
+
+    bugs.add_subcommands(sub)  # bugs list|detect (the debugging lab)
     return p
 
 
