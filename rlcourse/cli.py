@@ -104,6 +104,16 @@ def cmd_train(args) -> int:
             print("rlcourse train: --baseline applies to reinforce only", file=sys.stderr)
             return 2
         options["baseline"] = args.baseline
+    if args.model is not None:
+        if args.preset is not None:
+            print("rlcourse train: --preset and --model exclude each other (--model names the model)", file=sys.stderr)
+            return 2
+        options["model_dir"] = args.model
+        options["chat_template"] = not args.no_chat_template
+    elif args.no_chat_template:
+        print("rlcourse train: --no-chat-template applies with --model only (the course's tokenizer has no "
+              "chat template)", file=sys.stderr)
+        return 2
     from rlcourse.train.common import NonFiniteLossError, TrainingInterrupted
 
     try:
@@ -175,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     t.add_argument("--variant", default=None, choices=["grpo", "dr_grpo", "dapo", "gspo"], help="grpo variant")
     t.add_argument("--baseline", default=None, choices=["none", "mean", "rloo"], help="reinforce baseline")
+    t.add_argument("--model", default=None, metavar="DIR",
+                   help="start from a local Hugging Face causal LM (safetensors, its own tokenizer; no remote "
+                        "code, no download) instead of the course's model; sft fine-tunes it")
+    t.add_argument("--no-chat-template", action="store_true",
+                   help="with --model: give the model the raw prompt, not its chat template's user turn")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
     f = sub.add_parser("figures", help="regenerate the course's figures (PNG) into figures/")
