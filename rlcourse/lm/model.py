@@ -203,6 +203,7 @@ def check_model_dir(directory: str | os.PathLike) -> str:
     """
     import json
 
+    import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -229,7 +230,7 @@ def check_model_dir(directory: str | os.PathLike) -> str:
         why = (f"it declares its own code (auto_map {sorted(auto_map)}), which is never run here "
                "(trust_remote_code=False)" if auto_map else "transformers does not implement it")
         raise ValueError(f"model directory {path!r}: model_type {model_type!r} is not a model type of "
-                         f"transformers {__import__('transformers').__version__}; {why}")
+                         f"transformers {transformers.__version__}; {why}")
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ValueError(f"model directory {path!r}: model_type {model_type!r} has no causal-LM class in "
                          "transformers (AutoModelForCausalLM); only causal LMs can be trained here")

@@ -263,8 +263,10 @@ def generate(model, tokenizer, prompts: Sequence[str], group_size: int = 1, max_
 
     resp, logprobs, rmask = resp[:, :steps], logprobs[:, :steps], rmask[:, :steps]
     finished = done
-    # Decode the counted tokens except <eos>; a special token sampled mid-response (e.g. <pad>)
-    # stays visible in the text, so that the reward sees it and re-encoding gives the same ids.
+    # Decode the counted tokens except <eos>; a special token sampled mid-response (e.g. <pad>, or a
+    # chat marker of a Hugging Face model) stays visible in the text, so that the reward sees it (the
+    # answer is then malformed) and re-encoding gives it back. With the course's character tokenizer
+    # re-encoding gives the same ids; a BPE tokenizer may merge the decoded text differently.
     completions = [tokenizer.decode(row[:m - 1] if f else row[:m], skip_special_tokens=False)
                    for row, m, f in zip(resp.tolist(), rmask.sum(-1).long().tolist(), finished.tolist())]
     return Rollout(

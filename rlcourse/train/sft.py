@@ -111,6 +111,9 @@ def train_sft(cfg: SFTConfig | None = None, *, task: ArithmeticTask | None = Non
               callback=None) -> TrainResult:
     """Train the SFT start from scratch (or resume it from ``cfg.out``); see the module docstring.
 
+    With ``cfg.model_dir`` set, fine-tunes that local Hugging Face causal LM (its own tokenizer and
+    chat template, :func:`rlcourse.lm.load_model`) on the same demonstrations instead.
+
     Args:
         cfg: the configuration (default :class:`SFTConfig`).
         task: the task (default :func:`rlcourse.lm.default_task`).
