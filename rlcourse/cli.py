@@ -111,6 +111,16 @@ def cmd_train(args) -> int:
         except ValueError as e:
             print(f"rlcourse train: {e}", file=sys.stderr)
             return 2
+    if args.model is not None:
+        if args.preset is not None:
+            print("rlcourse train: --preset and --model exclude each other (--model names the model)", file=sys.stderr)
+            return 2
+        options["model_dir"] = args.model
+        options["chat_template"] = not args.no_chat_template
+    elif args.no_chat_template:
+        print("rlcourse train: --no-chat-template applies with --model only (the course's tokenizer has no "
+              "chat template)", file=sys.stderr)
+        return 2
     from rlcourse.train.common import NonFiniteLossError, TrainingInterrupted
 
     try:
@@ -184,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--baseline", default=None, choices=["none", "mean", "rloo"], help="reinforce baseline")
     t.add_argument("--bug", default=None, metavar="NAME",
                    help="inject a silent bug (debugging lab; 'rlcourse bugs list' names them and their trainers)")
+    t.add_argument("--model", default=None, metavar="DIR",
+                   help="start from a local Hugging Face causal LM (safetensors, its own tokenizer; no remote "
+                        "code, no download) instead of the course's model; sft fine-tunes it")
+    t.add_argument("--no-chat-template", action="store_true",
+                   help="with --model: give the model the raw prompt, not its chat template's user turn")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
     f = sub.add_parser("figures", help="regenerate the course's figures (PNG) into figures/")

@@ -50,7 +50,7 @@ REWARD_WRONG = 0.0
 FORMAT_PENALTY = 0.5  # subtracted when the completion is not "one integer, then <eos>"
 OPS = "+-*"
 
-_INT = re.compile(r"\s*-?\d+\s*")
+_INT = re.compile(r"[ \t\n\r]*-?[0-9]+[ \t\n\r]*")  # ASCII only: int() refuses other "spaces" (\x1d...)
 
 
 @dataclass(frozen=True)

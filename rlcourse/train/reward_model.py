@@ -55,6 +55,7 @@ same class as its critic); the pairs and their accuracy in :mod:`rlcourse.lm.pai
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Sequence
