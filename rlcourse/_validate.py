@@ -5,13 +5,15 @@ that a wrong shape or a bad mask fails loudly instead of broadcasting into a sil
 
 Validation happens once, at the boundary: a public function checks its arguments and then
 calls unchecked private helpers (``_name``) for the arithmetic, so a loss built from several
-primitives does not re-check the same tensor at every level. Each check costs one reduction
-over the tensor (``aminmax``) and one host synchronisation;
+primitives does not re-check the same tensor at every level. Each tensor costs one fused
+reduction (``aminmax``; a float mask one more, a dot product), and the reductions of all the
+tensors of one call are brought to the host together, in one synchronisation (:func:`together`);
 ``benchmarks/validation_overhead.py`` measures the total against the arithmetic.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -23,12 +25,8 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def tensor(name: str, x, *, ndim: int | Sequence[int] | None = None, finite: bool = True) -> torch.Tensor:
-    """Check that ``x`` is a tensor (optionally of a given rank) with only finite values.
-
-    Meta-device tensors (shapes without data) are rejected here, with the argument's name,
-    rather than failing later inside ``.item()``.
-    """
+def _structure(name: str, x, ndim) -> None:
+    """The checks that need no data: a tensor, not on the meta device, of an allowed rank."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.device.type == "meta":
@@ -41,21 +39,93 @@ def tensor(name: str, x, *, ndim: int | Sequence[int] | None = None, finite: boo
                 f"{name} must have {' or '.join(map(str, allowed))} dimension(s), "
                 f"got shape {tuple(x.shape)}"
             )
-    if finite and x.is_floating_point() and x.numel():
-        lo, hi = _minmax(x)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf), shape {tuple(x.shape)}")
+
+
+def tensor(name: str, x, *, ndim: int | Sequence[int] | None = None, finite: bool = True) -> torch.Tensor:
+    """Check that ``x`` is a tensor (optionally of a given rank) with only finite values.
+
+    Meta-device tensors (shapes without data) are rejected here, with the argument's name,
+    rather than failing later inside ``.item()``.
+    """
+    _structure(name, x, ndim)
+    if finite:
+        together(("finite", name, x))
     return x
 
 
-def _minmax(x: torch.Tensor) -> tuple[float, float]:
-    """(min, max) of a non-empty tensor in one reduction and one host sync (NaN propagates)."""
-    x = x.detach()
-    if x.dim() == 0:
-        v = float(x)
-        return v, v
-    return tuple(torch.stack(torch.aminmax(x)).tolist())
+def _reductions(kind: str, x: torch.Tensor) -> list[torch.Tensor]:
+    """The 0-dim reductions a check of ``kind`` needs from ``x`` (none for an empty or non-float tensor)."""
+    if x.requires_grad:
+        x = x.detach()
+    if x.numel() == 0 or (kind != "mask" and not x.is_floating_point()):
+        return []
+    if kind == "mask" and x.dtype == torch.bool:
+        return [x.sum()]
+    lo_hi = [x, x] if x.dim() == 0 else list(torch.aminmax(x))
+    if kind == "mask" and x.is_floating_point():
+        flat = x.reshape(-1)
+        # On [0, 1], m (1 - m) >= 0 with equality exactly at 0 and 1, so the sum is 0 iff every entry
+        # is 0 or 1 (NaN fails the range).
+        return lo_hi + [torch.dot(flat, 1 - flat)]
+    return lo_hi
+
+
+def _non_finite(name: str, x: torch.Tensor) -> ValueError:
+    bad = int((~torch.isfinite(x.detach())).sum())
+    return ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf), shape {tuple(x.shape)}")
+
+
+def _judge(kind: str, name: str, x: torch.Tensor, vals: list[float], nonempty: bool) -> None:
+    """Raise the check's ``ValueError`` from the reduced values ``vals`` (see :func:`_reductions`)."""
+    if kind == "mask":
+        if x.numel() == 0:
+            if nonempty:
+                raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): nothing to average over")
+            return
+        if x.dtype == torch.bool:
+            any_one = vals[0] > 0
+        else:
+            lo, hi = vals[0], vals[1]
+            if not (lo >= 0 and hi <= 1 and (len(vals) == 2 or vals[2] == 0.0)):
+                shown = torch.unique(x.detach().flatten())[:5].tolist()
+                raise ValueError(f"{name} must contain only 0 and 1, found values such as {shown}")
+            any_one = hi == 1
+        if nonempty and not any_one:
+            raise ValueError(f"{name} is all zeros (shape {tuple(x.shape)}): nothing to average over")
+        return
+    if not vals:
+        return
+    lo, hi = vals
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise _non_finite(name, x)
+    if kind == "logprobs" and hi > logprob_tolerance(x.dtype):
+        raise ValueError(f"{name} must be log-probabilities (<= 0), but its largest entry is {hi:.4g} "
+                         f"(logits or probabilities?)")
+
+
+def together(*checks: tuple) -> None:
+    """Run the data checks of several tensors with one host synchronisation.
+
+    Each check is ``(kind, name, x)`` or ``(kind, name, x, nonempty)`` with ``kind`` one of
+    ``"finite"`` (only finite values), ``"logprobs"`` (finite and <= 0 up to rounding) or
+    ``"mask"`` (only 0 and 1; ``nonempty``: at least one 1). Structural checks (type, rank,
+    shapes) are the caller's, made before. The errors are those of :func:`tensor`,
+    :func:`logprobs` and :func:`mask`, in the order of ``checks``.
+    """
+    parts, counts = [], []
+    for c in checks:
+        r = _reductions(c[0], c[2])
+        parts += r
+        counts.append(len(r))
+    vals: list[float] = []
+    if parts:
+        if len({(p.dtype, p.device) for p in parts}) > 1:
+            parts = [p.to("cpu", torch.float64) for p in parts]
+        vals = torch.stack(parts).tolist()
+    i = 0
+    for c, n in zip(checks, counts):
+        _judge(c[0], c[1], c[2], vals[i:i + n], bool(c[3]) if len(c) > 3 else False)
+        i += n
 
 
 def nonempty(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -65,6 +135,7 @@ def nonempty(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@functools.lru_cache(maxsize=None)
 def logprob_tolerance(dtype: torch.dtype) -> float:
     """Rounding slack for "log-probabilities are <= 0", by dtype: 4 machine epsilons.
 
@@ -94,23 +165,23 @@ def logprobs(name: str, x, *, ndim: int | Sequence[int] | None = None) -> torch.
     Integer tensors and positive entries are rejected: both are a sign that token ids,
     probabilities or logits were passed where log-probs are expected.
     """
+    _logprob_structure(name, x, ndim)
+    together(("logprobs", name, x))
+    return x
+
+
+def _logprob_structure(name: str, x, ndim=None) -> None:
     if isinstance(x, torch.Tensor) and x.device.type != "meta" and not x.is_floating_point():
         raise ValueError(f"{name} must be floating-point log-probabilities, got dtype {x.dtype} "
                          f"(token ids or counts?)")
-    tensor(name, x, ndim=ndim, finite=False)
-    if x.numel():
-        lo, hi = _minmax(x)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf), shape {tuple(x.shape)}")
-        if hi > logprob_tolerance(x.dtype):
-            raise ValueError(f"{name} must be log-probabilities (<= 0), but its largest entry is {hi:.4g} "
-                             f"(logits or probabilities?)")
-    return x
+    _structure(name, x, ndim)
 
 
 def same_shape(**tensors: torch.Tensor) -> None:
     """Check that every named tensor has the same shape."""
+    first, *rest = tensors.values()
+    if all(v.shape == first.shape for v in rest):
+        return
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if len(set(shapes.values())) > 1:
         seen = ", ".join(f"{k}{s}" for k, s in shapes.items())
@@ -123,30 +194,15 @@ def mask(name: str, m: torch.Tensor, *, like: torch.Tensor | None = None, like_n
 
     ``nonempty`` requires at least one 1 (a mean over it would otherwise be 0/0).
     """
-    tensor(name, m, finite=False)
+    _mask_structure(name, m, like, like_name)
+    together(("mask", name, m, nonempty))
+    return m
+
+
+def _mask_structure(name: str, m, like=None, like_name: str = "values") -> None:
+    _structure(name, m, None)
     if like is not None and tuple(m.shape) != tuple(like.shape):
         raise ValueError(f"{name} has shape {tuple(m.shape)} but {like_name} has shape {tuple(like.shape)}")
-    if m.numel() == 0:
-        if nonempty:
-            raise ValueError(f"{name} is empty (shape {tuple(m.shape)}): nothing to average over")
-        return m
-    if m.dtype == torch.bool:
-        any_one = bool(m.sum() > 0) if nonempty else True
-    else:
-        # One reduction for the range, one for the rest: on [0, 1], m (1 - m) >= 0 with equality
-        # exactly at 0 and 1, so its sum is 0 iff every entry is 0 or 1 (NaN fails the range).
-        lo, hi = torch.stack(torch.aminmax(m.detach())).tolist()
-        ok = lo >= 0 and hi <= 1
-        if ok and m.is_floating_point():
-            flat = m.detach().reshape(-1)
-            ok = float(torch.dot(flat, 1 - flat)) == 0.0
-        if not ok:
-            vals = torch.unique(m.detach().flatten())[:5].tolist()
-            raise ValueError(f"{name} must contain only 0 and 1, found values such as {vals}")
-        any_one = hi == 1
-    if nonempty and not any_one:
-        raise ValueError(f"{name} is all zeros (shape {tuple(m.shape)}): nothing to average over")
-    return m
 
 
 def number(name: str, value) -> float:

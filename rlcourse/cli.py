@@ -1,4 +1,4 @@
-"""Command line: ``rlcourse verify | train | figures | site | slides``.
+"""Command line: ``rlcourse verify | train | experiment | figures | exercises | check | site | slides | bugs``.
 
 ``rlcourse verify`` runs every derivation check and prints a table (or JSON with ``--json``);
 it exits with status 1 if any check fails. ``rlcourse train ALGO`` trains one algorithm of the
@@ -104,6 +104,23 @@ def cmd_train(args) -> int:
             print("rlcourse train: --baseline applies to reinforce only", file=sys.stderr)
             return 2
         options["baseline"] = args.baseline
+    if args.bug is not None:  # the silent-bug lab: checked here so that sft, rm and dpo refuse it clearly
+        from rlcourse.train import bugs
+        try:
+            options["bug"] = bugs.check(args.bug, args.algorithm)
+        except ValueError as e:
+            print(f"rlcourse train: {e}", file=sys.stderr)
+            return 2
+    if args.model is not None:
+        if args.preset is not None:
+            print("rlcourse train: --preset and --model exclude each other (--model names the model)", file=sys.stderr)
+            return 2
+        options["model_dir"] = args.model
+        options["chat_template"] = not args.no_chat_template
+    elif args.no_chat_template:
+        print("rlcourse train: --no-chat-template applies with --model only (the course's tokenizer has no "
+              "chat template)", file=sys.stderr)
+        return 2
     from rlcourse.train.common import NonFiniteLossError, TrainingInterrupted
 
     try:
@@ -175,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     t.add_argument("--variant", default=None, choices=["grpo", "dr_grpo", "dapo", "gspo"], help="grpo variant")
     t.add_argument("--baseline", default=None, choices=["none", "mean", "rloo"], help="reinforce baseline")
+    t.add_argument("--bug", default=None, metavar="NAME",
+                   help="inject a silent bug (debugging lab; 'rlcourse bugs list' names them and their trainers)")
+    t.add_argument("--model", default=None, metavar="DIR",
+                   help="start from a local Hugging Face causal LM (safetensors, its own tokenizer; no remote "
+                        "code, no download) instead of the course's model; sft fine-tunes it")
+    t.add_argument("--no-chat-template", action="store_true",
+                   help="with --model: give the model the raw prompt, not its chat template's user turn")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
     f = sub.add_parser("figures", help="regenerate the course's figures (PNG) into figures/")
@@ -183,7 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--list", action="store_true", help="list the figure names and exit")
     f.set_defaults(func=cmd_figures)
     from rlcourse import site
+    from rlcourse.exercises.cli import add_subcommands as add_exercise_commands
+
+    add_exercise_commands(sub)  # exercises list|build|selftest, check NOTEBOOK|ID
     site.add_subcommands(sub)
+    from rlcourse.experiments.runner import add_subcommands as add_experiment_commands
+
+    add_experiment_commands(sub)  # experiment list|run
+    from rlcourse.train import bugs
+
+    bugs.add_subcommands(sub)  # bugs list|detect (the debugging lab)
     return p
 
 

@@ -114,22 +114,37 @@ def _check_clamp(clamp) -> float | None:
     return None if clamp is None else V.positive("log_ratio_clamp", clamp, allow_inf=False)
 
 
-def _check_policy_inputs(logp, logp_old, mask=None, *, nonempty=True) -> None:
-    V.logprobs("logp", logp, ndim=2)
-    V.logprobs("logp_old", logp_old, ndim=2)
+def _check_policy_inputs(logp, logp_old, mask=None, *, nonempty=True, logp_ref=None, advantages=None) -> None:
+    """Structure first (types, ranks, shapes), then every tensor's data in one host sync (``V.together``).
+
+    ``logp_ref`` (log-probs of the shape of ``logp``) and ``advantages`` (finite; their shape is checked
+    by :func:`_advantages`) join the same sync when given."""
+    V._logprob_structure("logp", logp, 2)
+    V._logprob_structure("logp_old", logp_old, 2)
     V.same_shape(logp=logp, logp_old=logp_old)
+    data = [("logprobs", "logp", logp), ("logprobs", "logp_old", logp_old)]
     if mask is not None:
-        V.mask("mask", mask, like=logp, like_name="logp", nonempty=nonempty)
+        V._mask_structure("mask", mask, logp, "logp")
+        data.append(("mask", "mask", mask, nonempty))
+    if logp_ref is not None:
+        V._logprob_structure("logp_ref", logp_ref)
+        V.same_shape(logp=logp, logp_ref=logp_ref)
+        data.append(("logprobs", "logp_ref", logp_ref))
+    if advantages is not None:
+        V._structure("advantages", advantages, None)
+        data.append(("finite", "advantages", advantages))
+    V.together(*data)
 
 
 def _check_level(level, name) -> str:
     return V.choice(name, level, ("token", "sequence"))
 
 
-def _check_sequence_mask(mask, logp) -> None:
+def _check_sequence_mask(mask, logp, validated: bool = False) -> None:
     if mask is None:
         raise ValueError("mask is required for the sequence-level (GSPO) ratio")
-    V.mask("mask", mask, like=logp, like_name="logp")
+    if not validated:
+        V.mask("mask", mask, like=logp, like_name="logp")
     if bool((mask.sum(-1) == 0).any()):
         raise ValueError(f"mask has an all-zero row (shape {tuple(mask.shape)}): the sequence-level ratio "
                          f"of a row needs at least one counted token")
@@ -316,23 +331,23 @@ def ppo_clip_loss_per_token(logp: torch.Tensor, logp_old: torch.Tensor, advantag
 
 
 def _check_grpo(logp, logp_old, mask, eps_low, eps_high, importance_level, beta, logp_ref, kl_estimator, delta,
-                log_ratio_clamp, level_name="importance_level"):
-    _check_policy_inputs(logp, logp_old, mask)
+                log_ratio_clamp, level_name="importance_level", advantages=None):
+    """Validate the GRPO arguments: the numbers first, then every tensor (``advantages`` too, if given)
+    in one host sync."""
     level = _check_level(importance_level, level_name)
-    if level == "sequence":
-        _check_sequence_mask(mask, logp)
     V.choice("kl_estimator", kl_estimator, list(KL_ESTIMATORS))
     low, high = _check_eps(eps_low, eps_high)
     beta = V.positive("beta", beta, allow_zero=True, allow_inf=False)
     if delta is not None:
         if not V._is_number(delta) or not delta >= high:
             raise ValueError(f"delta must be a number >= 1 + eps_high = {high}, got {delta!r}")
-    if beta > 0:
-        if logp_ref is None:
-            raise ValueError("logp_ref is required when beta > 0")
-        V.logprobs("logp_ref", logp_ref)
-        V.same_shape(logp=logp, logp_ref=logp_ref)
-    return level, low, high, beta, (None if delta is None else float(delta)), _check_clamp(log_ratio_clamp)
+    if beta > 0 and logp_ref is None:
+        raise ValueError("logp_ref is required when beta > 0")
+    clamp = _check_clamp(log_ratio_clamp)
+    _check_policy_inputs(logp, logp_old, mask, logp_ref=logp_ref if beta > 0 else None, advantages=advantages)
+    if level == "sequence":
+        _check_sequence_mask(mask, logp, validated=mask is not None)
+    return level, low, high, beta, (None if delta is None else float(delta)), clamp
 
 
 def grpo_loss_per_token(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
@@ -356,8 +371,9 @@ def grpo_loss_per_token(logp: torch.Tensor, logp_old: torch.Tensor, advantages: 
         (B, T) per-token losses.
     """
     level, low, high, beta, delta, clamp = _check_grpo(logp, logp_old, mask, eps_low, eps_high, importance_level,
-                                                       beta, logp_ref, kl_estimator, delta, log_ratio_clamp)
-    adv = _check_advantages(advantages, logp, "logp")
+                                                       beta, logp_ref, kl_estimator, delta, log_ratio_clamp,
+                                                       advantages=advantages)
+    adv = _advantages(advantages, logp, "logp")
     per_token, *_ = _grpo_per_token(logp, logp_old, adv, mask, low, high, level, beta, logp_ref, kl_estimator,
                                     delta, bool(kl_importance_correction), clamp)
     return per_token
@@ -518,10 +534,10 @@ def ppo_clip_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.
         "approx_kl" (k3 of KL(old || new)), "ratio_mean", "log_ratio_clamped".
     """
     level, low, high, _, _, clamp = _check_grpo(logp, logp_old, mask, eps_low, eps_high, ratio_level, 0.0, None,
-                                                "k3", None, log_ratio_clamp, "ratio_level")
+                                                "k3", None, log_ratio_clamp, "ratio_level", advantages=advantages)
     dual = _check_dual_clip(dual_clip)
     agg = _resolve_agg(aggregation, mask, agg_kwargs)
-    adv = _check_advantages(advantages, logp, "logp")
+    adv = _advantages(advantages, logp, "logp")
     per_token, ratio, lr, _ = _grpo_per_token(logp, logp_old, adv, mask, low, high, level, 0.0, None, "k3", dual,
                                               False, clamp)
     return _agg(per_token, mask, *agg), _clip_stats(ratio, adv, mask, logp, logp_old, low, high, lr, clamp)
@@ -688,9 +704,10 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
         "approx_kl", "ratio_mean", "log_ratio_clamped", and "kl" (masked mean of the KL term) when beta > 0.
     """
     level, low, high, beta, delta, clamp = _check_grpo(logp, logp_old, mask, eps_low, eps_high, importance_level,
-                                                       beta, logp_ref, kl_estimator, delta, log_ratio_clamp)
+                                                       beta, logp_ref, kl_estimator, delta, log_ratio_clamp,
+                                                       advantages=advantages)
     agg = _resolve_agg(aggregation, mask, agg_kwargs, max_completion_length)
-    adv = _check_advantages(advantages, logp, "logp")
+    adv = _advantages(advantages, logp, "logp")
     return _grpo_loss(logp, logp_old, adv, mask, low, high, level, beta, logp_ref, kl_estimator, delta,
                       bool(kl_importance_correction), clamp, agg)
 

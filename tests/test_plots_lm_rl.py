@@ -252,7 +252,8 @@ def test_run_of_a_config_is_the_keyword_form_and_memoised(monkeypatch):
     X.clear_memo()
     try:
         cfg = X.ReinforceBaselinesConfig(steps=1, baselines=["none"])  # a list is stored as a tuple: hashable
-        assert cfg.baselines == ("none",) and hash(cfg) == hash(X.ReinforceBaselinesConfig(steps=1, baselines=("none",)))
+        assert cfg.baselines == ("none",)
+        assert hash(cfg) == hash(X.ReinforceBaselinesConfig(steps=1, baselines=("none",)))
         a = X.run(cfg)
         b = X.reinforce_baselines_experiment("tiny", steps=1, baselines=("none",))
         assert a is b and calls == ["none"]

@@ -45,6 +45,30 @@ Checks (the 7 sequences of a toy MDP with vocabulary 3 and horizon 2, all 21 pai
   the expected (label-smoothed) loss;
 * symbolic: :math:`\beta\log\frac{\pi_{\mathrm{ref}} e^{r/\beta}/Z}{\pi_{\mathrm{ref}}} + \beta\log Z = r`, and the
   cancellation of :math:`\log Z` inside :math:`\sigma`.
+
+The other losses of :func:`rlcourse.preference.dpo_loss`, each with its defining property (:math:`\ell(h)`
+is a pair's loss at margin :math:`h`, and :math:`\ell^{\mathrm{swap}}` the loss with the two responses
+exchanged, i.e. at :math:`-h`):
+
+* IPO (Azar et al. 2023), :math:`\ell = (h - \frac{1}{2\beta})^2`: on the chain of pairs that ranks the 7
+  sequences by reward (deterministic labels), the point :math:`\log\pi = \log\pi_{\mathrm{ref}} + \mathrm{rank}/(2\beta) - \log Z`
+  has loss 0 and gradient 0 (exact), and L-BFGS from :math:`\pi_{\mathrm{ref}}` reaches margins of exactly
+  :math:`1/(2\beta)` (1e-6): IPO regresses the margin to a finite target instead of pushing it to
+  infinity; negative control: margins :math:`1/\beta` rejected;
+* hinge (SLiC, Zhao et al. 2023), :math:`\ell = \max(0, 1 - \beta h)`: on a grid of margins the loss
+  equals the formula and its gradient w.r.t. the chosen log-prob is :math:`-\beta/B` inside the margin
+  and exactly 0 beyond it (:math:`\beta h > 1`); negative control: the sigmoid loss is not flat beyond
+  the margin;
+* conservative DPO (label smoothing :math:`\varepsilon`, Mitchell 2023): its loss is the expected plain DPO
+  loss when each label is flipped with probability :math:`\varepsilon`,
+  :math:`(1-\varepsilon)\ell(h) + \varepsilon\,\ell^{\mathrm{swap}}`, and its gradient vanishes at the finite
+  margin :math:`\beta h = \log\frac{1-\varepsilon}{\varepsilon}`; negative controls: robust DPO's loss in
+  place of cDPO's is rejected, and plain DPO's gradient is not 0 there;
+* robust DPO (Chowdhury et al. 2024) is unbiased under label flips: with each label flipped with
+  probability :math:`\varepsilon`, the exact expectation over the two labels,
+  :math:`(1-\varepsilon)\ell_{\mathrm{rDPO}}(h) + \varepsilon\,\ell_{\mathrm{rDPO}}^{\mathrm{swap}}`, equals the clean DPO
+  loss, in value and gradient; negative control: plain DPO under the same noise is biased (rejected);
+  symbolic: the same identity for symbolic :math:`h, \beta, \varepsilon`.
 """
 
 from __future__ import annotations
@@ -174,4 +198,151 @@ def checks() -> list[Check]:
     h1, h2 = b * sympy.log(p1 / r1), b * sympy.log(p2 / r2)
     out.append(symbolic(NAME, "sigma(h1 + beta log Z - h2 - beta log Z) == sigma(h1 - h2)",
                         sig(h1 + b * sympy.log(z) - (h2 + b * sympy.log(z))), sig(h1 - h2)))
+    return out + ipo_checks(ref_logp, r, beta) + hinge_checks() + noisy_label_checks(logp, ref_logp, r, beta)
+
+
+# ----------------------------------------------------------------------------- IPO, hinge, cDPO, robust DPO
+
+def ranking_chain(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) indices of the N - 1 pairs of consecutive ranks by reward (better first)."""
+    order = torch.argsort(rewards, descending=True)
+    return order[:-1], order[1:]
+
+
+def pair_loss(logp: torch.Tensor, ref_logp: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
+              beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> torch.Tensor:
+    """``dpo_loss`` (mean over pairs) of the pairs (chosen[k], rejected[k]) of sequences with log-probs ``logp``."""
+    return dpo_loss(logp[chosen], logp[rejected], ref_logp[chosen], ref_logp[rejected], beta=beta,
+                    loss_type=loss_type, label_smoothing=label_smoothing)[0]
+
+
+def ipo_point(ref_logp: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
+    r"""Log-probs with every chain margin equal to :math:`1/(2\beta)`: :math:`\log\pi_{\mathrm{ref}} + \mathrm{rank}/(2\beta)`,
+    normalised (rank 0 = the lowest reward)."""
+    rank = torch.argsort(torch.argsort(rewards)).to(ref_logp.dtype)
+    return torch.log_softmax(ref_logp + rank / (2 * beta), -1)
+
+
+def ipo_minimiser(ref_logp: torch.Tensor, rewards: torch.Tensor, beta: float, max_iter: int = 200) -> torch.Tensor:
+    """Log-probs minimising the IPO loss on the ranking chain, over free logits by L-BFGS from pi = ref."""
+    chosen, rejected = ranking_chain(rewards)
+    phi = ref_logp.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([phi], lr=1.0, max_iter=max_iter, tolerance_grad=1e-14, tolerance_change=1e-18,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = pair_loss(torch.log_softmax(phi, -1), ref_logp, chosen, rejected, beta, "ipo")
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return torch.log_softmax(phi.detach(), -1)
+
+
+def margins(logp: torch.Tensor, ref_logp: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    r""":math:`h = (\log\pi - \log\pi_{\mathrm{ref}})(y_w) - (\log\pi - \log\pi_{\mathrm{ref}})(y_l)` of each pair."""
+    u = logp - ref_logp
+    return u[chosen] - u[rejected]
+
+
+def ipo_checks(ref_logp: torch.Tensor, rewards: torch.Tensor, beta: float) -> list[Check]:
+    chosen, rejected = ranking_chain(rewards)
+    target = torch.full((chosen.shape[0],), 1 / (2 * beta), dtype=ref_logp.dtype)
+    point = ipo_point(ref_logp, rewards, beta)
+    phi = point.clone().requires_grad_(True)
+    loss = pair_loss(torch.log_softmax(phi, -1), ref_logp, chosen, rejected, beta, "ipo")
+    (g,) = torch.autograd.grad(loss, phi)
+    out = [exact(NAME, "IPO on the ranking chain: loss == 0 and gradient == 0 where every margin == 1/(2 beta)",
+                 torch.zeros(g.numel() + 1, dtype=g.dtype), torch.cat([loss.detach().reshape(1), g]),
+                 detail=f"{chosen.shape[0]} pairs of consecutive ranks, beta = {beta}, 1/(2 beta) = {1 / (2 * beta)}")]
+    fitted = ipo_minimiser(ref_logp, rewards, beta)
+    h = margins(fitted, ref_logp, chosen, rejected)
+    out.append(exact(NAME, "IPO minimiser (L-BFGS) on the ranking chain: every margin h == 1/(2 beta)", target, h,
+                     tol=1e-6, detail="free logits from pi = ref, float64; optimisation tolerance 1e-6"))
+    out.append(negative_control(exact(NAME, "IPO minimiser: every margin h == 1/beta", 2 * target, h, tol=1e-6),
+                                detail="the target is 1/(2 beta), not 1/beta; must be rejected"))
+    return out
+
+
+def hinge_checks(beta: float = 0.5) -> list[Check]:
+    """Hinge loss on a grid of margins: value, and a gradient that is exactly 0 beyond the margin 1/beta."""
+    h = torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.5, 2.5, 3.0, 4.0], dtype=torch.float64)   # beta h = 1 at h = 2
+    B = h.shape[0]
+    zeros = torch.full_like(h, -2.0)
+
+    def loss_and_grad(loss_type):
+        chosen = (zeros + h).clone().requires_grad_(True)          # log pi(y_w) - log pi(y_l) = h, ref equal
+        loss = dpo_loss(chosen, zeros, zeros, zeros, beta=beta, loss_type=loss_type)[0]
+        (g,) = torch.autograd.grad(loss, chosen)
+        return loss.detach(), g
+
+    loss, g = loss_and_grad("hinge")
+    inside = beta * h < 1
+    out = [exact(NAME, "hinge loss == mean max(0, 1 - beta h) on a grid of margins", (1 - beta * h).clamp(min=0).mean(),
+                 loss, detail=f"beta = {beta}; h in {h.tolist()}"),
+           exact(NAME, "hinge gradient wrt log pi(y_w) == -beta/B inside the margin, 0 beyond (beta h > 1)",
+                 torch.where(inside, torch.full_like(h, -beta / B), torch.zeros_like(h)), g,
+                 detail=f"{int((~inside).sum())} of {B} pairs beyond the margin: loss 0 and gradient 0")]
+    _, g_sig = loss_and_grad("sigmoid")
+    out.append(negative_control(
+        exact(NAME, "sigmoid (DPO) loss: gradient == 0 beyond the hinge margin", torch.zeros(int((~inside).sum()),
+              dtype=h.dtype), g_sig[~inside]),
+        detail="log sigmoid never saturates exactly: DPO keeps pushing h up; must be rejected"))
+    return out
+
+
+def noisy_label_checks(logp: torch.Tensor, ref_logp: torch.Tensor, rewards: torch.Tensor, beta: float,
+                       eps: float = 0.2) -> list[Check]:
+    """Label smoothing (cDPO) and robust DPO under labels flipped with probability eps, by exact enumeration
+    of the two labels of every pair."""
+    w, l = ranked_pairs(rewards)
+    phi = logp.detach().clone().requires_grad_(True)
+
+    def value_and_grad(fn):
+        v = fn(torch.log_softmax(phi, -1))
+        (g,) = torch.autograd.grad(v, phi)
+        return torch.cat([v.detach().reshape(1), g])
+
+    def under_noise(loss_type, smoothing=0.0):
+        return lambda lp: ((1 - eps) * pair_loss(lp, ref_logp, w, l, beta, loss_type, smoothing)
+                           + eps * pair_loss(lp, ref_logp, l, w, beta, loss_type, smoothing))
+
+    clean = value_and_grad(lambda lp: pair_loss(lp, ref_logp, w, l, beta))
+    cdpo = value_and_grad(lambda lp: pair_loss(lp, ref_logp, w, l, beta, "sigmoid", eps))
+    detail = f"eps = {eps}, {w.shape[0]} pairs, beta = {beta}; (loss, gradient wrt logits)"
+    out = [exact(NAME, "cDPO loss(eps) == (1-eps) DPO(y_w, y_l) + eps DPO(y_l, y_w) (value and gradient)",
+                 value_and_grad(under_noise("sigmoid")), cdpo, detail=detail)]
+    out.append(negative_control(
+        exact(NAME, "rDPO(eps) in place of cDPO == (1-eps) DPO(y_w, y_l) + eps DPO(y_l, y_w)",
+              value_and_grad(under_noise("sigmoid")),
+              value_and_grad(lambda lp: pair_loss(lp, ref_logp, w, l, beta, "robust", eps))),
+        detail="the two eps-losses confused (rDPO removes the noise, cDPO models it); must be rejected"))
+
+    hstar = math.log((1 - eps) / eps) / beta
+    one = torch.zeros(1, dtype=torch.float64)
+
+    def grad_at_margin(smoothing):
+        c = (one + hstar).requires_grad_(True)
+        (g,) = torch.autograd.grad(dpo_loss(c, one, one, one, beta=beta, label_smoothing=smoothing)[0], c)
+        return g
+
+    out.append(exact(NAME, "cDPO gradient == 0 at the finite margin beta h = log((1-eps)/eps)", one,
+                     grad_at_margin(eps), detail=f"h* = {hstar:.4f}: sigma(beta h*) = 1 - eps"))
+    out.append(negative_control(exact(NAME, "plain DPO gradient == 0 at beta h = log((1-eps)/eps)", one,
+                                      grad_at_margin(0.0)),
+                                detail="without smoothing the optimum margin is infinite; must be rejected"))
+
+    out.append(exact(NAME, "rDPO unbiased: E over flipped labels of rDPO == clean DPO (value and gradient)", clean,
+                     value_and_grad(under_noise("robust", eps)), detail=detail))
+    out.append(negative_control(
+        exact(NAME, "plain DPO under label flips: E over flipped labels == clean DPO", clean,
+              value_and_grad(under_noise("sigmoid"))),
+        detail="label noise biases the plain DPO loss; must be rejected"))
+
+    hs, bs, es = sympy.symbols("h beta epsilon", positive=True)
+    logsig = lambda x: -sympy.log(1 + sympy.exp(-x))  # noqa: E731
+    rdpo = lambda x: (-(1 - es) * logsig(bs * x) + es * logsig(-bs * x)) / (1 - 2 * es)  # noqa: E731
+    out.append(symbolic(NAME, "(1-eps) rDPO(h) + eps rDPO(-h) == -log sigma(beta h)",
+                        (1 - es) * rdpo(hs) + es * rdpo(-hs), -logsig(bs * hs)))
     return out

@@ -40,8 +40,15 @@ Checks (binary-reward toy MDP, all :math:`N^G` groups enumerated):
   :math:`P_\theta` reported), and :math:`\mathbb{E}_q[R] = p(1 - p^{G-1})/\kappa`;
 * negative control: "kept samples are distributed as :math:`P_\theta`" is rejected;
 * negative control: "the mean reward of kept samples is :math:`J`" is rejected;
-* exact: :math:`\mathbb{E}[\hat g \mid \text{kept}] = \mathbb{E}[\hat g]/\kappa` (GRPO z-score advantages), and
-  it equals :math:`\frac{h(1) - h(0)}{\kappa}\nabla J` (cosine 1, scale reported);
+* exact: :math:`\mathbb{E}[\hat g \mid \text{kept}]` computed group by group (each kept group's estimate
+  :math:`\frac1G\sum_i \hat A_i \nabla\log P(\tau_i)`, averaged with the group probabilities renormalised
+  over kept groups) equals :math:`\mathbb{E}[\hat g]/\kappa`, with :math:`\mathbb{E}[\hat g]` computed per
+  sequence (the coefficient of each :math:`\nabla\log P(\tau)` summed over all groups) and :math:`\kappa`
+  from its closed form (GRPO z-score advantages); and it equals the closed form
+  :math:`\frac{h(1) - h(0)}{\kappa}\nabla J` (cosine 1, scale reported);
+* negative controls: forgetting the renormalisation (:math:`\mathbb{E}[\hat g \mid \text{kept}] = \mathbb{E}[\hat g]`)
+  is rejected; with uncentred advantages (the raw reward, no group baseline) a dropped group does
+  carry a gradient and :math:`\mathbb{E}[\hat g \mid \text{kept}] = \mathbb{E}[\hat g]/\kappa` is rejected;
 * Monte Carlo: the kept fraction of sampled groups, and the mean reward in kept groups, are
   within 4 SE of :math:`\kappa` and :math:`\mathbb{E}_q[R]`;
 * symbolic: :math:`p(1 - p^{G-1}) + (1-p)(1 - (1-p)^{G-1}) = 1 - p^G - (1-p)^G` (q is normalised).
@@ -54,6 +61,7 @@ import math
 import sympy
 import torch
 
+from rlcourse.advantages import group_advantages as group_advantages_by_name
 from rlcourse.advantages import grpo_advantages
 from rlcourse.derivations.base import Check, derivation, exact, monte_carlo, negative_control, symbolic
 from rlcourse.derivations.grpo_advantage import all_groups, cosine, group_advantages
@@ -131,6 +139,29 @@ def expected_group_gradient(mdp: ToyMDP, theta: torch.Tensor, group_size: int, k
     return torch.einsum("n,nsa->sa", coef, mdp.score(theta)) / group_size
 
 
+def kept_gradient_by_groups(mdp: ToyMDP, theta: torch.Tensor, group_size: int,
+                            advantage_fn=zscore_advantages) -> torch.Tensor:
+    r""":math:`\mathbb{E}[\hat g \mid \text{kept}]` group by group, (S, V): each kept group's own estimate
+    :math:`\frac1G \sum_i \hat A_i \nabla\log P(\tau_i)`, weighted by :math:`P(\text{group}) / P(\text{kept})`.
+
+    A second route to the same quantity as ``expected_group_gradient(..., kept_only=True)`` (which sums
+    a coefficient per sequence first): the per-group estimates are formed explicitly."""
+    groups, keep = kept_groups(mdp, group_size)
+    groups = groups[keep]
+    w = mdp.probabilities(theta.detach())[groups].prod(1)
+    adv = group_advantages(mdp.returns()[groups], group_size, advantage_fn)        # (K, G)
+    score = mdp.score(theta)                                                       # (N, S, V)
+    total = torch.zeros_like(score[0])
+    for i in range(group_size):                                                    # slot by slot: (K, S, V)
+        total += torch.einsum("k,ksa->sa", w * adv[:, i], score[groups[:, i]])
+    return total / group_size / w.sum()
+
+
+def raw_reward_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """No baseline: the advantage is the reward itself (normaliser "none"); dropped groups then carry a gradient."""
+    return group_advantages_by_name(rewards, group_size, "none")
+
+
 def binomial_scale(p: float, group_size: int, advantage_fn=zscore_advantages) -> float:
     r""":math:`h(1) - h(0)` with :math:`h(R) = \mathbb{E}_{k \sim \mathrm{Bin}(G-1,p)}[\hat A_1]` for the group
     :math:`(R, \underbrace{1, \dots, 1}_{k}, 0, \dots, 0)`; an independent closed form (no enumeration)."""
@@ -176,11 +207,19 @@ def checks() -> list[Check]:
 
     truth = mdp.exact_gradient(theta)
     g_all = expected_group_gradient(mdp, theta, G, kept_only=False)
-    g_kept = expected_group_gradient(mdp, theta, G, kept_only=True)
-    out.append(exact(NAME, "E[g | kept] == E[g] / kappa (dropped groups carry zero advantage)", g_all / kappa, g_kept,
-                     detail="GRPO z-score advantages"))
+    g_kept = kept_gradient_by_groups(mdp, theta, G)
+    out.append(exact(NAME, "E[g | kept] (group by group) == E[g] (per sequence) / kappa (closed form)",
+                     g_all / kappa, g_kept,
+                     detail="GRPO z-score advantages: a dropped group has every advantage 0"))
+    out.append(negative_control(exact(NAME, "E[g | kept] == E[g] (renormalisation by kappa forgotten)", g_all, g_kept),
+                                detail=f"kappa = {kappa:.4f}; must be rejected"))
+    raw_all = expected_group_gradient(mdp, theta, G, kept_only=False, advantage_fn=raw_reward_advantages)
+    raw_kept = kept_gradient_by_groups(mdp, theta, G, advantage_fn=raw_reward_advantages)
+    out.append(negative_control(
+        exact(NAME, "raw-reward advantages (no baseline): E[g | kept] == E[g] / kappa", raw_all / kappa, raw_kept),
+        detail="a dropped all-ones group carries a gradient when advantages are not centred; must be rejected"))
     c = binomial_scale(p, G) / kappa
-    out.append(exact(NAME, "E[g | kept] == (h(1) - h(0)) / kappa * grad J", c * truth, g_kept,
+    out.append(exact(NAME, "E[g | kept] (group by group) == (h(1) - h(0)) / kappa * grad J", c * truth, g_kept,
                      detail=f"binary reward, one prompt: cosine with grad J = {cosine(g_kept, truth):.12f}, "
                             f"scale = {c:.4f} (unfiltered: {binomial_scale(p, G):.4f})"))
 

@@ -35,6 +35,9 @@ Checks:
 * exact (toy MDP, a wrong :math:`V`): :math:`\lambda = 1` is still unbiased;
 * negative control: a recursion without :math:`\gamma` on :math:`\lambda` disagrees with the closed form;
 * negative control: with a wrong :math:`V`, :math:`\lambda = 0` is biased;
+* negative control: at :math:`\gamma = 0.9` the estimator without :math:`\gamma^t` on the score,
+  :math:`\mathbb{E}[\sum_t \hat A_t \nabla\log\pi_t]` (what most implementations compute), is not
+  :math:`\nabla J_\gamma` (even with :math:`V = V^\pi`);
 * symbolic: for :math:`T = 3` with symbolic rewards and values, recursion = closed form at every
   step, and :math:`\lambda = 1` gives :math:`G_0 - V_0`.
 """
@@ -112,12 +115,17 @@ def toy_values(mdp: ToyMDP, v: torch.Tensor) -> torch.Tensor:
     return v[seq.states] * seq.mask
 
 
-def expected_gae_gradient(mdp: ToyMDP, theta: torch.Tensor, v: torch.Tensor, gamma: float, lam: float
-                          ) -> torch.Tensor:
-    r""":math:`\sum_\tau P_\theta(\tau) \sum_t \gamma^t \hat A^{\mathrm{GAE}}_t \nabla_\theta \log \pi_\theta(a_t \mid s_t)`, (S, V)."""
+def expected_gae_gradient(mdp: ToyMDP, theta: torch.Tensor, v: torch.Tensor, gamma: float, lam: float,
+                          discount_scores: bool = True) -> torch.Tensor:
+    r""":math:`\sum_\tau P_\theta(\tau) \sum_t \gamma^t \hat A^{\mathrm{GAE}}_t \nabla_\theta \log \pi_\theta(a_t \mid s_t)`, (S, V).
+
+    ``discount_scores=False`` drops the :math:`\gamma^t` (wrong on purpose for :math:`\gamma < 1`: the estimator
+    most implementations use, which is biased for the discounted objective :math:`J_\gamma`)."""
     seq = mdp.sequences
     adv, _ = gae(seq.token_rewards, toy_values(mdp, v), seq.mask, gamma=gamma, lam=lam)
-    w = mdp.probabilities(theta).detach()[:, None] * adv * mdp.discounts(gamma)
+    w = mdp.probabilities(theta).detach()[:, None] * adv
+    if discount_scores:
+        w = w * mdp.discounts(gamma)
     return torch.einsum("nt,ntsa->sa", w, mdp.token_scores(theta))
 
 
@@ -171,6 +179,13 @@ def checks() -> list[Check]:
     out.append(negative_control(
         exact(NAME, "with a wrong V, GAE(lambda=0) == grad J", truth, biased),
         detail=f"TD(0) trusts V: bias {float((biased - truth).norm()):.3f} (norm) with V^pi + N(0, 1) noise"))
+    truth_09 = mdp.exact_gradient(theta, 0.9)
+    no_discount = expected_gae_gradient(mdp, theta, mdp.state_values(theta, 0.9), 0.9, 0.95, discount_scores=False)
+    out.append(negative_control(
+        exact(NAME, "E[sum_t A^GAE_t grad log pi_t] (gamma^t dropped) == grad J_gamma (gamma=0.9, lambda=0.95)",
+              truth_09, no_discount),
+        detail=f"without gamma^t later steps weigh too much: bias {float((no_discount - truth_09).norm()):.3f} "
+               "(norm), V = V^pi; must be rejected"))
 
     rec_s, closed_s, g0v0, (g, lm_s), _ = gae_sympy(3)
     for t in range(3):

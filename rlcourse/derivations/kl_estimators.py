@@ -51,6 +51,14 @@ Checks:
   :math:`\nabla L_{k_3} = \nabla \mathrm{KL}(\pi_{\mathrm{ref}} \| \pi)` (autograd, 1e-10);
 * exact: the per-token k3 loss (GRPO's) has gradient
   :math:`\sum_s \mathrm{sg}[d_\pi(s)]\, \nabla \mathrm{KL}(\pi_{\mathrm{ref}}(\cdot \mid s) \| \pi(\cdot \mid s))`;
+* exact: the per-token k2 loss, :math:`\sum_\tau \mathrm{sg}[P_\theta(\tau)] \sum_t k_{2,t}(\theta)`, has gradient
+  :math:`\sum_t \mathbb{E}\big[\nabla\mathrm{KL}(\pi(\cdot \mid s_t) \| \pi_{\mathrm{ref}}(\cdot \mid s_t))\big]` with the
+  prefixes :math:`s_t` held fixed (enumerated sequence by sequence and step by step): per token,
+  :math:`\mathbb{E}_{a \sim \pi(\cdot \mid s)}[\nabla k_2] = \nabla\mathrm{KL}(\pi(\cdot \mid s) \| \pi_{\mathrm{ref}}(\cdot \mid s))`;
+* negative controls (horizon 3): the per-token k2 loss does *not* have the gradient of the sequence-level
+  :math:`\mathrm{KL}(P_\theta \| P_{\mathrm{ref}})`, and the per-token k3 loss not that of
+  :math:`\mathrm{KL}(P_{\mathrm{ref}} \| P_\theta)`: the sequence-level gradients also move the distribution
+  of prefixes, which a per-token loss with sampled prefixes does not differentiate;
 * negative control: :math:`\nabla L_{k_3} = \nabla \mathrm{KL}(\pi \| \pi_{\mathrm{ref}})` (the direction
   production code has shipped) is rejected;
 * Monte Carlo: sample means of sequence-level k1 and k3 and of the per-token k3 sum are within
@@ -137,10 +145,12 @@ def expected_token_sums(mdp: ToyMDP, theta: torch.Tensor, theta_ref: torch.Tenso
     return out
 
 
-def token_k3_loss_gradient(mdp: ToyMDP, theta: torch.Tensor, theta_ref: torch.Tensor) -> torch.Tensor:
-    r"""Gradient of the per-token k3 loss :math:`\sum_\tau \mathrm{sg}[P_\theta(\tau)] \sum_t k_{3,t}(\theta)`, (S, V)."""
+def token_k3_loss_gradient(mdp: ToyMDP, theta: torch.Tensor, theta_ref: torch.Tensor, estimator: str = "k3"
+                           ) -> torch.Tensor:
+    r"""Gradient of the per-token loss :math:`\sum_\tau \mathrm{sg}[P_\theta(\tau)] \sum_t k_{t}(\theta)`, (S, V), for
+    the estimator ``k`` (default k3, GRPO's)."""
     th = theta.detach().clone().requires_grad_(True)
-    k = token_estimators(mdp, th, theta_ref.detach(), "k3").sum(-1)
+    k = token_estimators(mdp, th, theta_ref.detach(), estimator).sum(-1)
     (g,) = torch.autograd.grad((mdp.probabilities(theta.detach()) * k).sum(), th)
     return g
 
@@ -152,6 +162,19 @@ def visitation_weighted_reverse_kl_gradient(mdp: ToyMDP, theta: torch.Tensor, th
     d = mdp.state_visitation(theta.detach())
     kl = kl_categorical(mdp.policy_logprobs(theta_ref.detach()), mdp.policy_logprobs(th))
     (g,) = torch.autograd.grad((d * kl).sum(), th)
+    return g
+
+
+def fixed_prefix_kl_gradient(mdp: ToyMDP, theta: torch.Tensor, theta_ref: torch.Tensor) -> torch.Tensor:
+    r""":math:`\sum_t \mathbb{E}_\tau\big[\nabla_\theta \mathrm{KL}(\pi_\theta(\cdot \mid s_t) \| \pi_{\mathrm{ref}}(\cdot \mid s_t))\big]`
+    with the prefixes held fixed: sequence by sequence and step by step, each visited prefix's full-vocabulary
+    KL gradient weighted by the (constant) sequence probability, (S, V)."""
+    th = theta.detach().clone().requires_grad_(True)
+    kl = kl_categorical(mdp.policy_logprobs(th), mdp.policy_logprobs(theta_ref.detach()))     # (S,)
+    seq = mdp.sequences
+    total = sum(float(mdp.probabilities(theta.detach())[n]) * kl[int(seq.states[n, t])]
+                for n in range(mdp.num_sequences) for t in range(int(seq.lengths[n])))
+    (g,) = torch.autograd.grad(total, th)
     return g
 
 
@@ -218,6 +241,19 @@ def checks() -> list[Check]:
                      visitation_weighted_reverse_kl_gradient(mdp, theta, theta_ref),
                      token_k3_loss_gradient(mdp, theta, theta_ref),
                      detail="GRPO's per-token k3 term pulls each visited prefix towards ref in reverse KL"))
+    g_tok_k2 = token_k3_loss_gradient(mdp, theta, theta_ref, "k2")
+    out.append(exact(NAME, "per-token k2 loss: grad == sum_t E[grad KL(pi(.|s_t)||ref(.|s_t))], prefixes fixed",
+                     fixed_prefix_kl_gradient(mdp, theta, theta_ref), g_tok_k2,
+                     detail="enumerated sequence by sequence and step by step (horizon 3)"))
+    out.append(negative_control(exact(NAME, "per-token k2 loss: grad == grad KL(P||P_ref) of whole sequences", g_fwd,
+                                      g_tok_k2),
+                                detail=f"max difference {float((g_fwd - g_tok_k2).abs().max()):.4f}: the sequence-level "
+                                       "gradient also moves the prefix distribution; must be rejected"))
+    g_tok_k3 = token_k3_loss_gradient(mdp, theta, theta_ref)
+    out.append(negative_control(exact(NAME, "per-token k3 loss: grad == grad KL(P_ref||P) of whole sequences", g_rev,
+                                      g_tok_k3),
+                                detail=f"max difference {float((g_rev - g_tok_k3).abs().max()):.4f}: prefixes visited "
+                                       "under pi, not under ref; must be rejected"))
 
     # Monte Carlo.
     s = sampled_estimators(mdp, theta, theta_ref, n=20000, seed=0)

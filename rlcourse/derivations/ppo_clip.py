@@ -39,6 +39,21 @@ Checks:
 * negative control: clipping without the ``min`` (loss :math:`-\operatorname{clip}(\rho)A`) breaks it;
 * symbolic: :math:`\partial_\rho \min(\rho A, \operatorname{clip}(\rho) A)` in each of the 6 regions
   (sympy resolves the min/max from the signs alone) is :math:`A` or 0 as in the table.
+
+The critic's clipped value loss (PPO as implemented in OpenAI baselines), :func:`rlcourse.losses.value_loss`,
+:math:`\ell = \frac12\max\big((V - R)^2, (\operatorname{clip}(V, V^{\text{old}} - c, V^{\text{old}} + c) - R)^2\big)`,
+has its own truth table: inside the range both terms agree and :math:`\partial\ell/\partial V = V - R`; outside
+it the clipped term is a constant :math:`b` (:math:`V^{\text{old}} \pm c`), so the gradient is :math:`V - R` if the
+unclipped error is the larger (the target is nearer :math:`b` than :math:`V`: the value moved away from it)
+and 0 if the clipped one is (the target is nearer :math:`V`: the value moved towards it by more than
+:math:`c`). Checks:
+
+* exact: the autograd gradient of ``value_loss`` (token-mean) w.r.t. :math:`V` in 7 cells (inside; above the
+  range with the target above :math:`V`, below :math:`V^{\text{old}} + c`, or between the two, nearer either
+  end; below the range with the target below / above) equals that table divided by the number of tokens;
+  the targets get no gradient;
+* exact: without clipping, and with a range that clips nothing, the loss is :math:`\frac12\,\mathrm{mean}(V - R)^2`;
+* negative control: ``min`` in place of ``max`` breaks the table.
 """
 
 from __future__ import annotations
@@ -47,7 +62,7 @@ import sympy
 import torch
 
 from rlcourse.derivations.base import Check, derivation, exact, negative_control, symbolic
-from rlcourse.losses import clipped_surrogate, ppo_clip_loss
+from rlcourse.losses import clipped_surrogate, ppo_clip_loss, value_loss
 from rlcourse.ratios import token_ratio
 from rlcourse.toymdp import ToyMDP
 
@@ -136,6 +151,73 @@ def clip_objective_derivatives_sympy() -> list[tuple[str, sympy.Expr, sympy.Expr
     return out
 
 
+#: Cells of the clipped value loss (V_old = 0, c = 0.2): (label, V, R).
+VALUE_CLIP = 0.2
+VALUE_CASES = (
+    ("V inside the range", 0.1, 1.0),
+    ("V above the range, target above it", 0.5, 1.0),
+    ("V above the range, target below it", 0.5, -1.0),
+    ("V above the range, target between, nearer V_old + c", 0.5, 0.3),
+    ("V above the range, target between, nearer V", 0.5, 0.4),
+    ("V below the range, target below it", -0.5, -1.0),
+    ("V below the range, target above it", -0.5, 1.0),
+)
+
+
+def value_truth_table(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, c: float
+                      ) -> torch.Tensor:
+    r""":math:`\partial\ell/\partial V` by region: :math:`V - R` inside :math:`[V^{\text{old}} - c, V^{\text{old}} + c]`;
+    above it (clipped value :math:`b = V^{\text{old}} + c`) :math:`V - R` if :math:`|V - R| > |b - R|`, i.e.
+    :math:`R < (V + b)/2`, else 0; below it (:math:`b = V^{\text{old}} - c`) :math:`V - R` if :math:`R > (V + b)/2`, else 0."""
+    above, below = values > old_values + c, values < old_values - c
+    active = ((~above & ~below) | (above & (returns < (values + old_values + c) / 2))
+              | (below & (returns > (values + old_values - c) / 2)))
+    return torch.where(active, values - returns, torch.zeros_like(values))
+
+
+def value_loss_with_min(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                        clip_range: float) -> torch.Tensor:
+    r"""Wrong on purpose: :math:`\frac12\min(\cdot,\cdot)` in place of max, token-mean."""
+    v_clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    per_token = 0.5 * torch.min((values - returns) ** 2, (v_clipped - returns) ** 2)
+    return (per_token * mask).sum() / mask.sum()
+
+
+def value_gradients(loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Autograd d loss / d V and d loss / d R over the 6 cells as a (1, 6) batch, token-mean."""
+    v = torch.tensor([[c[1] for c in VALUE_CASES]], dtype=torch.float64, requires_grad=True)
+    r = torch.tensor([[c[2] for c in VALUE_CASES]], dtype=torch.float64, requires_grad=True)
+    loss = loss_fn(v, torch.zeros_like(v), r, torch.ones_like(v), VALUE_CLIP)
+    gv, gr = torch.autograd.grad(loss, (v, r), allow_unused=True)
+    return gv[0], (torch.zeros_like(r[0]) if gr is None else gr[0])
+
+
+def value_checks() -> list[Check]:
+    v = torch.tensor([c[1] for c in VALUE_CASES], dtype=torch.float64)
+    r = torch.tensor([c[2] for c in VALUE_CASES], dtype=torch.float64)
+    n = len(VALUE_CASES)
+    table = value_truth_table(v, torch.zeros_like(v), r, VALUE_CLIP) / n
+    gv, gr = value_gradients(lambda *a: value_loss(*a[:4], clip_range=a[4]))
+    out = [exact(NAME, f"value loss d/dV, {label}: {'(V-R)/n' if table[i] != 0 else '0'}", table[i], gv[i],
+                 detail=f"V={v[i]:+.2f}, R={r[i]:+.2f}, V_old=0, c={VALUE_CLIP}")
+           for i, (label, _, _) in enumerate(VALUE_CASES)]
+    out.append(exact(NAME, "value loss: the targets get no gradient", torch.zeros(n, dtype=torch.float64), gr))
+    g = torch.Generator().manual_seed(3)
+    vals, rets = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(3, 5, generator=g, dtype=torch.float64)
+    mask = torch.ones(3, 5, dtype=torch.float64)
+    mask[1, 3:] = 0
+    half_mse = 0.5 * ((vals - rets) ** 2 * mask).sum() / mask.sum()
+    old = vals + 0.05 * torch.randn(3, 5, generator=g, dtype=torch.float64)
+    out.append(exact(NAME, "value loss without clipping == 0.5 mean (V - R)^2", half_mse,
+                     value_loss(vals, old, rets, mask)))
+    out.append(exact(NAME, "value loss with |V - V_old| < c everywhere == 0.5 mean (V - R)^2", half_mse,
+                     value_loss(vals, old, rets, mask, clip_range=0.5), detail="|V - V_old| <= 0.2 < c = 0.5"))
+    out.append(negative_control(
+        exact(NAME, "value-loss truth table for 0.5 min(...) in place of max", table, value_gradients(value_loss_with_min)[0]),
+        detail="min instead of max must be rejected"))
+    return out
+
+
 @derivation(NAME, "PPO clip: truth table of the gradient", source="unified-rl-llm")
 def checks() -> list[Check]:
     ratio = torch.tensor([c[1] for c in CASES], dtype=torch.float64)
@@ -185,4 +267,4 @@ def checks() -> list[Check]:
 
     for label, lhs, rhs in clip_objective_derivatives_sympy():
         out.append(symbolic(NAME, f"d/d ratio of min(ratio A, clip(ratio) A), {label}", lhs, rhs))
-    return out
+    return out + value_checks()

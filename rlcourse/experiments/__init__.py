@@ -6,32 +6,34 @@ module                     what
 =========================  ===================================================================
 ``cache``                  the one cache of trained starts: the SFT start and the reward models
 ``registry``               the trainers by name, with their recipes (``rlcourse train``)
-``toy``                    notebook 02 (exact gradient ascent and REINFORCE on the toy MDP)
+``toy``                    notebook 02: exact gradient ascent and REINFORCE on the toy MDP
 ``lm_rl``                  notebook 04 (REINFORCE baselines, gradient noise, pass@k) and 09 (GRPO variants)
 ``rlhf``                   notebooks 07 (reward models and judges), 08 (reward hacking), 10 (DPO vs PPO vs GRPO)
 ``memo``, ``settings``     the memoisation, and the preset (``$RLCOURSE_PRESET``)
+``runner``                 experiments by name over seeds, saved and resumed per seed (``rlcourse experiment``)
+``summary``                means and Student-t intervals over seeds (the runner's ``summary``, the plots' bands)
+``ppo_toy``                notebook 06: K epochs on one batch, vanilla PG vs PPO-clip vs PPO-penalty (toy MDP)
+``critic_gae``             notebook 05: a critic on λ-returns and the best GAE λ as it learns (toy MDP)
 =========================  ===================================================================
 
 An LM experiment is a function of a frozen config dataclass; each module's ``run(cfg)`` runs any of
 its experiments, e.g. ``lm_rl.run(lm_rl.GRPOVariantsConfig(steps=10))``. The figures of
 :mod:`rlcourse.plots` draw these results: a figure builder is ``plot(experiment(cfg))``.
-
-The names below are imported when first used, so that ``rlcourse.experiments.toy`` does not load
-the trainers and transformers.
 """
 
-from __future__ import annotations
-
-import importlib
-
-_NAMES = {"cache_dir": "cache", "sft_start": "cache", "sft_start_dir": "cache", "sft_start_info": "cache",
-          "reward_model_start": "cache", "rm_config": "cache", "RM_CONFIG": "cache", "TEXTBOOK_RM": "cache",
-          "clear_memo": "memo", "preset": "settings"}
-
-__all__ = list(_NAMES)
+from rlcourse.experiments.memo import clear_memo
+from rlcourse.experiments.settings import preset
 
 
-def __getattr__(name: str):
-    if name in _NAMES:
-        return getattr(importlib.import_module(f"rlcourse.experiments.{_NAMES[name]}"), name)
-    raise AttributeError(f"module 'rlcourse.experiments' has no attribute {name!r}")
+def __getattr__(name):
+    # The cache imports the LM (transformers: seconds); import it when one of its names is used, so that
+    # `rlcourse experiment` and the toy-MDP experiments do not pay for it (PEP 562).
+    if name in ("RM_CONFIG", "TEXTBOOK_RM", "cache_dir", "reward_model_start", "rm_config", "sft_start",
+                "sft_start_dir", "sft_start_info"):
+        from rlcourse.experiments import cache
+
+        return getattr(cache, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["cache_dir", "sft_start", "sft_start_dir", "sft_start_info", "reward_model_start", "rm_config", "RM_CONFIG",
+           "TEXTBOOK_RM", "clear_memo", "preset"]

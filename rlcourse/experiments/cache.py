@@ -30,6 +30,7 @@ from typing import Callable
 
 from rlcourse.lm import ArithmeticTask, default_task, load_model
 from rlcourse.lm.reward_model import RewardModel
+from rlcourse.train.common import config_dict
 from rlcourse.train.reward_model import RewardModelConfig, train_reward_model
 from rlcourse.train.sft import SFTConfig, train_sft
 
@@ -55,7 +56,7 @@ def cache_dir() -> Path:
 
 def recipe_hash(cfg, extra: dict) -> str:
     """A short hash of ``cfg`` (without :data:`RUN_ONLY_FIELDS`) and ``extra`` (the task, the start, a version)."""
-    keep = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_FIELDS}
+    keep = {k: v for k, v in config_dict(cfg).items() if k not in RUN_ONLY_FIELDS}
     blob = json.dumps({"cfg": keep, **extra}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

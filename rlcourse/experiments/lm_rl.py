@@ -155,8 +155,8 @@ def run_summary(result, **extra) -> dict:
             "seconds": float(result.seconds), **extra}
 
 
-def _compare(cfg: ComparisonConfig, labels: Sequence[str], train: Callable, trainer_config: Callable, *, model, tokenizer, task,
-             progress: bool) -> dict:
+def _compare(cfg: ComparisonConfig, labels: Sequence[str], train: Callable, trainer_config: Callable, *, model,
+             tokenizer, task, progress: bool) -> dict:
     """One run per label from fresh copies of the same start: ``train(trainer_config(label), model, tokenizer)``.
 
     Returns ``{"config": cfg as a dict, "start": pass@k curve of the start, "runs": {label: run}}`` where a

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 
 __all__ = ["SFTBatch", "PromptResponseBatch", "pad_token_id", "tokenize_texts", "sft_batch",
-           "prompt_batch", "prompt_response_batch"]
+           "prompt_batch", "prompt_response_batch", "chat_prompts"]
 
 
 @dataclass
@@ -166,3 +166,18 @@ def prompt_batch(tokenizer, prompts: Sequence[str]) -> tuple[torch.Tensor, torch
             input_ids[i, length - len(p):] = torch.tensor(p, dtype=torch.long)
             attention[i, length - len(p):] = 1
     return input_ids, attention
+
+
+def chat_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:
+    """Each prompt as the text of a one-message user turn through the tokenizer's chat template,
+    ending where the assistant's answer starts (``add_generation_prompt=True``).
+
+    The text holds the template's special tokens written out (e.g. ``<|im_start|>``); encode it
+    without adding special tokens again (:func:`prompt_batch`). Raises ``ValueError`` if the
+    tokenizer has no chat template.
+    """
+    prompts = _texts("prompts", prompts)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("tokenizer has no chat_template: encode the raw prompts instead")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]

@@ -162,22 +162,90 @@ def save_model(model: PreTrainedModel, tokenizer, directory: str | os.PathLike) 
     return directory
 
 
+#: Files that hold a tokenizer (any one is enough for ``AutoTokenizer``).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+#: Weight files that are pickles (they can run code when loaded): never loaded here.
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_model_dir(directory: str | os.PathLike) -> str:
+    """Check that ``directory`` holds a Hugging Face causal LM that :func:`load_model` can load; return it.
+
+    Looks only at the files (nothing is loaded or run): ``config.json`` naming a causal-LM
+    ``model_type`` that this transformers implements (a model that needs its own code, declared by
+    ``auto_map``, is refused: ``trust_remote_code`` is never set), ``.safetensors`` weights (a
+    checkpoint of pickled ``.bin`` files only is refused: unpickling can run code), and tokenizer
+    files. Raises ``ValueError`` naming the path and what is wrong.
+    """
+    import json
+
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    path = os.fspath(directory)
+    if not os.path.exists(path):
+        raise ValueError(f"model directory {path!r} does not exist (models are only loaded from local "
+                         "directories; nothing is downloaded)")
+    if not os.path.isdir(path):
+        raise ValueError(f"model directory {path!r} is a file, not a directory")
+    files = os.listdir(path)
+    if "config.json" not in files:
+        raise ValueError(f"model directory {path!r} has no config.json: not a Hugging Face model directory, which "
+                         "holds config.json, .safetensors weights and tokenizer files (write one with "
+                         "model.save_pretrained(directory) and tokenizer.save_pretrained(directory))")
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"model directory {path!r}: config.json cannot be read ({e})") from e
+    model_type, auto_map = config.get("model_type"), config.get("auto_map")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        why = (f"it declares its own code (auto_map {sorted(auto_map)}), which is never run here "
+               "(trust_remote_code=False)" if auto_map else "transformers does not implement it")
+        raise ValueError(f"model directory {path!r}: model_type {model_type!r} is not a model type of "
+                         f"transformers {transformers.__version__}; {why}")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(f"model directory {path!r}: model_type {model_type!r} has no causal-LM class in "
+                         "transformers (AutoModelForCausalLM); only causal LMs can be trained here")
+    if not any(f.endswith(".safetensors") for f in files):
+        pickles = sorted(f for f in files if f.endswith(PICKLE_WEIGHTS))
+        if pickles:
+            raise ValueError(f"model directory {path!r} holds only pickled weights {pickles} and no .safetensors: "
+                             "only safetensors are loaded (unpickling can run code). Convert once, where you "
+                             "trust the file: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(new_dir)")
+        raise ValueError(f"model directory {path!r} holds no .safetensors weights")
+    if not any(f in files for f in TOKENIZER_FILES):
+        raise ValueError(f"model directory {path!r} has no tokenizer (none of {list(TOKENIZER_FILES)}): save "
+                         "the model's tokenizer into the same directory with tokenizer.save_pretrained(directory)")
+    return path
+
+
 def load_model(path_or_preset: str | os.PathLike, device: str | torch.device | None = None, *,
-               seed: int = 0, dtype: torch.dtype | None = None):
+               seed: int = 0, dtype: torch.dtype | None = None, chat_template: bool = True):
     """Load ``(model, tokenizer)`` from a preset name or from a local Hugging Face directory.
 
     * a preset name (``"tiny"``, ``"small"``): a fresh model with :func:`build_tokenizer`;
-    * a directory: ``AutoModelForCausalLM.from_pretrained(dir, local_files_only=True,
-      use_safetensors=True, trust_remote_code=False)`` and its tokenizer (padding set to the
-      left; a missing pad token set to the eos token). Any causal LM saved by transformers works.
+    * a directory (checked by :func:`check_model_dir`): ``AutoModelForCausalLM.from_pretrained(dir,
+      local_files_only=True, use_safetensors=True, trust_remote_code=False)`` and its own tokenizer
+      (:func:`~rlcourse.lm.tokenizer.load_tokenizer`: padding on the left; a missing pad token set
+      to the eos token, with a warning). Any causal LM saved by transformers works.
+
+    Prompts are then encoded by :func:`rlcourse.lm.rollout.encode_prompts`: through the tokenizer's
+    chat template when it has one, else as raw text. ``chat_template=False`` removes the template
+    from the returned tokenizer (raw prompts; a model saved with it is saved without the template,
+    so it is prompted as it was trained).
 
     Never contacts the network. Raises ``ValueError`` if ``path_or_preset`` is neither a preset
-    nor an existing directory, or if the directory holds no safetensors weights.
+    nor a loadable model directory (naming the path and what is wrong).
 
     Args:
         device: where to put the model; ``None`` -> :func:`pick_device`.
         seed: initial weights of a preset model.
         dtype: optional dtype to load the weights in (default: as stored / float32).
+        chat_template: keep the tokenizer's chat template (directories only).
     """
     dev = pick_device(device)
     name = os.fspath(path_or_preset) if isinstance(path_or_preset, os.PathLike) else path_or_preset
@@ -189,25 +257,31 @@ def load_model(path_or_preset: str | os.PathLike, device: str | torch.device | N
         if dtype is not None:
             model = model.to(dtype)
         return model.to(dev), tok
-    if not os.path.isdir(name):
+    if not os.path.exists(name):
         raise ValueError(
             f"path_or_preset={name!r} is neither a preset {list(PRESETS)} nor an existing local directory "
             "(models are only loaded from local files; nothing is downloaded)"
         )
-    if not any(f.endswith(".safetensors") for f in os.listdir(name)):
-        raise ValueError(f"path_or_preset={name!r} holds no .safetensors weights (only safetensors are loaded)")
+    check_model_dir(name)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
         with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(
                 name, local_files_only=True, use_safetensors=True, trust_remote_code=False, **kwargs
             )
-            tok = load_tokenizer(name)
-    except Exception as e:  # a damaged file: safetensors, json, tokenizer errors alike
-        if isinstance(e, ValueError) and "path_or_preset" in str(e):
-            raise
+    except Exception as e:  # a damaged file: safetensors, json errors alike
         raise ValueError(f"the model in {name!r} cannot be loaded ({type(e).__name__}: {str(e)[:200]}); its files "
                          "are damaged or incomplete: delete the directory and train or save it again") from e
+    try:
+        tok = load_tokenizer(name)
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"the tokenizer in {name!r} cannot be loaded ({type(e).__name__}: {str(e)[:200]})") from e
+    if not chat_template:
+        tok.chat_template = None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
     return model.to(dev), tok

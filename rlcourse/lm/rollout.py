@@ -32,6 +32,7 @@ import torch
 
 from .. import _validate as V
 from ..logprobs import token_logprobs
+from .batching import chat_prompts, prompt_batch
 from .task import Problem, batch_rewards, finished_flags
 from .tokenizer import check_text
 
@@ -79,13 +80,21 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenise ``prompts`` (``<bos>`` prepended, left padding) -> ``(input_ids, attention_mask)``.
+    """Tokenise ``prompts`` (left padding) -> ``(input_ids, attention_mask)``.
 
-    Raises ``ValueError`` for an empty list or characters outside the tokenizer's alphabet.
+    A tokenizer with a chat template (a Hugging Face model's own, see :func:`rlcourse.lm.load_model`)
+    gets each prompt as a user turn followed by the assistant's generation prompt
+    (:func:`rlcourse.lm.batching.chat_prompts`, encoded without adding special tokens again);
+    one without (the course's) gets the raw text with its own special tokens (``<bos>`` prepended).
+
+    Raises ``ValueError`` for an empty list or characters the tokenizer maps to its unknown token.
     """
     prompts = check_text(tokenizer, prompts, "prompts")
-    enc = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
-    ids, att = enc["input_ids"], enc["attention_mask"]
+    if getattr(tokenizer, "chat_template", None):
+        ids, att = prompt_batch(tokenizer, chat_prompts(tokenizer, prompts))
+    else:
+        enc = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+        ids, att = enc["input_ids"], enc["attention_mask"]
     return (ids.to(device), att.to(device)) if device is not None else (ids, att)
 
 
@@ -249,8 +258,10 @@ def generate(model, tokenizer, prompts: Sequence[str], group_size: int = 1, max_
 
     resp, logprobs, rmask = resp[:, :steps], logprobs[:, :steps], rmask[:, :steps]
     finished = done
-    # Decode the counted tokens except <eos>; a special token sampled mid-response (e.g. <pad>)
-    # stays visible in the text, so that the reward sees it and re-encoding gives the same ids.
+    # Decode the counted tokens except <eos>; a special token sampled mid-response (e.g. <pad>, or a
+    # chat marker of a Hugging Face model) stays visible in the text, so that the reward sees it (the
+    # answer is then malformed) and re-encoding gives it back. With the course's character tokenizer
+    # re-encoding gives the same ids; a BPE tokenizer may merge the decoded text differently.
     completions = [tokenizer.decode(row[:m - 1] if f else row[:m], skip_special_tokens=False)
                    for row, m, f in zip(resp.tolist(), rmask.sum(-1).long().tolist(), finished.tolist())]
     return Rollout(

@@ -50,7 +50,7 @@ REWARD_WRONG = 0.0
 FORMAT_PENALTY = 0.5  # subtracted when the completion is not "one integer, then <eos>"
 OPS = "+-*"
 
-_INT = re.compile(r"\s*-?\d+\s*")
+_INT = re.compile(r"[ \t\n\r]*-?[0-9]+[ \t\n\r]*")  # ASCII only: int() refuses other "spaces" (\x1d...)
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def reward(completion: str, answer: str | int, finished: bool = True) -> float:
 
 
 def finished_flags(finished: Sequence[bool] | torch.Tensor | None, n: int, of: str = "completions") -> list[bool]:
-    """``finished`` as a list of ``n`` flags (None: all True); ``ValueError`` if it does not have one per entry of ``of``."""
+    """``finished`` as a list of ``n`` flags (None: all True); ``ValueError`` naming ``of`` if its length is not ``n``."""
     if finished is None:
         return [True] * n
     finished = finished.tolist() if isinstance(finished, torch.Tensor) else list(finished)

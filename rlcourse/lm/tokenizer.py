@@ -20,6 +20,7 @@ characters that are not in the alphabet. Nothing is silently replaced on our own
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -73,10 +74,18 @@ def load_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerBase:
     directory = str(directory)
     if not os.path.isdir(directory):
         raise ValueError(f"directory {directory!r} does not exist (tokenizers are only loaded from local directories)")
-    tok = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    from .model import quiet_transformers
+
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     tok.padding_side = "left"
-    if tok.pad_token is None:  # many causal LMs ship without one; generation needs it
+    if tok.eos_token is None:
+        raise ValueError(f"the tokenizer in {directory!r} has no eos token: rollouts stop at it and padding needs "
+                         "it; set eos_token in its tokenizer_config.json")
+    if tok.pad_token is None:  # many causal LMs ship without one; batches need it
         tok.pad_token = tok.eos_token
+        warnings.warn(f"the tokenizer in {directory!r} has no pad token: its eos token {tok.eos_token!r} is used "
+                      "as pad (padding is masked out, so this changes no result)", stacklevel=2)
     return tok
 
 
@@ -91,7 +100,9 @@ def unknown_characters(tokenizer: PreTrainedTokenizerBase, text: str, _alpha=Non
     """The characters of ``text`` that ``tokenizer`` would map to its unknown token (sorted).
 
     Written-out special tokens (e.g. ``"<pad>"``) count as known: they encode as themselves.
-    For a tokenizer that is not character level, ``["<unk>"]`` if the encoding holds its unknown token.
+    For a tokenizer that is not character level (BPE, ...), its written-out special tokens removed
+    likewise: the characters that encode to its unknown
+    token on their own when the encoding of ``text`` holds it (``[unk_token]`` if none does alone).
     """
     if tokenizer.unk_token_id is None:
         return []
@@ -102,8 +113,13 @@ def unknown_characters(tokenizer: PreTrainedTokenizerBase, text: str, _alpha=Non
             for special in specials:
                 text = text.replace(special, "")
         return sorted(set(text) - chars)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return [tokenizer.unk_token] if tokenizer.unk_token_id in ids else []
+    for special in tokenizer.all_special_tokens:  # a sampled special token, written out (e.g. by a rollout)
+        text = text.replace(special, "")
+    unk = tokenizer.unk_token_id
+    if unk not in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        return []
+    chars = sorted(c for c in set(text) if unk in tokenizer(c, add_special_tokens=False)["input_ids"])
+    return chars or [tokenizer.unk_token]
 
 
 def check_text(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], name: str = "texts") -> list[str]:
@@ -122,5 +138,7 @@ def check_text(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], name: s
             raise ValueError(f"{name}[{i}] must be a string, got {type(t).__name__}")
         bad = unknown_characters(tokenizer, t, alpha)
         if bad:
-            raise ValueError(f"{name}[{i}] = {t!r} contains characters outside the tokenizer's alphabet: {bad}")
+            raise ValueError(f"{name}[{i}] = {t!r} contains characters outside the tokenizer's alphabet: {bad} "
+                             f"(they would become its unknown token {tokenizer.unk_token!r}: a model cannot read or "
+                             "write them)")
     return texts

@@ -141,6 +141,9 @@ class RunConfig:
         eval_every: if > 0, a held-out evaluation every this many steps, in the history.
         eval_n: held-out problems for the before/after evaluation.
         threads: torch intra-op threads while training (None: torch's setting); see :func:`rlcourse.lm.cpu_threads`.
+        model_dir: a local Hugging Face causal LM to start from instead of the course's start (recorded as
+            an absolute path; loaded by the command line, :func:`rlcourse.experiments.registry.run`).
+        chat_template: prompt ``model_dir``'s model through its tokenizer's chat template, if it has one.
     """
 
     preset: str = "tiny"
@@ -154,6 +157,8 @@ class RunConfig:
     eval_every: int = 0
     eval_n: int = EVAL_N
     threads: int | None = None
+    model_dir: str | None = None
+    chat_template: bool = True
 
     def __post_init__(self):
         from rlcourse.lm.model import PRESETS
@@ -169,6 +174,12 @@ class RunConfig:
         integer("eval_every", self.eval_every, 0)
         integer("eval_n", self.eval_n)
         integer("threads", self.threads, none_ok=True)
+        if self.model_dir is not None:
+            if not isinstance(self.model_dir, (str, os.PathLike)) or not os.fspath(self.model_dir).strip():
+                raise ValueError(f"model_dir must be a directory path or None, got {self.model_dir!r}")
+            self.model_dir = os.path.abspath(os.fspath(self.model_dir))
+        if not isinstance(self.chat_template, bool):
+            raise ValueError(f"chat_template must be True or False, got {self.chat_template!r}")
 
 
 # Each trainer's config derives from the ones below whose fields it uses, and sets its own defaults:
@@ -298,8 +309,29 @@ def due(step: int, every: int) -> bool:
 RESUMABLE_CHANGES = ("out", "device", "threads", "checkpoint_every")
 
 
+#: Fields recorded only when they differ from these defaults: they came after runs and cached starts
+#: existed, so a config that does not set them is the same config as before (resume, cache keys).
+SET_ONLY_FIELDS = {"model_dir": None, "chat_template": True}
+
+
+def config_dict(cfg) -> dict:
+    """``asdict(cfg)`` without the :data:`SET_ONLY_FIELDS` left at their defaults."""
+    return {k: v for k, v in asdict(cfg).items() if not (k in SET_ONLY_FIELDS and v == SET_ONLY_FIELDS[k])}
+
+
 def _config_record(name: str, cfg) -> dict:
-    return json.loads(json.dumps({"algorithm": name, **asdict(cfg)}, default=str))
+    return json.loads(json.dumps({"algorithm": name, **config_dict(cfg)}, default=str))
+
+
+def config_diff(old: dict, new: dict, ignore=()) -> list[str]:
+    """The keys whose values differ between two config records (a key absent from one side differs), sorted;
+    keys in ``ignore`` are skipped."""
+    return [k for k in sorted(set(old) | set(new)) if k not in ignore and old.get(k, "(absent)") != new.get(k, "(absent)")]
+
+
+def describe_config_diff(old: dict, new: dict, keys) -> str:
+    """``"k: <old> there, <new> now, ..."`` for the differing ``keys`` (as :func:`config_diff` lists them)."""
+    return ", ".join(f"{k}: {old.get(k, '(absent)')!r} there, {new.get(k, '(absent)')!r} now" for k in keys)
 
 
 class RunDir:
@@ -339,10 +371,9 @@ class RunDir:
             except (OSError, ValueError) as e:
                 raise ValueError(f"{path} cannot be read ({e}); delete the run directory {str(self.path)!r} to "
                                  "start fresh") from e
-            diff = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_CHANGES
-                    and old.get(k, "(absent)") != new.get(k, "(absent)") and not (k == "algorithm" and k not in old)]
+            diff = [k for k in config_diff(old, new, RESUMABLE_CHANGES) if not (k == "algorithm" and k not in old)]
             if diff:
-                seen = ", ".join(f"{k}: {old.get(k, '(absent)')!r} there, {new.get(k, '(absent)')!r} now" for k in diff)
+                seen = describe_config_diff(old, new, diff)
                 raise ValueError(f"run directory {str(self.path)!r} holds a {old.get('algorithm', 'different')} run "
                                  f"whose config differs ({seen}). To resume it, repeat its options; to start "
                                  "fresh, pass a new --out (out=) or delete that directory.")

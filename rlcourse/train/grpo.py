@@ -57,6 +57,7 @@ from rlcourse.kl import KL_ESTIMATORS
 from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model, sequence_logprobs
 from rlcourse.lm.rollout import encode_completions
 from rlcourse.losses import grpo_loss
+from rlcourse.train import bugs
 from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, integer, number, optimizer_step,
                                    sample_groups, start_policy)
 from rlcourse.train.distinct_rows import distinct_rows
@@ -93,6 +94,7 @@ class GRPOConfig(OnPolicyConfig):
         overlong_buffer: DAPO's L_cache (tokens); None -> 1 for dapo, 0 (off) otherwise.
         distinct_rows: compute only the distinct completions with A != 0 (exact; beta = 0 only;
             :mod:`rlcourse.train.distinct_rows`).
+        bug: None, or a silent bug injected for the debugging lab (:mod:`rlcourse.train.bugs`).
         (and the shared fields of :class:`~rlcourse.train.common.OnPolicyConfig`)
     """
 
@@ -109,10 +111,12 @@ class GRPOConfig(OnPolicyConfig):
     max_sampling_rounds: int = 3
     overlong_buffer: int | None = None
     distinct_rows: bool = False
+    bug: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
         V.choice("variant", self.variant, VARIANTS)
+        bugs.check(self.bug, "grpo")
         integer("group_size", self.group_size, 2)  # G completions per prompt
         if self.eps_low is None:  # the variant's range (eps_high too, if not given)
             self.eps_low = EPS[self.variant][0]
@@ -236,9 +240,13 @@ def grpo_update(model, opt, batch: dict, cfg: GRPOConfig, ref, max_new_tokens: i
     statistics of the last iteration, where the ratio has moved (``clipfrac_last``,
     ``approx_kl_last``, ``ratio_mean_last``, ...).
     """
+    hook = bugs.hooks(cfg.bug)  # the identity unless cfg.bug injects a silent bug (the debugging lab)
     # 1. group advantages (z-score, or centred only for Dr. GRPO)
-    adv_all = _advantages(batch["rewards"], cfg)
-    ids, att, mask, adv = batch["input_ids"], batch["attention_mask"], batch["response_mask"], adv_all
+    adv_all = hook.advantages(_advantages(batch["rewards"], cfg), rewards=batch["rewards"], group_size=cfg.group_size,
+                              mask=batch["response_mask"])
+    ids, att, adv = batch["input_ids"], batch["attention_mask"], adv_all
+    mask = hook.loss_mask(batch["response_mask"], attention_mask=att)  # the tokens the loss counts
+    logprobs = hook.logprobs(sequence_logprobs)  # the model's logits -> log-probs of the response tokens
     norms = {}
     if cfg.distinct_rows:  # opt-in, exact: only the distinct completions with A != 0
         ids, att, mask, adv, norms = distinct_rows(ids, att, mask, adv_all, cfg.group_size)
@@ -246,14 +254,15 @@ def grpo_update(model, opt, batch: dict, cfg: GRPOConfig, ref, max_new_tokens: i
     logp_ref = None
     if ref is not None:
         with torch.no_grad():
-            logp_ref = sequence_logprobs(ref, ids, att, mask, cfg.temperature)
+            logp_ref = logprobs(ref, ids, att, mask, cfg.temperature)
     model.train()
     logp_old, first = None, {}
     for it in range(cfg.num_iterations):
         # 3. log-probs with gradient; the old ones are those of the first pass (ratio 1 there)
-        logp = sequence_logprobs(model, ids, att, mask, cfg.temperature)
+        logp = logprobs(model, ids, att, mask, cfg.temperature)
         if logp_old is None:
             logp_old = logp.detach()
+        logp_old = hook.old_logprobs(logp_old, logp=logp, mask=mask)
         # 4. the clipped loss of the variant, one AdamW step
         loss, stats = grpo_loss(logp, logp_old, adv, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                                 importance_level=cfg.importance_level, aggregation=cfg.aggregation,

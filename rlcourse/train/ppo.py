@@ -73,6 +73,7 @@ from rlcourse.lm.reward_model import RewardModel
 from rlcourse.lm.rollout import position_ids_from_mask, response_logprobs_from_logits
 from rlcourse.logprobs import entropy_from_logits, masked_mean, masked_var, masked_whiten
 from rlcourse.losses import AdaptiveKLController, FixedKLController, entropy_bonus, ppo_clip_loss, value_loss
+from rlcourse.train import bugs
 from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, integer, number,
                                    problems_for_step, start_policy, step_generator)
 
@@ -112,6 +113,7 @@ class PPOConfig(OnPolicyConfig):
         entropy_coef: weight of the entropy bonus, >= 0.
         ppo_epochs, minibatches: passes over each rollout, minibatches per pass.
         whiten_advantages: normalise the advantages over the batch's tokens.
+        bug: None, or a silent bug injected for the debugging lab (:mod:`rlcourse.train.bugs`).
         (and the shared fields of :class:`~rlcourse.train.common.OnPolicyConfig`)
     """
 
@@ -137,9 +139,11 @@ class PPOConfig(OnPolicyConfig):
     ppo_epochs: int = 2
     minibatches: int = 2
     whiten_advantages: bool = True
+    bug: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
+        bugs.check(self.bug, "ppo")
         V.choice("reward", self.reward, REWARDS)
         number("missing_eos_penalty", self.missing_eos_penalty, strict=False, none_ok=True)
         V.choice("critic", self.critic, CRITICS)
@@ -311,6 +315,7 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
               progress=progress, callback=callback, desc=f"ppo[{cfg.reward}]")
     kl_ctl.beta = float(run.state.get("beta", kl_ctl.beta))
     N = cfg.prompts_per_step * cfg.group_size
+    hook = bugs.hooks(cfg.bug)  # the identity unless cfg.bug injects a silent bug (the debugging lab)
     with run:
         before = run.remember("before", lambda: evaluate_policy(model, tokenizer, task, cfg.eval_n))
         for step in run.steps():
@@ -339,9 +344,10 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
 
             # 3. KL-shaped per-token rewards (Unified Perspective on RL for LLMs), GAE, whitening
             beta = kl_ctl.value
-            rewards, kl = kl_shaped_rewards(scores, logp_old, logp_ref, mask, beta)
+            rewards, kl = kl_shaped_rewards(scores, *hook.kl_arguments(logp_old, logp_ref), mask, beta)
             advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
             adv = masked_whiten(advantages, mask) if cfg.whiten_advantages else advantages
+            adv = hook.advantages(adv, mask=mask)
             check_finite(adv.abs().sum(), name="advantages", step=step)
 
             # 4. ppo_epochs x minibatches of updates of the actor and the critic
@@ -353,7 +359,8 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
                 for idx in epoch_chunks:
                     m = mask[idx]
                     logp, logits, v = actor_critic_forward(model, critic, ids[idx], att[idx], m, cfg.temperature)
-                    pg_loss, stats = ppo_clip_loss(logp, logp_old[idx], adv[idx], m, eps_low=cfg.eps,
+                    old = hook.old_logprobs(logp_old[idx], logp=logp, mask=m)  # what the ratio divides by
+                    pg_loss, stats = ppo_clip_loss(logp, old, adv[idx], m, eps_low=cfg.eps,
                                                    aggregation="token_mean")
                     entropy = entropy_from_logits(logits, cfg.temperature)
                     vf_loss = value_loss(v, values[idx], returns[idx], m, cfg.value_clip)

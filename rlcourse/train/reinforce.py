@@ -38,6 +38,7 @@ from rlcourse.advantages import dr_grpo_advantages, rloo_advantages
 from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model, sequence_logprobs
 from rlcourse.logprobs import AGGREGATIONS, entropy_from_logits, masked_mean
 from rlcourse.losses import policy_gradient_loss
+from rlcourse.train import bugs
 from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, integer, optimizer_step,
                                    sample_groups, start_policy)
 
@@ -56,6 +57,7 @@ class ReinforceConfig(OnPolicyConfig):
         max_new_tokens: completion length limit (None: the task's longest answer + 2).
         temperature: sampling temperature (log-probs are those of logits / temperature).
         aggregation: reduction of the per-token surrogate (default: the unbiased ``seq_mean_token_sum``).
+        bug: None, or a silent bug injected for the debugging lab (:mod:`rlcourse.train.bugs`).
         (and the shared fields of :class:`~rlcourse.train.common.OnPolicyConfig`)
     """
 
@@ -63,10 +65,12 @@ class ReinforceConfig(OnPolicyConfig):
     steps: int = 200
     lr: float = 1e-4
     aggregation: str = "seq_mean_token_sum"
+    bug: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
         V.choice("baseline", self.baseline, BASELINES)
+        bugs.check(self.bug, "reinforce")
         integer("group_size", self.group_size, 2 if self.baseline == "rloo" else 1)
         if self.baseline == "mean" and self.group_size * self.prompts_per_step < 2:
             raise ValueError("a mean baseline needs at least 2 samples per step (group_size * prompts_per_step)")
@@ -100,6 +104,7 @@ def train_reinforce(cfg: ReinforceConfig | None = None, model=None, tokenizer=No
     model, tokenizer, task, device = start_policy(cfg, model, tokenizer, task)
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    hook = bugs.hooks(cfg.bug)  # the identity unless cfg.bug injects a silent bug (the debugging lab)
     run = Run("reinforce", cfg, {"model": model}, {"opt": opt}, progress=progress, callback=callback,
               desc=f"reinforce[{cfg.baseline}]")
 
@@ -112,16 +117,18 @@ def train_reinforce(cfg: ReinforceConfig | None = None, model=None, tokenizer=No
                                            group_size=cfg.group_size, max_new_tokens=max_new,
                                            temperature=cfg.temperature, seed=cfg.seed, step=step)
             # 2. advantages: the reward minus the baseline
-            adv = reinforce_advantages(rewards, cfg.baseline, cfg.group_size)
+            adv = hook.advantages(reinforce_advantages(rewards, cfg.baseline, cfg.group_size), rewards=rewards,
+                                  group_size=cfg.group_size, mask=ro.response_mask)
             # 3. the surrogate loss sum_t A log pi(y_t), one AdamW step
             model.train()
-            logp, logits = sequence_logprobs(model, ro.input_ids, ro.attention_mask, ro.response_mask,
-                                             cfg.temperature, return_logits=True)
-            loss = policy_gradient_loss(logp, adv, ro.response_mask, cfg.aggregation)
+            mask = hook.loss_mask(ro.response_mask, attention_mask=ro.attention_mask)  # the tokens the loss counts
+            logp, logits = hook.logprobs(sequence_logprobs)(model, ro.input_ids, ro.attention_mask, mask,
+                                                            cfg.temperature, return_logits=True)
+            loss = policy_gradient_loss(logp, adv, mask, cfg.aggregation)
             check_finite(loss, name="reinforce loss", step=step)
             grad_norm = optimizer_step(model, opt, loss, cfg.grad_clip, step=step)
             with torch.no_grad():
-                entropy = masked_mean(entropy_from_logits(logits.detach(), cfg.temperature), ro.response_mask)
+                entropy = masked_mean(entropy_from_logits(logits.detach(), cfg.temperature), mask)
             row = {"step": step, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
                    "accuracy": float((rewards == 1.0).float().mean()), "loss": loss.item(),
                    "advantage_abs_mean": float(adv.abs().mean()), "entropy": float(entropy),

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from rlcourse.lm import (ArithmeticTask, build_tokenizer, default_task, encode_completions, evaluate_policy,
-                         held_out_accuracy, pick_device, save_model, sequence_logprobs, sft_examples)
+                         held_out_accuracy, load_model, pick_device, save_model, sequence_logprobs, sft_examples)
 from rlcourse.lm.model import build_model
 from rlcourse.logprobs import aggregate
 from rlcourse.train.common import (Run, ScheduleConfig, TrainResult, check_finite, due, integer, lr_at, number,
@@ -107,6 +107,9 @@ def train_sft(cfg: SFTConfig | None = None, *, task: ArithmeticTask | None = Non
               callback=None) -> TrainResult:
     """Train the SFT start from scratch (or resume it from ``cfg.out``); see the module docstring.
 
+    With ``cfg.model_dir`` set, fine-tunes that local Hugging Face causal LM (its own tokenizer and
+    chat template, :func:`rlcourse.lm.load_model`) on the same demonstrations instead.
+
     Args:
         cfg: the configuration (default :class:`SFTConfig`).
         task: the task (default :func:`rlcourse.lm.default_task`).
@@ -120,8 +123,11 @@ def train_sft(cfg: SFTConfig | None = None, *, task: ArithmeticTask | None = Non
     task = task or default_task()
     device = pick_device(cfg.device)
     set_seed(cfg.seed)
-    tokenizer = build_tokenizer()
-    model = build_model(cfg.preset, len(tokenizer), cfg.seed, tokenizer=tokenizer).to(device)
+    if cfg.model_dir is not None:  # a local Hugging Face causal LM with its own tokenizer
+        model, tokenizer = load_model(cfg.model_dir, device, chat_template=cfg.chat_template)
+    else:
+        tokenizer = build_tokenizer()
+        model = build_model(cfg.preset, len(tokenizer), cfg.seed, tokenizer=tokenizer).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     run = Run("sft", cfg, {"model": model}, {"opt": opt}, progress=progress, callback=callback)
 

@@ -1,0 +1,141 @@
+r"""Figures of the runner's toy-MDP experiments (:mod:`rlcourse.experiments.runner`): ``ppo_toy`` (notebook 06)
+and ``critic_gae`` (notebook 05).
+
+A *plot* function takes the plain-data result of :func:`rlcourse.experiments.runner.run` (or the object
+printed by ``rlcourse experiment run NAME --json``) and draws the mean over seeds with its interval
+shaded (:func:`rlcourse.experiments.summary.curve`: Student-t 95 % over seeds). Nothing here trains:
+the builders ``06_ppo_toy`` and ``05_critic_gae`` are ``plot(run(NAME, seeds=3))`` with the default config.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from rlcourse.experiments.summary import curve
+from rlcourse.plots import figure
+
+__all__ = ["plot_ppo_toy", "plot_critic_gae", "SEEDS"]
+
+#: Seeds of the figures' runs.
+SEEDS = 3
+FIGSIZE = (12, 3.6)
+_METHOD_COLORS = {"vanilla": "tab:red", "clip": "tab:blue", "penalty": "tab:green", "unclipped": "tab:orange"}
+_STYLES = ["-", "--", ":", "-."]
+
+
+def _check_result(result, name: str) -> dict:
+    if not isinstance(result, dict) or result.get("name") != name or "summary" not in result:
+        got = result.get("name") if isinstance(result, dict) else type(result).__name__
+        raise ValueError(f"result must be the result of the {name!r} experiment (runner.run or --json), got {got!r}")
+    return result["summary"]
+
+
+def _band(ax, summary, arm, metric, label=None, **style):
+    c = curve(summary, arm, metric)
+    line, = ax.plot(c["step"], c["mean"], label=label, **style)
+    ax.fill_between(c["step"], c["lo"], c["hi"], color=line.get_color(), alpha=0.18, linewidth=0)
+    return c
+
+
+def _n_seeds(result) -> int:
+    return len(result.get("seeds", [])) or len(result["summary"]["seeds"])
+
+
+def _peak(summary, arm, metric) -> dict:
+    return next(p for p in summary["peak"] if p["arm"] == arm and p["metric"] == metric)
+
+
+def plot_ppo_toy(result: dict, early: int = 15) -> plt.Figure:
+    """Exact J per iteration (every method × K); the largest KL(old‖new) one iteration reached, per method
+    and K; and KL(old‖new) per iteration at the largest K over the first ``early`` iterations."""
+    summary = _check_result(result, "ppo_toy")
+    cfg = result["config"]
+    fig, axes = plt.subplots(1, 3, figsize=FIGSIZE)
+    ks, methods = list(cfg["epochs"]), list(cfg["methods"])
+    width = 0.8 / len(methods)
+    for j, m in enumerate(methods):
+        color = _METHOD_COLORS.get(m)
+        for i, k in enumerate(ks):
+            _band(axes[0], summary, f"{m} K={k}", "J", label=f"{m} K={k}", color=color,
+                  linestyle=_STYLES[i % len(_STYLES)], linewidth=1.4)
+        peaks = [_peak(summary, f"{m} K={k}", "kl") for k in ks]
+        mean = np.array([p["mean"] for p in peaks])
+        err = np.array([[p["mean"] - (p["lo"] if p["lo"] is not None else p["mean"]) for p in peaks],
+                        [(p["hi"] if p["hi"] is not None else p["mean"]) - p["mean"] for p in peaks]])
+        err[0] = np.minimum(err[0], mean * 0.999)  # a log axis cannot show a lower end <= 0
+        axes[1].bar(np.arange(len(ks)) + (j - (len(methods) - 1) / 2) * width, mean, width, yerr=err, capsize=3,
+                    color=color, label=m)
+        c = curve(summary, f"{m} K={ks[-1]}", "kl")
+        keep = (c["step"] > 0) & (c["step"] <= early)
+        line, = axes[2].plot(c["step"][keep], c["mean"][keep], color=color, marker="o", markersize=3, label=m)
+        axes[2].fill_between(c["step"][keep], np.maximum(c["lo"][keep], c["mean"][keep] * 1e-2), c["hi"][keep],
+                             color=color, alpha=0.18, linewidth=0)
+    axes[0].set(xlabel="iteration (one sampled batch each)", ylabel="exact J(θ)", title="objective")
+    axes[0].legend(fontsize=7, ncol=len(methods), loc="lower right")
+    axes[1].set(xticks=range(len(ks)), xticklabels=[f"K = {k}" for k in ks], yscale="log",
+                ylabel="max over iterations of KL(π_old ‖ π_new)", title="largest step of a run")
+    axes[1].legend(fontsize=7)
+    axes[2].set(xlabel="iteration", ylabel="exact KL(π_old ‖ π_new), sequences", yscale="log",
+                title=f"KL per iteration, K = {ks[-1]}")
+    axes[2].legend(fontsize=7)
+    fig.suptitle(f"K epochs on one batch of {cfg['batch_size']} ({cfg['optimizer']}, lr {cfg['lr']}, clip ε "
+                 f"{cfg['eps']}, KL target {cfg['kl_target']}/token): mean and 95% t-interval over "
+                 f"{_n_seeds(result)} seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_critic_gae(result: dict) -> plt.Figure:
+    """The GAE(λ) advantage error per λ as the critic learns, the error against λ early and late, and the
+    critic's error with the best λ."""
+    summary = _check_result(result, "critic_gae")
+    cfg = result["config"]
+    lams = list(cfg["lambdas"])
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(lams)))
+    fig, axes = plt.subplots(1, 3, figsize=FIGSIZE)
+    for lam, col in zip(lams, colors):
+        _band(axes[0], summary, f"lam={lam:.2f}", "adv_mse", label=f"λ = {lam:g}", color=col)
+    axes[0].set(xlabel="critic updates", ylabel="per-token MSE of GAE(λ) vs exact A", yscale="log",
+                title="advantage error while the critic learns")
+    axes[0].legend(fontsize=7, ncol=2)
+    steps = sorted({p["step"] for p in summary["by_step"] if p["arm"] == "critic"})
+    picks = [steps[0], steps[min(len(steps) - 1, max(1, len(steps) // 10))], steps[-1]]
+    for step, style in zip(dict.fromkeys(picks), ["-", "--", ":"]):
+        pts = [next(p for p in summary["by_step"] if p["arm"] == f"lam={lam:.2f}" and p["step"] == step
+                    and p["metric"] == "adv_mse") for lam in lams]
+        mean = np.array([p["mean"] for p in pts])
+        lo = np.array([p["mean"] if p["lo"] is None else p["lo"] for p in pts])
+        hi = np.array([p["mean"] if p["hi"] is None else p["hi"] for p in pts])
+        line, = axes[1].plot(lams, mean, style, marker="o", markersize=3, label=f"after {step} updates")
+        axes[1].fill_between(lams, np.maximum(lo, 1e-9), hi, color=line.get_color(), alpha=0.18, linewidth=0)
+    axes[1].set(xlabel="λ", ylabel="per-token MSE vs exact A", yscale="log", title="error against λ")
+    axes[1].legend(fontsize=7)
+    _band(axes[2], summary, "critic", "critic_rmse", label="critic RMSE ‖V_φ − V^π‖", color="tab:gray")
+    twin = axes[2].twinx()
+    _band(twin, summary, "critic", "best_lambda", label="best λ", color="tab:purple", drawstyle="steps-post")
+    twin.set(ylabel="best λ (least error)", ylim=(-0.05, 1.05))
+    axes[2].set(xlabel="critic updates", ylabel="critic RMSE (visitation-weighted)", title="critic error and best λ")
+    h1, l1 = axes[2].get_legend_handles_labels()
+    h2, l2 = twin.get_legend_handles_labels()
+    axes[2].legend(h1 + h2, l1 + l2, fontsize=7)
+    fig.suptitle(f"tabular critic on λ-returns (λ = {cfg['critic_lambda']}, batch {cfg['batch_size']}, "
+                 f"horizon {cfg['horizon']}): mean and 95% t-interval over {_n_seeds(result)} seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _run(name):
+    from rlcourse.experiments import runner
+
+    return runner.run(name, SEEDS, progress=False)
+
+
+@figure("06_ppo_toy")
+def build_ppo_toy() -> plt.Figure:
+    return plot_ppo_toy(_run("ppo_toy"))
+
+
+@figure("05_critic_gae")
+def build_critic_gae() -> plt.Figure:
+    return plot_critic_gae(_run("critic_gae"))

@@ -1,0 +1,238 @@
+"""The experiment runner (`rlcourse experiment list|run`): registry, tidy rows over seeds, resume per seed,
+refusal of a different config, bad input, and the summary's interval over seeds; the two toy-MDP experiments'
+own properties; their plots."""
+
+import json
+import math
+from dataclasses import dataclass, replace
+
+import pytest
+
+from rlcourse import cli
+from rlcourse.experiments import runner
+from rlcourse.experiments.summary import summarize, t_interval, t_quantile
+
+
+# ---------------------------------------------------------------- a counting experiment (resume detection)
+
+CALLS: list[int] = []
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    steps: int = 3
+    scale: float = 1.0
+
+    def quick(self):
+        return replace(self, steps=2)
+
+
+def _probe_seed(cfg, seed, progress):
+    CALLS.append(seed)
+    progress(1, 1)
+    return [{"arm": arm, "seed": seed, "step": s, "x": cfg.scale * (10 * seed + s) + (arm == "b")}
+            for arm in ("a", "b") for s in range(cfg.steps)]
+
+
+@pytest.fixture
+def probe():
+    runner.experiment("probe_counter", notebook="--", description="counts its calls", config=ProbeConfig)(_probe_seed)
+    CALLS.clear()
+    yield "probe_counter"
+    runner.EXPERIMENTS.pop("probe_counter", None)
+
+
+def _run_json(capsys, *argv) -> dict:
+    assert cli.main(["experiment", "run", *argv, "--json", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+# ---------------------------------------------------------------- list and run
+
+def test_list_json_names_the_toy_experiments_with_notebook_and_description(capsys):
+    assert cli.main(["experiment", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {"ppo_toy", "critic_gae"} <= set(rows)
+    assert rows["ppo_toy"]["notebook"] == "06" and rows["critic_gae"]["notebook"] == "05"
+    assert all(r["description"] for r in rows.values())
+    assert cli.main(["experiment", "list"]) == 0
+    assert "ppo_toy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, metrics", [("ppo_toy", {"J", "kl", "clipfrac", "j_drop"}),
+                                           ("critic_gae", {"adv_mse"})])
+def test_quick_run_json_has_every_seed_and_arm_with_the_promised_keys(capsys, tmp_path, name, metrics):
+    out = tmp_path / name
+    res = _run_json(capsys, name, "--quick", "--seeds", "3", "--out", str(out))
+    assert {"name", "config", "seeds", "curves", "summary"} <= set(res) and res["name"] == name
+    assert res["seeds"] == [0, 1, 2]
+    rows = res["curves"]
+    arms = {r["arm"] for r in rows}
+    for r in rows:
+        assert {"arm", "seed", "step"} <= set(r)
+    main_arms = {a for a in arms if a != "critic"}
+    assert len(main_arms) >= 3
+    for arm in main_arms:
+        for seed in range(3):
+            mine = [r for r in rows if r["arm"] == arm and r["seed"] == seed]
+            assert mine and all(metrics <= set(r) for r in mine), (arm, seed)
+    if name == "critic_gae":
+        critic = [r for r in rows if r["arm"] == "critic"]
+        assert {r["seed"] for r in critic} == {0, 1, 2}
+        assert all({"critic_rmse", "best_lambda"} <= set(r) for r in critic)
+    saved = sorted(p.name for p in out.iterdir())
+    assert saved == ["config.json", "seed_0.jsonl", "seed_1.jsonl", "seed_2.jsonl", "summary.json"]
+    assert json.loads((out / "config.json").read_text()) == res["config"]
+    assert json.loads((out / "summary.json").read_text()) == res["summary"]
+
+
+def test_run_resumes_per_seed_and_does_not_rerun_finished_seeds(probe, tmp_path, monkeypatch):
+    out = tmp_path / "probe"
+    first = runner.run(probe, 2, out=out, progress=False)
+    assert CALLS == [0, 1]
+    second = runner.run(probe, 3, out=out, progress=False)
+    assert CALLS == [0, 1, 2], "finished seeds 0 and 1 were run again"
+    assert second["curves"][: len(first["curves"])] == first["curves"]
+    assert second["seconds"][0] is None and second["seconds"][2] is not None
+    # negative control: a runner that ignores the saved seeds is caught by the same counter
+    monkeypatch.setattr(runner.RunDirectory, "seed_path", lambda self, seed: self.path / f"ignored_{seed}.jsonl")
+    CALLS.clear()
+    runner.run(probe, 3, out=out, progress=False)
+    assert CALLS == [0, 1, 2]
+
+
+def test_a_changed_config_in_the_same_directory_is_refused_and_config_json_is_kept(probe, tmp_path, capsys):
+    out = tmp_path / "probe"
+    runner.run(probe, 1, out=out, progress=False)
+    before = (out / "config.json").read_bytes()
+    with pytest.raises(ValueError, match=r"scale: 1\.0 there, 2\.0 now"):
+        runner.run(probe, 2, config=ProbeConfig(scale=2.0), out=out, progress=False)
+    assert (out / "config.json").read_bytes() == before
+    assert CALLS == [0] and not (out / "seed_1.jsonl").exists()
+    # the command line: the quick config in a directory of the full one
+    assert cli.main(["experiment", "run", probe, "--quick", "--seeds", "1", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "steps: 3 there, 2 now" in err and "not mixed" in err
+    assert (out / "config.json").read_bytes() == before
+
+
+def test_unknown_experiment_lists_the_known_ones(capsys):
+    assert cli.main(["experiment", "run", "no_such_experiment", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_experiment" in err and "ppo_toy" in err and "critic_gae" in err
+    with pytest.raises(ValueError, match="known: .*ppo_toy"):
+        runner.run("no_such_experiment", 1, progress=False)
+
+
+@pytest.mark.parametrize("seeds", ["0", "-2", "x", "1.5"])
+def test_bad_seeds_on_the_command_line_are_clear_errors(capsys, seeds):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["experiment", "run", "ppo_toy", "--seeds", seeds])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seeds" in err and "integer >= 1" in err and seeds in err
+
+
+@pytest.mark.parametrize("seeds", [0, -1, 1.5, True, "3"])
+def test_bad_seeds_in_python_are_value_errors(probe, seeds):
+    with pytest.raises(ValueError, match="seeds must be an integer >= 1"):
+        runner.run(probe, seeds, progress=False)
+    assert CALLS == []
+
+
+def test_a_config_of_another_experiment_is_refused(probe):
+    from rlcourse.experiments.ppo_toy import PPOToyConfig
+
+    with pytest.raises(TypeError, match="ProbeConfig"):
+        runner.run(probe, 1, config=PPOToyConfig(), progress=False)
+
+
+def test_a_damaged_seed_file_is_named(probe, tmp_path):
+    out = tmp_path / "probe"
+    runner.run(probe, 1, out=out, progress=False)
+    (out / "seed_0.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match="seed_0.jsonl cannot be read"):
+        runner.run(probe, 1, out=out, progress=False)
+
+
+# ---------------------------------------------------------------- summary: intervals over seeds
+
+def test_t_quantile_matches_the_student_t_table_and_not_the_normal():
+    for df, t in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)]:
+        assert t_quantile(0.95, df) == pytest.approx(t, abs=1e-4)
+    assert t_quantile(0.99, 5) == pytest.approx(4.0321, abs=1e-4)
+    assert abs(t_quantile(0.95, 2) - 1.959964) > 2  # negative control: the normal quantile is not it
+
+
+def test_summary_interval_is_over_seeds_and_contains_the_mean(probe):
+    res = runner.run(probe, 3, config=ProbeConfig(steps=3, scale=1.0), progress=False)
+    by = {(p["arm"], p["step"], p["metric"]): p for p in res["summary"]["by_step"]}
+    for step in range(3):
+        x = [10.0 * seed + step for seed in range(3)]  # arm "a": one value per seed
+        p = by[("a", step, "x")]
+        assert p["n"] == 3 and p["mean"] == pytest.approx(sum(x) / 3)
+        half = t_quantile(0.95, 2) * 10.0 / math.sqrt(3)  # the sample std over seeds of (s, 10+s, 20+s) is 10
+        assert (p["lo"], p["hi"]) == pytest.approx((p["mean"] - half, p["mean"] + half))
+        assert p["lo"] <= p["mean"] <= p["hi"]
+        # negative control: reducing over the steps of one seed instead (seed 0: 0, 1, 2) gives another interval
+        over_steps = t_interval([0.0, 1.0, 2.0])
+        assert (over_steps["mean"], over_steps["hi"]) != pytest.approx((p["mean"], p["hi"]))
+    final = {(p["arm"], p["metric"]): p for p in res["summary"]["final"]}
+    assert final[("b", "x")]["mean"] == pytest.approx(10 + 2 + 1)  # last step 2, arm b's offset 1
+    peak = {(p["arm"], p["metric"]): p for p in res["summary"]["peak"]}
+    assert peak[("a", "x")]["mean"] == pytest.approx(12.0)
+
+
+def test_summary_of_one_seed_has_no_interval_and_bad_values_are_refused():
+    assert t_interval([2.0]) == {"n": 1, "mean": 2.0, "lo": None, "hi": None, "std": None}
+    with pytest.raises(ValueError, match="finite"):
+        t_interval([1.0, float("nan")])
+    with pytest.raises(ValueError, match="empty"):
+        t_interval([])
+    with pytest.raises(ValueError, match="rows"):
+        summarize([{"arm": "a", "step": 0, "x": 1.0}])
+
+
+# ---------------------------------------------------------------- the experiments' own properties
+
+def test_ppo_toy_methods_agree_at_k1_and_differ_after_several_epochs():
+    """At theta = theta_old every loss has the policy-gradient gradient, so one step per batch is the same
+    update for every method; with K > 1 the clip and the penalty change the steps (negative control)."""
+    from rlcourse.experiments.ppo_toy import PPOToyConfig
+
+    cfg = PPOToyConfig(iterations=3, epochs=(1, 8))
+    res = runner.run("ppo_toy", 1, config=cfg, progress=False)
+    J = {(r["arm"], r["step"]): r["J"] for r in res["curves"]}
+    for step in range(4):
+        assert J[("clip K=1", step)] == pytest.approx(J[("vanilla K=1", step)], abs=1e-12)
+        assert J[("penalty K=1", step)] == pytest.approx(J[("vanilla K=1", step)], abs=1e-12)
+    assert abs(J[("clip K=8", 1)] - J[("vanilla K=8", 1)]) > 1e-3
+    kl = {(r["arm"], r["step"]): r["kl"] for r in res["curves"]}
+    assert kl[("vanilla K=8", 1)] > kl[("clip K=8", 1)] > 0
+
+
+def test_critic_gae_td_advantage_is_exact_with_the_true_value_and_not_with_a_wrong_one():
+    from rlcourse.experiments.critic_gae import CriticGAEConfig, advantage_errors
+    from rlcourse.experiments.ppo_toy import course_mdp
+
+    mdp, theta = course_mdp(CriticGAEConfig())
+    v = mdp.state_values(theta)
+    e0, e1 = advantage_errors(mdp, theta, v, [0.0, 1.0])
+    assert e0 == pytest.approx(0.0, abs=1e-20) and e1 > 1e-3  # deterministic transitions: delta_t = A exactly
+    assert advantage_errors(mdp, theta, v * 0, [0.0])[0] > 1e-3  # negative control: a wrong critic
+
+
+# ---------------------------------------------------------------- plots draw results, and only theirs
+
+def test_plots_draw_the_runs_and_refuse_another_experiments_result(capsys, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from rlcourse.plots.experiments import plot_critic_gae, plot_ppo_toy
+
+    ppo = runner.run("ppo_toy", 2, quick=True, progress=False)
+    gae = runner.run("critic_gae", 2, quick=True, progress=False)
+    for fig in (plot_ppo_toy(ppo), plot_critic_gae(gae)):
+        assert len(fig.axes) >= 3
+        plt.close(fig)
+    with pytest.raises(ValueError, match="ppo_toy"):
+        plot_ppo_toy(gae)
