@@ -195,7 +195,7 @@ def test_clean_demonstrations_are_the_solutions():
 
 
 def test_wrong_demonstrations_slip_once_and_carry_the_slip_through():
-    ex = TASK.sft_examples(2000, wrong_fraction=0.5, seed=2, offsets=(10,))
+    ex = TASK.sft_examples(2000, wrong_fraction=0.5, seed=2, offsets=(10,), slip="once")
     probs = TASK.sample(2000, "train", seed=2)
     n_wrong = 0
     for e, p in zip(ex, probs):
@@ -211,6 +211,36 @@ def test_wrong_demonstrations_slip_once_and_carry_the_slip_through():
             assert diff[:i] == [0] * i and diff[i:] == [10] * (len(diff) - i)  # one slip, carried through
             assert TASK.reward(e["completion"], e["answer"]) == 0.0
     assert abs(n_wrong / 2000 - 0.5) < 0.05
+
+
+def _carries(p):
+    acc, out = p.terms[0], []
+    for t in p.terms[1:]:
+        out.append(acc % 10 + t % 10 >= 10)
+        acc += t
+    return out
+
+
+def test_carry_slips_drop_carries_only_where_there_is_one_and_carry_through():
+    task = ChainTask(digits=1, max_terms=6)
+    n = 3000
+    ex = task.sft_examples(n, wrong_fraction=0.6, seed=5)
+    probs = task.sample(n, "train", seed=5)
+    dropped = carries = 0
+    for e, p in zip(ex, probs):
+        steps = parse_steps(e["completion"])
+        assert len(steps) == len(p.steps) and int(final_answer(e["completion"])) == steps[-1]
+        prev = p.terms[0]  # each step adds the term to the *written* previous value (minus 10: a dropped carry)
+        for t, s in zip(p.terms[1:], steps):
+            carry = prev % 10 + t % 10 >= 10
+            assert s in ((prev + t, prev + t - 10) if carry else (prev + t,))
+            carries += carry
+            dropped += s == prev + t - 10 and carry
+            prev = s
+        assert e["correct"] == (steps[-1] == p.steps[-1])
+    assert abs(dropped / carries - 0.6) < 0.03
+    no_carry = [e for e, p in zip(ex, probs) if not any(_carries(p))]
+    assert no_carry and all(e["correct"] for e in no_carry)  # nothing to drop: always right
 
 
 def test_skipped_steps_leave_out_one_running_sum_but_keep_the_answer():
@@ -270,6 +300,8 @@ def test_bad_problem_and_call_arguments_are_named():
         TASK.sft_examples(3, skip_fraction=-0.1)
     with pytest.raises(ValueError, match="offsets"):
         TASK.sft_examples(3, offsets=(0,))
+    with pytest.raises(ValueError, match="slip must be"):
+        TASK.sft_examples(3, slip="carries")
     with pytest.raises(ValueError, match="completion must be a string"):
         TASK.reward(54, "54")
     with pytest.raises(ValueError, match="steps must hold"):

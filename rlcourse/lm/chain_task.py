@@ -309,21 +309,29 @@ class ChainTask:
 
     # -- SFT data ------------------------------------------------------------------------------
     def sft_examples(self, n: int, wrong_fraction: float = 0.5, seed: int = 0, offsets: Sequence[int] = (10,),
-                     skip_fraction: float = 0.0) -> list[dict]:
-        """Demonstrations ``{"prompt", "completion", "answer", "correct"}``, some with a slip, some with a skip.
+                     skip_fraction: float = 0.0, slip: str = "carry") -> list[dict]:
+        """Demonstrations ``{"prompt", "completion", "answer", "correct"}``, some with slips, some with a skip.
 
-        * With probability ``wrong_fraction`` one step, chosen uniformly, is off by ``d`` drawn
-          from ``offsets`` (``(10,)``: a carry counted twice; ``(-10,)``: a carry dropped) and
-          the slip *carries through*: the later steps are computed from the wrong value, and
-          the final answer is the last (wrong) step. So a wrong demonstration is a consistent
-          chain with one arithmetic slip — the model learns "slip with some probability at
-          each step", and a long chain is more often wrong than a short one.
+        Every slip *carries through*: the later steps are computed from the wrong value and the
+        final answer is the last (wrong) step, so a wrong demonstration is a consistent chain.
+
+        * ``slip="carry"`` (default): at every step that has a carry (``+``: the units digits
+          add up to 10 or more; ``-``: a borrow), the demonstrator drops it with probability
+          ``wrong_fraction`` (``acc + t - 10`` instead of ``acc + t``; ``offsets`` is unused).
+          A *systematic*, step-dependent error: with ``wrong_fraction > 0.5`` the most likely
+          continuation at a carry is the wrong one, so greedy decoding fails on every problem
+          with a carry, while a problem with ``m`` carries is sampled right with probability
+          about ``(1 - wrong_fraction)**m`` — long chains are rarely right, short ones often.
+        * ``slip="once"``: with probability ``wrong_fraction`` one step, chosen uniformly, is off
+          by ``d`` drawn from ``offsets`` (a random, non-systematic slip).
         * With probability ``skip_fraction`` (independently) one running result is left out
           (never the last one): a shorter demonstration that is still right, but asks the model
           to add two terms in one step.
 
         ``correct`` is whether the final answer is right. Problems come from the training split.
         """
+        if slip not in ("carry", "once"):
+            raise ValueError(f"slip must be 'carry' or 'once', got {slip!r}")
         if not isinstance(wrong_fraction, (int, float)) or not 0 <= wrong_fraction <= 1:
             raise ValueError(f"wrong_fraction must lie in [0, 1], got {wrong_fraction!r}")
         if not isinstance(skip_fraction, (int, float)) or not 0 <= skip_fraction <= 1:
@@ -335,7 +343,19 @@ class ChainTask:
         out = []
         for p in self.sample(n, "train", seed=seed):
             steps = list(p.steps)
-            if rng.random() < wrong_fraction:
+            if slip == "carry":
+                acc, steps = p.terms[0], []
+                for op, t in zip(p.ops, p.terms[1:]):
+                    if op == "+":
+                        carry, acc = acc % 10 + t % 10 >= 10, acc + t
+                        if carry and rng.random() < wrong_fraction:
+                            acc -= 10  # the carry dropped
+                    else:
+                        borrow, acc = acc % 10 < t % 10, acc - t
+                        if borrow and rng.random() < wrong_fraction:
+                            acc += 10  # the borrow dropped
+                    steps.append(acc)
+            elif rng.random() < wrong_fraction:
                 i, d = rng.randrange(len(steps)), rng.choice(offsets)
                 steps = steps[:i] + [s + d for s in steps[i:]]  # the slip carries through
             shown = steps
