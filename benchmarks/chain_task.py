@@ -29,19 +29,21 @@ import torch
 
 from rlcourse.lm.chain_task import ChainTask, parse_steps
 
-#: The calibrated task: 2-5 two-digit terms, running sums, outcome reward with the format term.
-TASK = ChainTask(min_terms=2, max_terms=5, digits=2, ops="+")
+#: The calibrated task: 2-6 one-digit terms, running sums, outcome reward with the format term.
+TASK = ChainTask(min_terms=2, max_terms=6, digits=1, ops="+")
 #: The SFT start (tuned on the 2-core CPU, one thread): see the calibration log.
-SFT = dict(steps=1200, lr=2e-3, batch_size=64, warmup_steps=100, wrong_fraction=0.5, offsets=(10,),
+SFT = dict(steps=1000, clean_steps=500, lr=2e-3, batch_size=64, warmup_steps=100, wrong_fraction=0.6,
            eval_n=500, threads=1, checkpoint_every=10_000)
 SKIP_FRACTION = 0.0
+#: The demonstrator's errors: wrong addition facts (``ChainTask.sft_examples(slip="facts")``).
+SLIP = "facts"
 #: The GRPO run from it (the trainer's defaults otherwise: variant grpo, G=8, 16 prompts, lr 1e-4).
 GRPO = dict(steps=200, lr=1e-4, group_size=8, prompts_per_step=16, eval_every=20, eval_n=500, threads=1,
             checkpoint_every=10_000)
 
 
 @contextlib.contextmanager
-def task_hooks(task, skip_fraction: float = SKIP_FRACTION):
+def task_hooks(task, skip_fraction: float = SKIP_FRACTION, slip: str = SLIP):
     """Route the trainers' task-specific calls to ``task`` while the block runs (a workaround, see the module doc).
 
     * ``rlcourse.train.sft.sft_examples`` -> ``task.sft_examples`` (the demonstrations);
@@ -58,7 +60,7 @@ def task_hooks(task, skip_fraction: float = SKIP_FRACTION):
 
     def examples(n, wrong_fraction=0.5, seed=0, task=None, offsets=(10,)):
         return task_.sft_examples(n, wrong_fraction=wrong_fraction, seed=seed, offsets=offsets,
-                                  skip_fraction=skip_fraction)
+                                  skip_fraction=skip_fraction, slip=slip)
 
     def counts(model, tokenizer, problems, n, temperature, max_new_tokens, *rest):
         return orig_counts(model, tokenizer, problems, n, temperature,
@@ -131,6 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="GRPO seeds from the same start (default 3)")
     ap.add_argument("--variant", default="grpo", help="GRPO variant (grpo, dr_grpo, dapo, gspo)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--save", help="also write the JSON object to this file")
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -164,6 +167,9 @@ def main(argv=None) -> int:
                          "acc_at_20pct_below_0.85": fifth["acc_mean"] < 0.85,
                          "final_ge_start_plus_0.1": table[-1]["acc_mean"] >= start_acc + 0.1,
                          "evaluations_ge_10": len(table) >= 10}}
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump(result, f, indent=1)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0

@@ -243,6 +243,29 @@ def test_carry_slips_drop_carries_only_where_there_is_one_and_carry_through():
     assert no_carry and all(e["correct"] for e in no_carry)  # nothing to drop: always right
 
 
+def test_fact_slips_are_off_by_one_at_confused_pairs_only():
+    task = ChainTask(digits=1, max_terms=6)
+    confused = task.confused_pairs(0.3)
+    assert confused == task.confused_pairs(0.3)                          # fixed for the task
+    assert confused != ChainTask(digits=1, max_terms=6, split_seed=1).confused_pairs(0.3)
+    assert 15 <= len(confused) <= 45 and set(confused.values()) <= {-1, 1}
+    assert task.confused_pairs(0.0) == {} and len(task.confused_pairs(1.0)) == 100
+    ex = task.sft_examples(3000, wrong_fraction=0.6, seed=6, slip="facts")
+    probs = task.sample(3000, "train", seed=6)
+    met = slipped = 0
+    for e, p in zip(ex, probs):
+        steps = parse_steps(e["completion"])
+        prev = p.terms[0]
+        for t, s in zip(p.terms[1:], steps):
+            d = confused.get((prev % 10, t % 10), 0)
+            assert s in ((prev + t, prev + t + d) if d else (prev + t,))
+            met += bool(d)
+            slipped += bool(d) and s == prev + t + d
+            prev = s
+        assert e["correct"] == (steps[-1] == p.steps[-1])
+    assert abs(slipped / met - 0.6) < 0.03
+
+
 def test_skipped_steps_leave_out_one_running_sum_but_keep_the_answer():
     ex = TASK.sft_examples(1000, wrong_fraction=0.0, seed=3, skip_fraction=1.0)
     probs = TASK.sample(1000, "train", seed=3)
@@ -302,6 +325,8 @@ def test_bad_problem_and_call_arguments_are_named():
         TASK.sft_examples(3, offsets=(0,))
     with pytest.raises(ValueError, match="slip must be"):
         TASK.sft_examples(3, slip="carries")
+    with pytest.raises(ValueError, match="confused_fraction"):
+        TASK.sft_examples(3, slip="facts", confused_fraction=2)
     with pytest.raises(ValueError, match="completion must be a string"):
         TASK.reward(54, "54")
     with pytest.raises(ValueError, match="steps must hold"):

@@ -309,7 +309,8 @@ class ChainTask:
 
     # -- SFT data ------------------------------------------------------------------------------
     def sft_examples(self, n: int, wrong_fraction: float = 0.5, seed: int = 0, offsets: Sequence[int] = (10,),
-                     skip_fraction: float = 0.0, slip: str = "carry") -> list[dict]:
+                     skip_fraction: float = 0.0, slip: str = "carry",
+                     confused_fraction: float = 0.3) -> list[dict]:
         """Demonstrations ``{"prompt", "completion", "answer", "correct"}``, some with slips, some with a skip.
 
         Every slip *carries through*: the later steps are computed from the wrong value and the
@@ -322,6 +323,13 @@ class ChainTask:
           continuation at a carry is the wrong one, so greedy decoding fails on every problem
           with a carry, while a problem with ``m`` carries is sampled right with probability
           about ``(1 - wrong_fraction)**m`` — long chains are rarely right, short ones often.
+        * ``slip="facts"``: the demonstrator has wrong "addition facts": a fixed share
+          ``confused_fraction`` of the pairs (units digit of the running result, units digit of
+          the term), chosen by :meth:`confused_pairs`, and at a step that meets one of them it
+          writes the result off by one (+1 or -1, fixed per pair) with probability
+          ``wrong_fraction``. Many *separate* systematic errors: with ``wrong_fraction > 0.5``
+          greedy decoding fails on every problem that meets a confused pair, and RL has to undo
+          each pair on its own, as it meets it — so the gains come over many steps.
         * ``slip="once"``: with probability ``wrong_fraction`` one step, chosen uniformly, is off
           by ``d`` drawn from ``offsets`` (a random, non-systematic slip).
         * With probability ``skip_fraction`` (independently) one running result is left out
@@ -330,8 +338,9 @@ class ChainTask:
 
         ``correct`` is whether the final answer is right. Problems come from the training split.
         """
-        if slip not in ("carry", "once"):
-            raise ValueError(f"slip must be 'carry' or 'once', got {slip!r}")
+        if slip not in ("carry", "facts", "once"):
+            raise ValueError(f"slip must be 'carry', 'facts' or 'once', got {slip!r}")
+        confused = self.confused_pairs(confused_fraction) if slip == "facts" else {}
         if not isinstance(wrong_fraction, (int, float)) or not 0 <= wrong_fraction <= 1:
             raise ValueError(f"wrong_fraction must lie in [0, 1], got {wrong_fraction!r}")
         if not isinstance(skip_fraction, (int, float)) or not 0 <= skip_fraction <= 1:
@@ -355,6 +364,14 @@ class ChainTask:
                         if borrow and rng.random() < wrong_fraction:
                             acc += 10  # the borrow dropped
                     steps.append(acc)
+            elif slip == "facts":
+                acc, steps = p.terms[0], []
+                for op, t in zip(p.ops, p.terms[1:]):
+                    d = confused.get((acc % 10, t % 10), 0)
+                    acc = acc + t if op == "+" else acc - t
+                    if d and rng.random() < wrong_fraction:
+                        acc += d  # a wrong fact: off by one
+                    steps.append(acc)
             elif rng.random() < wrong_fraction:
                 i, d = rng.randrange(len(steps)), rng.choice(offsets)
                 steps = steps[:i] + [s + d for s in steps[i:]]  # the slip carries through
@@ -364,6 +381,23 @@ class ChainTask:
                 shown = steps[:j] + steps[j + 1:]
             out.append({"prompt": p.prompt, "completion": format_solution(shown, steps[-1]), "answer": p.answer,
                         "correct": steps[-1] == p.steps[-1]})
+        return out
+
+    def confused_pairs(self, fraction: float = 0.3) -> dict:
+        """The demonstrator's wrong facts for ``slip="facts"``: ``{(units of acc, units of term): +1 or -1}``.
+
+        Each of the 100 pairs is confused when a keyed hash (``split_seed``) falls below
+        ``fraction``; the sign of its error comes from the same hash. Fixed for the task.
+        """
+        if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise ValueError(f"confused_fraction must lie in [0, 1], got {fraction!r}")
+        out = {}
+        for a in range(10):
+            for b in range(10):
+                h = hashlib.blake2b(f"{self.split_seed}|fact|{a}|{b}".encode(), digest_size=8).digest()
+                u = int.from_bytes(h, "big") / 2.0**64
+                if u < fraction:
+                    out[(a, b)] = 1 if h[0] & 1 else -1
         return out
 
     # -- preference oracle -----------------------------------------------------------------------
