@@ -32,7 +32,7 @@ from rlcourse.lm.chain_task import ChainTask, parse_steps
 #: The calibrated task: 2-6 one-digit terms, running sums, outcome reward with the format term.
 TASK = ChainTask(min_terms=2, max_terms=6, digits=1, ops="+")
 #: The SFT start (tuned on the 2-core CPU, one thread): see the calibration log.
-SFT = dict(steps=1000, clean_steps=500, lr=2e-3, batch_size=64, warmup_steps=100, wrong_fraction=0.6,
+SFT = dict(steps=1000, clean_steps=500, lr=2e-3, batch_size=64, warmup_steps=100, wrong_fraction=0.8,
            eval_n=500, threads=1, checkpoint_every=10_000)
 SKIP_FRACTION = 0.0
 #: The demonstrator's errors: wrong addition facts (``ChainTask.sft_examples(slip="facts")``).
@@ -85,6 +85,27 @@ def train_start(task=TASK, sft_overrides: dict | None = None, seed: int = 0, ski
         return train_sft(cfg, task=task, progress=False, callback=callback)
 
 
+def cached_start(task=TASK):
+    """:func:`train_start` once, then loaded: cached under ``$RLCOURSE_CACHE`` (or ``~/.cache/rlcourse``)
+    keyed by a hash of the SFT recipe, the demonstrations' noise and the task."""
+    import hashlib
+    import types
+
+    from rlcourse.lm import load_model, save_model
+    from rlcourse.train.sft import cache_dir
+
+    blob = json.dumps({"sft": SFT, "skip": SKIP_FRACTION, "slip": SLIP, "task": dataclasses.asdict(task)},
+                      sort_keys=True, default=str)
+    path = cache_dir() / f"chain-sft-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    if not (path / "result.json").exists():
+        res = train_start(task)
+        save_model(res.model, res.tokenizer, path)
+        (path / "result.json").write_text(json.dumps({"after": res.after, "seconds": res.seconds}))
+    info = json.loads((path / "result.json").read_text())
+    model, tokenizer = load_model(path, "cpu")
+    return types.SimpleNamespace(model=model, tokenizer=tokenizer, after=info["after"], seconds=info["seconds"])
+
+
 def length_stats(model, tokenizer, task, n: int = 200, seed: int = 0) -> dict:
     """Greedy responses on ``n`` held-out problems: mean length (tokens, ``<eos>`` included) of the correct
     and of the incorrect ones, and the share of correct answers whose steps are wrong or skipped."""
@@ -109,22 +130,33 @@ def run_grpo(model, tokenizer, task=TASK, seed: int = 0, variant: str = "grpo", 
     from rlcourse.train.grpo import GRPOConfig, train_grpo
 
     cfg = GRPOConfig(variant=variant, seed=seed, **(GRPO | (overrides or {})))
+    policy = copy.deepcopy(model)  # train_grpo trains this object in place
+
+    def lengths_at_evaluations(row):  # greedy lengths of correct / incorrect answers, at each evaluation
+        if "eval_accuracy" in row:
+            row.update(length_stats(policy, tokenizer, task))
+
     with task_hooks(task):
-        res = train_grpo(cfg, copy.deepcopy(model), tokenizer, task=task, progress=False)
+        res = train_grpo(cfg, policy, tokenizer, task=task, progress=False, callback=lengths_at_evaluations)
     return res
 
 
-def summarise(start_acc: float, runs: list[list[dict]]) -> list[dict]:
-    """Per evaluation step: mean / min / max accuracy over seeds, and mean length and entropy of the batches."""
+def summarise(runs: list[list[dict]], every: int) -> list[dict]:
+    """Per evaluation: mean / min / max greedy accuracy over seeds; over the batches since the previous
+    evaluation, the mean sampled length, entropy and sampled accuracy; and the mean greedy length of
+    correct and of incorrect answers at the evaluation."""
     rows = []
     steps = [r["step"] for r in runs[0] if "eval_accuracy" in r]
     for s in steps:
-        accs = [next(r["eval_accuracy"] for r in h if r["step"] == s) for h in runs]
-        window = [r for h in runs for r in h if s - 20 < r["step"] <= s]  # the batches since the last evaluation
+        at = [next(r for r in h if r["step"] == s) for h in runs]
+        accs = [r["eval_accuracy"] for r in at]
+        window = [r for h in runs for r in h if s - every < r["step"] <= s]
         rows.append({"step": s + 1, "acc_mean": statistics.mean(accs), "acc_min": min(accs), "acc_max": max(accs),
                      "length": statistics.mean(r.get("completion_length", float("nan")) for r in window),
                      "entropy": statistics.mean(r["entropy"] for r in window),
-                     "sample_acc": statistics.mean(r["accuracy"] for r in window)})
+                     "sample_acc": statistics.mean(r["accuracy"] for r in window),
+                     "length_correct": statistics.mean(r.get("length_correct", float("nan")) for r in at),
+                     "length_incorrect": statistics.mean(r.get("length_incorrect", float("nan")) for r in at)})
     return rows
 
 
@@ -141,8 +173,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
 
     t0 = time.perf_counter()
-    start = train_start()
-    sft_seconds = time.perf_counter() - t0
+    start = cached_start()
+    sft_seconds = start.seconds
     start_acc = start.after["accuracy"]
     lengths0 = length_stats(start.model, start.tokenizer, TASK)
     print(f"SFT start: greedy {start_acc:.3f}, pass@1 {start.after['pass@1']:.3f}, pass@8 {start.after['pass@8']:.3f} "
@@ -157,7 +189,7 @@ def main(argv=None) -> int:
         finals.append(res.after)
         lens.append(length_stats(res.model, res.tokenizer, TASK))
         print(f"GRPO seed {seed}: final greedy {res.after['accuracy']:.3f} ({seconds[-1]:.0f} s)", file=sys.stderr)
-    table = summarise(start_acc, histories)
+    table = summarise(histories, GRPO["eval_every"])
     n_steps = GRPO["steps"]
     fifth = min(table, key=lambda r: abs(r["step"] - 0.2 * n_steps))
     result = {"task": dataclasses.asdict(TASK), "sft": SFT, "grpo": GRPO | {"variant": args.variant},
@@ -178,10 +210,12 @@ def main(argv=None) -> int:
           f"{lengths0['length_incorrect']:.2f}; trained in {sft_seconds:.0f} s")
     print(f"GRPO ({args.variant}, {args.seeds} seeds, {n_steps} steps): "
           f"{statistics.mean(seconds):.0f} s per run (range {min(seconds):.0f}-{max(seconds):.0f})")
-    print(f"{'step':>5} {'acc mean':>9} {'[min, max]':>15} {'sample acc':>10} {'length':>7} {'entropy':>8}")
+    print(f"{'step':>5} {'acc mean':>9} {'[min, max]':>15} {'sample acc':>10} {'length':>7} {'entropy':>8} "
+          f"{'len ok':>7} {'len bad':>7}")
     for r in table:
         print(f"{r['step']:>5} {r['acc_mean']:>9.3f} [{r['acc_min']:.3f}, {r['acc_max']:.3f}] "
-              f"{r['sample_acc']:>10.3f} {r['length']:>7.2f} {r['entropy']:>8.3f}")
+              f"{r['sample_acc']:>10.3f} {r['length']:>7.2f} {r['entropy']:>8.3f} "
+              f"{r['length_correct']:>7.2f} {r['length_incorrect']:>7.2f}")
     for k, v in result["checks"].items():
         print(f"  {k}: {'yes' if v else 'NO'}")
     return 0

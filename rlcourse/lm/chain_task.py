@@ -53,6 +53,15 @@ for skipped steps: ``"49;54"`` is well formed and correct. On this task a correc
 a wrong step is rare (a second slip must cancel the first), so the outcome reward is, in
 practice, a reward on the steps.
 
+Demonstrations (:meth:`ChainTask.sft_examples`). The SFT start must be imperfect in a way RL
+can fix, and fix *gradually*. One systematic error shared by every step (a dropped carry, or
+the arithmetic task's "answer plus one") is undone by GRPO within 20–30 steps: it is one
+decision. So the default demonstrator has many separate wrong facts instead (``slip="facts"``):
+a fixed share of the (units of the running result, units of the term) pairs is written off by
+one with probability ``wrong_fraction``, and the slip carries into the later steps and the
+answer. Calibration on the 2-core CPU: ``benchmarks/chain_task.py`` and
+``benchmarks/chain_task_calibration.md``.
+
 Held-out split: a problem is held out when a keyed hash of its prompt is below
 ``held_out_fraction`` (the order of the terms matters here: it changes the running sums, so
 ``7+12+3`` and ``12+7+3`` are different problems). Deterministic, independent of sampling, and
@@ -309,21 +318,21 @@ class ChainTask:
 
     # -- SFT data ------------------------------------------------------------------------------
     def sft_examples(self, n: int, wrong_fraction: float = 0.5, seed: int = 0, offsets: Sequence[int] = (10,),
-                     skip_fraction: float = 0.0, slip: str = "carry",
+                     skip_fraction: float = 0.0, slip: str = "facts",
                      confused_fraction: float = 0.3) -> list[dict]:
         """Demonstrations ``{"prompt", "completion", "answer", "correct"}``, some with slips, some with a skip.
 
         Every slip *carries through*: the later steps are computed from the wrong value and the
         final answer is the last (wrong) step, so a wrong demonstration is a consistent chain.
 
-        * ``slip="carry"`` (default): at every step that has a carry (``+``: the units digits
+        * ``slip="carry"``: at every step that has a carry (``+``: the units digits
           add up to 10 or more; ``-``: a borrow), the demonstrator drops it with probability
           ``wrong_fraction`` (``acc + t - 10`` instead of ``acc + t``; ``offsets`` is unused).
           A *systematic*, step-dependent error: with ``wrong_fraction > 0.5`` the most likely
           continuation at a carry is the wrong one, so greedy decoding fails on every problem
           with a carry, while a problem with ``m`` carries is sampled right with probability
           about ``(1 - wrong_fraction)**m`` — long chains are rarely right, short ones often.
-        * ``slip="facts"``: the demonstrator has wrong "addition facts": a fixed share
+        * ``slip="facts"`` (default): the demonstrator has wrong "addition facts": a fixed share
           ``confused_fraction`` of the pairs (units digit of the running result, units digit of
           the term), chosen by :meth:`confused_pairs`, and at a step that meets one of them it
           writes the result off by one (+1 or -1, fixed per pair) with probability
