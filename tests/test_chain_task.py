@@ -12,7 +12,8 @@ from rlcourse.lm import ALPHABET, FORMAT_PENALTY
 from rlcourse.lm import task as arithmetic
 from rlcourse.lm.chain_task import ChainProblem, ChainTask, final_answer, format_solution, parse_steps, step_errors
 
-TASK = ChainTask()
+TASK = ChainTask()                      # the calibrated task: 2-6 one-digit terms
+TASK2 = ChainTask(digits=2, max_terms=5)  # two-digit terms, for the docstring's example
 P = ChainProblem((12, 7, 30, 5), "+++")
 
 
@@ -79,17 +80,17 @@ def test_subtraction_gives_signed_running_results():
 
 
 def test_every_text_stays_in_the_tokenizer_alphabet():
-    for task in (TASK, ChainTask(ops="+-")):
+    for task in (TASK, TASK2, ChainTask(ops="+-")):
         for p in task.sample(300, seed=4):
             assert set(p.prompt + p.solution) <= set(ALPHABET)
 
 
 def test_max_answer_chars_bounds_every_solution_and_is_reached():
-    for task in (TASK, ChainTask(ops="+-", max_terms=4), ChainTask(digits=1, max_terms=8)):
+    for task in (TASK, TASK2, ChainTask(ops="+-", max_terms=4), ChainTask(digits=2, ops="+-")):
         longest = max(len(p.solution) for p in task.sample(3000, seed=5))
         assert longest <= task.max_answer_chars
-    worst = TASK.problem((99,) * TASK.max_terms)
-    assert len(worst.solution) == TASK.max_answer_chars == 19
+    assert len(TASK2.problem((99,) * 5).solution) == TASK2.max_answer_chars == 19
+    assert len(TASK.problem((9,) * 6).solution) == TASK.max_answer_chars == 17
 
 
 def test_response_length_varies_several_fold_across_problems():
@@ -307,10 +308,12 @@ def test_bad_task_arguments_are_named(kwargs, match):
 
 
 def test_bad_problem_and_call_arguments_are_named():
-    with pytest.raises(ValueError, match="terms must hold between 2 and 5"):
+    with pytest.raises(ValueError, match="terms must hold between 2 and 6"):
         TASK.problem((5,))
     with pytest.raises(ValueError, match="terms must be integers in"):
         TASK.problem((5, -3))
+    with pytest.raises(ValueError, match=r"terms must be integers in \[0, 10\)"):
+        TASK.problem((5, 12))
     with pytest.raises(ValueError, match="ops must be"):
         TASK.problem((5, 3), "*")
     with pytest.raises(ValueError, match="n must be a positive integer"):

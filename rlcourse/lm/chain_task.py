@@ -8,8 +8,9 @@ operation, a ``;``, then the final answer, and stops::
                      the steps    the final answer (the last running sum)
 
 The number of terms varies from problem to problem (``min_terms .. max_terms``), so the
-length of a correct response varies several-fold (2 terms: ``"19;19"``, 6 characters with
-``<eos>``; 5 two-digit terms: up to ``"99,198,297,396;396"``, 19). A model can write fewer
+length of a correct response varies several-fold: with the defaults (2 to 6 one-digit terms,
+the calibrated task) from ``"3+4="`` -> ``"7;7"`` (4 tokens with ``<eos>``) to
+``"9+9+9+9+9+9="`` -> ``"18,27,36,45,54;54"`` (18). A model can write fewer
 steps than needed (skip a running sum, or write no steps at all), more (repeat one), or slip
 inside a step; the final answer is the last running sum, so a slip in a step carries into the
 answer. This is what makes the task harder for RL than the one-token answers of
@@ -28,7 +29,7 @@ literals, and it ended with ``<eos>``":
               - c_{\\text{format}}\\,\\mathbb{1}[\\neg\\,\\text{well\\_formed}(y)]
 
 with :math:`c_{\\text{format}}` = ``format_penalty`` (0.5 by default, as in task.py; 0 turns the
-format term off). For ``12+7+30+5=`` (answer 54):
+format term off). For ``12+7+30+5=`` (answer 54; two-digit terms, ``ChainTask(digits=2)``):
 
 ==========================  ===========  ======  ============================================
 completion                  well formed  reward  why
@@ -171,6 +172,9 @@ def step_errors(problem: ChainProblem, completion: str) -> dict:
 class ChainTask:
     """Multi-term problems ``t1 op t2 op ... = `` written out as running results, then the answer.
 
+    The defaults are the calibrated task (``benchmarks/chain_task.py``): 2 to 6 one-digit terms, ``+``.
+    Two-digit terms were too hard for the tiny model in a few CPU minutes of SFT.
+
     Args:
         min_terms, max_terms: the number of terms is uniform on ``[min_terms, max_terms]`` (>= 2).
         digits: largest number of digits of a term (terms are uniform on ``[0, 10**digits)``).
@@ -181,8 +185,8 @@ class ChainTask:
     """
 
     min_terms: int = 2
-    max_terms: int = 5
-    digits: int = 2
+    max_terms: int = 6
+    digits: int = 1
     ops: str = "+"
     held_out_fraction: float = 0.1
     split_seed: int = 0
@@ -195,7 +199,8 @@ class ChainTask:
         if not is_int(self.min_terms) or self.min_terms < 2:
             raise ValueError(f"min_terms must be an integer >= 2 (a chain needs two terms), got {self.min_terms!r}")
         if not is_int(self.max_terms) or not self.min_terms <= self.max_terms <= 12:
-            raise ValueError(f"max_terms must be an integer in [min_terms={self.min_terms}, 12], got {self.max_terms!r}")
+            raise ValueError(f"max_terms must be an integer in [min_terms={self.min_terms}, 12], "
+                             f"got {self.max_terms!r}")
         if not is_int(self.digits) or not 1 <= self.digits <= 6:
             raise ValueError(f"digits must be an integer in [1, 6], got {self.digits!r}")
         if not isinstance(self.ops, str) or not self.ops or any(o not in CHAIN_OPS for o in self.ops) \
