@@ -54,7 +54,9 @@ def course():
 def test_every_figure_of_notebooks_05_and_06_is_registered():
     load_all()
     ours = {n for n in BUILDERS if n[:3] in ("05_", "06_")}
-    assert ours == set(EXPECTED_AXES)
+    # the two experiment figures (05_critic_gae, 06_ppo_toy) are tested with their experiments
+    # in tests/test_experiment_runner.py
+    assert ours == set(EXPECTED_AXES) | {"05_critic_gae", "06_ppo_toy"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_AXES))

@@ -27,7 +27,8 @@ def _clip_cases(seed):
                                                    (4, 5, "left", 0.1, 0.5), (3, 6, "holes", 0.3, 1.0)]):
         g = gen(seed, k)
         logp_old = -randn(g, B, T).abs()
-        out.append({"logp": logp_old + randn(g, B, T, scale=spread), "logp_old": logp_old,
+        # log-probs stay <= 0 (the package's functions refuse positive ones)
+        out.append({"logp": (logp_old + randn(g, B, T, scale=spread)).clamp(max=0.0), "logp_old": logp_old,
                     "advantages": randn(g, B), "mask": rand_mask(g, B, T, kind), "eps": eps})
     return out
 
@@ -126,7 +127,8 @@ def _ratio_cases(seed):
     for k, (B, T, kind) in enumerate([(1, 1, "right"), (2, 3, "right"), (3, 5, "left"), (4, 6, "holes")]):
         g = gen(seed, k)
         lp_old = -randn(g, B, T).abs()
-        out.append({"logp": lp_old + randn(g, B, T, scale=0.3), "logp_old": lp_old, "mask": rand_mask(g, B, T, kind)})
+        out.append({"logp": (lp_old + randn(g, B, T, scale=0.3)).clamp(max=0.0), "logp_old": lp_old,
+                    "mask": rand_mask(g, B, T, kind)})
     return out
 
 
