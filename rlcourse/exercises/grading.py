@@ -14,7 +14,10 @@ Helpers:
 
 * :func:`for_cases` builds a property from a list of ``(description, case)`` and a test;
 * :func:`agrees` builds the common "agrees with the package's function" property;
-* :func:`compare` compares a returned value with the expected one (shape, then values).
+* :func:`compare` compares a returned value with the expected one (shape, then values);
+* :func:`masked_cases` draws the (B, T) masks of a list of cases, optionally with an all-masked row;
+* :func:`bandit_group_gradient` enumerates every group of a softmax bandit: the exact expected
+  gradient of a group-advantage estimator, next to the true gradient.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+import itertools
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -273,3 +277,41 @@ def rand_mask(g: torch.Generator, B: int, T: int, kind: str = "right") -> torch.
 
 def log_softmax_rows(g: torch.Generator, *shape, scale: float = 1.0) -> torch.Tensor:
     return torch.log_softmax(randn(g, *shape, scale=scale), dim=-1)
+
+
+def masked_cases(seed: int, shapes: Iterable[tuple[int, int, str]], *,
+                 empty_row: int | None = None) -> Iterator[tuple[torch.Generator, int, int, torch.Tensor]]:
+    """``(g, B, T, mask)`` for each ``(B, T, kind)`` of ``shapes``: case ``k`` draws from ``gen(seed, k)``,
+    its mask from :func:`rand_mask` (the generator then goes on to draw the case's other tensors).
+
+    ``empty_row=i``: in every batch where row ``i`` is not the last (``B >= i + 2``), row ``i`` is all masked.
+    """
+    for k, (B, T, kind) in enumerate(shapes):
+        g = gen(seed, k)
+        m = rand_mask(g, B, T, kind)
+        if empty_row is not None and B >= empty_row + 2:
+            m[empty_row] = 0.0
+        yield g, B, T, m
+
+
+# --------------------------------------------------------------------------- exact references
+
+
+def bandit_group_gradient(theta: torch.Tensor, rewards: torch.Tensor, group_size: int,
+                          advantages: Callable[[torch.Tensor, int], Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ``(E[estimate], grad J)`` for a softmax bandit (logits ``theta``, arm rewards ``rewards``, K arms).
+
+    The estimate is ``(1/G) sum_i A_i grad_theta log pi(a_i)`` for a group of ``G = group_size`` i.i.d. arms,
+    with ``A = advantages(rewards of the group, G)``; its expectation is a sum over all K^G groups, each
+    weighted by its probability. ``grad J = pi * (r - E_pi[r])``.
+    """
+    K = theta.shape[-1]
+    pi = torch.softmax(theta, -1)
+    grad_j = pi * (rewards - (pi * rewards).sum())
+    expected = torch.zeros(K, dtype=DTYPE)
+    for arms in itertools.product(range(K), repeat=group_size):
+        a = torch.tensor(arms)
+        adv = torch.as_tensor(advantages(rewards[a].clone(), group_size), dtype=DTYPE)
+        scores = torch.nn.functional.one_hot(a, K).to(DTYPE) - pi
+        expected += pi[a].prod() * (adv[:, None] * scores).mean(0)
+    return expected, grad_j

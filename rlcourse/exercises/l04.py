@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 
 from rlcourse import advantages as ADV
-from rlcourse.exercises.grading import DTYPE, agrees, compare, for_cases, gen, rand_mask, randn
+from rlcourse.exercises.grading import (DTYPE, agrees, bandit_group_gradient, compare, for_cases, gen, masked_cases,
+                                       randn)
 from rlcourse.exercises.registry import register
 from rlcourse.losses import policy_gradient_loss
 
@@ -21,14 +21,10 @@ def reinforce_loss(logp, advantages, mask):
 
 
 def _pg_cases(seed):
-    out = []
-    for k, (B, T, kind) in enumerate([(1, 1, "right"), (2, 3, "right"), (4, 5, "left"), (3, 6, "holes")]):
-        g = gen(seed, k)
-        m = rand_mask(g, B, T, kind)
-        if B >= 3:
-            m[1] = 0.0  # an all-masked row
-        out.append({"logp": -randn(g, B, T).abs(), "advantages": randn(g, B), "mask": m})
-    return out
+    # row 1 all masked in the two larger batches
+    shapes = [(1, 1, "right"), (2, 3, "right"), (4, 5, "left"), (3, 6, "holes")]
+    return [{"logp": -randn(g, B, T).abs(), "advantages": randn(g, B), "mask": m}
+            for g, B, T, m in masked_cases(seed, shapes, empty_row=1)]
 
 
 def _grad_cases(seed):
@@ -92,15 +88,7 @@ def _bandit_cases(seed):
 def _unbiased_group(fn, case):
     """Enumerate every G-tuple of arms: E[(1/G) sum_i A_i grad log pi(a_i)] must equal grad J."""
     G, K, g = case
-    theta, r = randn(g, K), randn(g, K)
-    pi = torch.softmax(theta, -1)
-    grad_j = pi * (r - (pi * r).sum())
-    expected = torch.zeros(K, dtype=DTYPE)
-    for arms in itertools.product(range(K), repeat=G):
-        a = torch.tensor(arms)
-        adv = torch.as_tensor(fn(r[a].clone(), G), dtype=DTYPE)
-        scores = torch.nn.functional.one_hot(a, K).to(DTYPE) - pi
-        expected += pi[a].prod() * (adv[:, None] * scores).mean(0)
+    expected, grad_j = bandit_group_gradient(randn(g, K), randn(g, K), G, fn)
     return compare(expected, grad_j, 1e-10, 1e-8, "E[gradient estimate] (enumeration of every group)")
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from rlcourse import advantages as ADV
 from rlcourse import logprobs as LP
-from rlcourse.exercises.grading import DTYPE, agrees, compare, for_cases, gen, rand_mask, randn, value_close
+from rlcourse.exercises.grading import (DTYPE, agrees, bandit_group_gradient, compare, for_cases, gen, masked_cases,
+                                       randn, value_close)
 from rlcourse.exercises.registry import register
 
 # --------------------------------------------------------------------------- 09.grpo_advantages
@@ -86,15 +85,10 @@ def agg_loss(loss_mat, mask, mode, max_len=None):
 
 
 def _agg_cases(seed):
-    out = []
-    for k, (B, T, kind) in enumerate([(1, 1, "right"), (2, 3, "right"), (4, 5, "left"), (4, 6, "holes")]):
-        g = gen(seed, k)
-        m = rand_mask(g, B, T, kind)
-        if B >= 4:
-            m[2] = 0.0  # an all-masked row still counts in B
-        for mode in MODES:
-            out.append({"loss_mat": randn(g, B, T), "mask": m, "mode": mode, "max_len": T + 2})
-    return out
+    # row 2 all masked in the two larger batches: it still counts in B
+    shapes = [(1, 1, "right"), (2, 3, "right"), (4, 5, "left"), (4, 6, "holes")]
+    return [{"loss_mat": randn(g, B, T), "mask": m, "mode": mode, "max_len": T + 2}
+            for g, B, T, m in masked_cases(seed, shapes, empty_row=2) for mode in MODES]
 
 
 def _package_agg(loss_mat, mask, mode, max_len=None):
@@ -132,14 +126,7 @@ def _scale_truth():
     """Enumerate every group of G = 4 draws from a 3-armed softmax bandit; return E[estimate] / grad J."""
     G, K = 4, 3
     g = gen(0, 210)
-    theta, r = randn(g, K), randn(g, K)
-    pi = torch.softmax(theta, -1)
-    grad_j = pi * (r - (pi * r).sum())
-    expected = torch.zeros(K, dtype=DTYPE)
-    for arms in itertools.product(range(K), repeat=G):
-        a = torch.tensor(arms)
-        adv = ADV.dr_grpo_advantages(r[a], G)
-        expected += pi[a].prod() * (adv[:, None] * (torch.nn.functional.one_hot(a, K).to(DTYPE) - pi)).mean(0)
+    expected, grad_j = bandit_group_gradient(randn(g, K), randn(g, K), G, ADV.dr_grpo_advantages)
     return float((expected @ grad_j) / (grad_j @ grad_j))
 
 
