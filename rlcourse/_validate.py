@@ -220,6 +220,13 @@ def finite_number(name: str, value) -> float:
     return v
 
 
+def integer(name: str, value, minimum: int = 1) -> int:
+    """An ``int`` (not bool) of at least ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def positive(name: str, value: float, *, allow_zero: bool = False, allow_inf: bool = True) -> float:
     if not _is_number(value) or value != value:
         raise ValueError(f"{name} must be a number, got {value!r}")

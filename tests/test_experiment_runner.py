@@ -195,6 +195,30 @@ def test_summary_of_one_seed_has_no_interval_and_bad_values_are_refused():
 
 # ---------------------------------------------------------------- the experiments' own properties
 
+@pytest.mark.parametrize("field, value, match", [
+    ("ppo_toy:iterations", 0, "iterations must be an integer >= 1, got 0"),
+    ("ppo_toy:horizon", True, "horizon must be an integer >= 1"),
+    ("ppo_toy:epochs", (1, 0), "epochs must be an integer >= 1, got 0"),
+    ("ppo_toy:lr", float("inf"), "lr must be finite"),
+    ("ppo_toy:eps", 0.0, "eps must be > 0"),
+    ("ppo_toy:lam", 1.5, r"lam must lie in \[0.0, 1.0\]"),
+    ("ppo_toy:optimizer", "rmsprop", "optimizer must be one of"),
+    ("critic_gae:lambdas", (0.5, -0.1), r"lambdas must lie in \[0.0, 1.0\]"),
+    ("critic_gae:eval_every", 2.0, "eval_every must be an integer >= 1"),
+    ("critic_gae:lr", -1.0, "lr must be > 0"),
+    ("critic_gae:critic_init", float("nan"), "critic_init must be a number"),
+])
+def test_toy_experiment_configs_refuse_a_bad_field_by_name(field, value, match):
+    from rlcourse.experiments.critic_gae import CriticGAEConfig
+    from rlcourse.experiments.ppo_toy import PPOToyConfig
+
+    name, attr = field.split(":")
+    config = {"ppo_toy": PPOToyConfig, "critic_gae": CriticGAEConfig}[name]
+    config(**{attr: config.__dataclass_fields__[attr].default})  # the default is accepted
+    with pytest.raises(ValueError, match=match):
+        config(**{attr: value})
+
+
 def test_ppo_toy_methods_agree_at_k1_and_differ_after_several_epochs():
     """At theta = theta_old every loss has the policy-gradient gradient, so one step per batch is the same
     update for every method; with K > 1 the clip and the penalty change the steps (negative control)."""

@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlcourse import _validate as V
 from rlcourse.advantages import gae
 from rlcourse.experiments.ppo_toy import course_mdp, toy_batch
 from rlcourse.experiments.runner import experiment
@@ -79,16 +80,11 @@ class CriticGAEConfig:
         if not isinstance(self.lambdas, tuple) or not self.lambdas:
             raise ValueError(f"lambdas must be a non-empty tuple, got {self.lambdas!r}")
         for name, v in [("lambdas", x) for x in self.lambdas] + [("critic_lambda", self.critic_lambda)]:
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
-                raise ValueError(f"{name} must hold numbers in [0, 1], got {v!r}")
+            V.in_range(name, v, 0.0, 1.0)
         for name in ("steps", "eval_every", "batch_size", "vocab_size", "horizon"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not isinstance(self.critic_init, (int, float)) or self.critic_init != self.critic_init:
-            raise ValueError(f"critic_init must be a number, got {self.critic_init!r}")
+            V.integer(name, getattr(self, name))
+        V.positive("lr", self.lr, allow_inf=False)
+        V.number("critic_init", self.critic_init)
 
     def quick(self) -> "CriticGAEConfig":
         """A seconds-long version for CI."""

@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlcourse import _validate as V
 from rlcourse.advantages import gae
 from rlcourse.experiments.runner import experiment
 from rlcourse.kl import kl_categorical
@@ -49,16 +50,6 @@ from rlcourse.toymdp import ToyMDP
 __all__ = ["PPOToyConfig", "METHODS", "run_seed", "toy_batch"]
 
 METHODS = ("vanilla", "clip", "penalty", "unclipped")
-
-
-def _ints(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _positive(name, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -106,15 +97,13 @@ class PPOToyConfig:
         if bad:
             raise ValueError(f"methods: unknown {bad}; known: {list(METHODS)}")
         for k in self.epochs:
-            _ints("epochs", k)
+            V.integer("epochs", k)
         for name in ("iterations", "batch_size", "vocab_size", "horizon"):
-            _ints(name, getattr(self, name))
+            V.integer(name, getattr(self, name))
         for name in ("lr", "eps", "kl_target", "init_beta", "kl_horizon"):
-            _positive(name, getattr(self, name))
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if not isinstance(self.lam, (int, float)) or not 0 <= self.lam <= 1:
-            raise ValueError(f"lam must be a number in [0, 1], got {self.lam!r}")
+            V.positive(name, getattr(self, name), allow_inf=False)
+        V.choice("optimizer", self.optimizer, ("adam", "sgd"))
+        V.in_range("lam", self.lam, 0.0, 1.0)
 
     def quick(self) -> "PPOToyConfig":
         """A seconds-long version for CI: fewer iterations and K values."""
