@@ -67,9 +67,11 @@ class DPOConfig(PairConfig):
     Attributes:
         loss_type: ``"sigmoid"`` (DPO) or ``"ipo"`` (IPO; log-probs averaged over the tokens, as in TRL).
         beta: > 0, the strength of the implicit KL regularisation. The default 0.5 is larger than
-            TRL's 0.1: measured on the course's SFT starts, beta = 0.1 pushes the rejected "answer + 1"
-            down so hard that the mass lands on "answer - 1" (held-out accuracy +9 to +17 points),
-            while beta = 0.5 stops earlier (+38 to +43 points; IPO with beta = 0.5: +45 to +56).
+            TRL's 0.1: at beta = 0.1 the rejected "answer + 1" is pushed down so hard that the mass
+            lands on "answer - 1". How many points each beta gains depends on the start and the
+            budget, so no single figure is quoted here: README's table (beta = 0.5, this config's
+            defaults, one start) and notebook 10 (beta 1 and 0.1 on a smaller budget) each say which
+            start, data and steps produced their numbers.
         label_smoothing: conservative DPO's :math:`\\varepsilon \\in [0, 0.5)` (sigmoid only).
         rpo_alpha: weight of the negative log-likelihood of the chosen responses added to the loss
             (RPO, Pang et al. 2024; TRL's ``rpo_alpha``); 0: plain DPO / IPO.
