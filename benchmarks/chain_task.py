@@ -10,16 +10,14 @@ length of correct and of incorrect answers. Numbers and the calibration log:
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/chain_task.py [--seeds K] [--json] [--variant V] [--save F]
 
-The trainers (``rlcourse/train``) call the arithmetic task's module-level ``sft_examples`` and
-``batch_rewards``, and the evaluation sizes its generations from ``len(problem.answer)``.
-Until they call the task's own methods, :func:`task_hooks` routes those three calls to the
-chain task for the duration of a run (and restores them after).
+The trainers take the task object: its rewards, its demonstrations (``slip``, ``confused_fraction``,
+``skip_fraction`` are fields of the task) and its completion length. The SFT start is the one of
+the experiments' cache (:func:`rlcourse.experiments.cache.chain_sft_start`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -29,82 +27,32 @@ import time
 
 import torch
 
-from rlcourse.lm.chain_task import ChainTask, parse_steps
+from rlcourse.experiments.cache import CHAIN_SFT, CHAIN_TASK, chain_sft_config, chain_sft_start, sft_start_info
+from rlcourse.lm.chain_task import parse_steps
 
-#: The calibrated task: 2-6 one-digit terms, running sums, outcome reward with the format term.
-TASK = ChainTask(min_terms=2, max_terms=6, digits=1, ops="+")
-#: The SFT start (tuned on the 2-core CPU, one thread): see the calibration log.
-SFT = dict(steps=1000, clean_steps=500, lr=2e-3, batch_size=64, warmup_steps=100, wrong_fraction=0.8,
-           eval_n=500, threads=1, checkpoint_every=10_000)
-SKIP_FRACTION = 0.0
-#: The demonstrator's errors: wrong addition facts (``ChainTask.sft_examples(slip="facts")``).
-SLIP = "facts"
+#: The calibrated task and SFT start (defined once, in the experiments' cache).
+TASK = CHAIN_TASK
+SFT = CHAIN_SFT
 #: The GRPO run from it (the trainer's defaults otherwise: variant grpo, G=8, 16 prompts, lr 1e-4).
 GRPO = dict(steps=200, lr=1e-4, group_size=8, prompts_per_step=16, eval_every=20, eval_n=500, threads=1,
             checkpoint_every=10_000)
 
 
-@contextlib.contextmanager
-def task_hooks(task, skip_fraction: float = SKIP_FRACTION, slip: str = SLIP):
-    """Route the trainers' task-specific calls to ``task`` while the block runs (a workaround, see the module doc).
+def train_start(task=TASK, sft_overrides: dict | None = None, seed: int = 0, callback=None):
+    """An SFT start, not cached (a ``TrainResult``; ``after`` is the held-out evaluation): for recalibrating.
+    The demonstrator's errors are the task's fields, e.g. ``dataclasses.replace(TASK, skip_fraction=0.2)``."""
+    from rlcourse.train.sft import train_sft
 
-    * ``rlcourse.train.sft.sft_examples`` -> ``task.sft_examples`` (the demonstrations);
-    * ``rlcourse.lm.batch_rewards`` (GRPO's sampling) and ``rlcourse.lm.rollout.batch_rewards``
-      (evaluation) -> ``task.batch_rewards``;
-    * evaluation generates ``task.max_answer_chars + 2`` tokens instead of ``len(answer) + 2``.
-    """
-    import rlcourse.lm as lm
-    import rlcourse.lm.rollout as rollout
-    import rlcourse.train.sft as sft
-
-    saved = (sft.sft_examples, lm.batch_rewards, rollout.batch_rewards, rollout._solved_counts)
-    orig_counts = rollout._solved_counts
-
-    def examples(n, wrong_fraction=0.5, seed=0, task=None, offsets=(10,)):
-        return task_.sft_examples(n, wrong_fraction=wrong_fraction, seed=seed, offsets=offsets,
-                                  skip_fraction=skip_fraction, slip=slip)
-
-    def counts(model, tokenizer, problems, n, temperature, max_new_tokens, *rest):
-        return orig_counts(model, tokenizer, problems, n, temperature,
-                           max_new_tokens or task_.max_answer_chars + 2, *rest)
-
-    task_ = task
-    sft.sft_examples, lm.batch_rewards, rollout.batch_rewards = examples, task.batch_rewards, task.batch_rewards
-    rollout._solved_counts = counts
-    try:
-        yield
-    finally:
-        sft.sft_examples, lm.batch_rewards, rollout.batch_rewards, rollout._solved_counts = saved
-
-
-def train_start(task=TASK, sft_overrides: dict | None = None, seed: int = 0, skip_fraction: float = SKIP_FRACTION,
-                callback=None):
-    """The SFT start (a ``TrainResult``; ``after`` is the held-out evaluation)."""
-    from rlcourse.train.sft import SFTConfig, train_sft
-
-    cfg = SFTConfig(seed=seed, **(SFT | (sft_overrides or {})))
-    with task_hooks(task, skip_fraction):
-        return train_sft(cfg, task=task, progress=False, callback=callback)
+    cfg = chain_sft_config(seed=seed, **(sft_overrides or {}))
+    return train_sft(cfg, task=task, progress=False, callback=callback)
 
 
 def cached_start(task=TASK):
-    """:func:`train_start` once, then loaded: cached under ``$RLCOURSE_CACHE`` (or ``~/.cache/rlcourse``)
-    keyed by a hash of the SFT recipe, the demonstrations' noise and the task."""
-    import hashlib
+    """The calibrated start from the experiments' cache (trained on first use), with its held-out figures."""
     import types
 
-    from rlcourse.lm import load_model, save_model
-    from rlcourse.train.sft import cache_dir
-
-    blob = json.dumps({"sft": SFT, "skip": SKIP_FRACTION, "slip": SLIP, "task": dataclasses.asdict(task)},
-                      sort_keys=True, default=str)
-    path = cache_dir() / f"chain-sft-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
-    if not (path / "result.json").exists():
-        res = train_start(task)
-        save_model(res.model, res.tokenizer, path)
-        (path / "result.json").write_text(json.dumps({"after": res.after, "seconds": res.seconds}))
-    info = json.loads((path / "result.json").read_text())
-    model, tokenizer = load_model(path, "cpu")
+    model, tokenizer = chain_sft_start(task=task, progress=False)
+    info = sft_start_info(cfg=chain_sft_config(), task=task)
     return types.SimpleNamespace(model=model, tokenizer=tokenizer, after=info["after"], seconds=info["seconds"])
 
 
@@ -138,9 +86,7 @@ def run_grpo(model, tokenizer, task=TASK, seed: int = 0, variant: str = "grpo", 
         if "eval_accuracy" in row:
             row.update(length_stats(policy, tokenizer, task))
 
-    with task_hooks(task):
-        res = train_grpo(cfg, policy, tokenizer, task=task, progress=False, callback=lengths_at_evaluations)
-    return res
+    return train_grpo(cfg, policy, tokenizer, task=task, progress=False, callback=lengths_at_evaluations)
 
 
 def summarise(runs: list[list[dict]], every: int) -> list[dict]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlcourse.lm import ArithmeticTask, default_task, load_model
+from rlcourse.lm.chain_task import ChainTask
 from rlcourse.lm.reward_model import RewardModel
 from rlcourse.train.common import config_dict
 from rlcourse.train.reward_model import RewardModelConfig, train_reward_model
@@ -113,13 +114,25 @@ def _announce(kind: str, what: str, preset: str, seed: int, final: Path) -> str:
 
 # -- the SFT start -------------------------------------------------------------------------------
 
-def config_hash(cfg: SFTConfig, task: ArithmeticTask) -> str:
-    """A short hash of everything that determines the SFT start's weights (not ``out``/``device``/eval)."""
-    return recipe_hash(cfg, {"task": dataclasses.asdict(task), "version": RECIPE_VERSION})
+def task_key(task) -> dict:
+    """What a cache key says of ``task``: its fields, and for any task but :class:`~rlcourse.lm.ArithmeticTask`
+    its class too (two tasks with the same fields are different tasks; the arithmetic keys stay as they were)."""
+    if not dataclasses.is_dataclass(task) or isinstance(task, type):
+        raise ValueError(f"task must be a task dataclass instance (ArithmeticTask, ChainTask...), got {task!r}")
+    fields = dataclasses.asdict(task)
+    if type(task) is ArithmeticTask:
+        return fields
+    return {"class": f"{type(task).__module__}.{type(task).__qualname__}", **fields}
 
 
-def sft_start_dir(preset: str = "tiny", seed: int = 0, cfg: SFTConfig | None = None,
-                  task: ArithmeticTask | None = None) -> Path:
+def config_hash(cfg: SFTConfig, task) -> str:
+    """A short hash of everything that determines the SFT start's weights (not ``out``/``device``/eval): the
+    config, the task (:func:`task_key`: with a chain task, its demonstrator's ``slip``, ``confused_fraction``
+    and ``skip_fraction`` too) and :data:`RECIPE_VERSION`."""
+    return recipe_hash(cfg, {"task": task_key(task), "version": RECIPE_VERSION})
+
+
+def sft_start_dir(preset: str = "tiny", seed: int = 0, cfg: SFTConfig | None = None, task=None) -> Path:
     """The cache directory of the SFT start for ``(preset, seed)`` (it may not exist yet)."""
     cfg = cfg or SFTConfig(preset=preset, seed=seed)
     task = task or default_task()
@@ -127,7 +140,7 @@ def sft_start_dir(preset: str = "tiny", seed: int = 0, cfg: SFTConfig | None = N
 
 
 def sft_start(preset: str = "tiny", seed: int = 0, device=None, *, progress: bool = True,
-              cfg: SFTConfig | None = None, task: ArithmeticTask | None = None):
+              cfg: SFTConfig | None = None, task=None):
     """The course's SFT start ``(model, tokenizer)``: trained once (:func:`rlcourse.train.sft.train_sft`), cached, loaded.
 
     Every call returns a fresh copy (callers may train it). ``cfg`` overrides the recipe (e.g.
@@ -146,10 +159,38 @@ def sft_start(preset: str = "tiny", seed: int = 0, device=None, *, progress: boo
     return load_model(final / "final", device)
 
 
-def sft_start_info(preset: str = "tiny", seed: int = 0) -> dict | None:
+def sft_start_info(preset: str = "tiny", seed: int = 0, cfg: SFTConfig | None = None, task=None) -> dict | None:
     """The cached start's ``{"before", "after", "seconds"}`` (None if it has not been trained)."""
-    path = sft_start_dir(preset, seed) / "result.json"
+    path = sft_start_dir(preset, seed, cfg, task) / "result.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+# -- the SFT start of the chain task (notebook 09) --------------------------------------------------
+
+#: The calibrated chain task (``benchmarks/chain_task_calibration.md``): 2 to 6 one-digit terms, ``+``,
+#: running sums then the answer; the demonstrator writes 30 % of the (units, units) addition facts off by one.
+CHAIN_TASK = ChainTask(min_terms=2, max_terms=6, digits=1, ops="+", slip="facts", confused_fraction=0.3,
+                       skip_fraction=0.0)
+
+#: The calibrated SFT recipe of the chain start (fields of :class:`~rlcourse.train.sft.SFTConfig`): 500 clean
+#: steps, then 500 with the wrong facts written with probability 0.8. Measured (calibration run #12, shared
+#: 2-core CPU): greedy 0.554, pass@1 0.477, pass@8 0.892 on 500 held-out problems; 186-399 s.
+CHAIN_SFT = dict(steps=1000, clean_steps=500, lr=2e-3, batch_size=64, warmup_steps=100, wrong_fraction=0.8,
+                 eval_n=500, threads=1)
+
+
+def chain_sft_config(preset: str = "tiny", seed: int = 0, **changes) -> SFTConfig:
+    """The :class:`~rlcourse.train.sft.SFTConfig` of :data:`CHAIN_SFT` with ``changes`` (e.g. fewer steps in tests)."""
+    return SFTConfig(**{**CHAIN_SFT, **changes, "preset": preset, "seed": seed})
+
+
+def chain_sft_start(preset: str = "tiny", seed: int = 0, device=None, *, progress: bool = True,
+                    cfg: SFTConfig | None = None, task=None):
+    """The chain task's SFT start ``(model, tokenizer)`` (:data:`CHAIN_SFT` on :data:`CHAIN_TASK`): trained once,
+    cached by :func:`sft_start` (the one cache; the key covers the task's class and fields), then loaded.
+    Its figures: :func:`sft_start_info` with the same ``cfg`` and ``task``."""
+    cfg = cfg or chain_sft_config(preset, seed)
+    return sft_start(preset, seed, device, progress=progress, cfg=cfg, task=task or CHAIN_TASK)
 
 
 # -- the reward models of notebooks 07 and 08 ----------------------------------------------------
@@ -216,6 +257,7 @@ def reward_model_start(preset: str = "tiny", seed: int = 0, device=None, *, cfg:
     return rm, info
 
 
-__all__ = ["cache_dir", "build_once", "recipe_hash", "RECIPE_VERSION", "RUN_ONLY_FIELDS", "config_hash",
-           "sft_start", "sft_start_dir", "sft_start_info", "RM_CONFIG", "TEXTBOOK_RM", "rm_config",
+__all__ = ["cache_dir", "build_once", "recipe_hash", "RECIPE_VERSION", "RUN_ONLY_FIELDS", "config_hash", "task_key",
+           "sft_start", "sft_start_dir", "sft_start_info", "CHAIN_TASK", "CHAIN_SFT", "chain_sft_config",
+           "chain_sft_start", "RM_CONFIG", "TEXTBOOK_RM", "rm_config",
            "reward_model_start_dir", "reward_model_start"]

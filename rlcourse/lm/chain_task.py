@@ -83,9 +83,11 @@ from typing import Sequence
 
 import torch
 
-from .task import FORMAT_PENALTY, REWARD_CORRECT, REWARD_WRONG, is_correct
+from .task import (FORMAT_PENALTY, REWARD_CORRECT, REWARD_WRONG, finished_flags, is_correct, keyed_unit,
+                   sample_split)
 
 CHAIN_OPS = "+-"
+SLIPS = ("carry", "facts", "once")  # the demonstrator's kinds of error (ChainTask.sft_examples)
 STEP_SEP = ","   # between running sums
 FINAL_SEP = ";"  # between the steps and the final answer
 
@@ -182,6 +184,8 @@ class ChainTask:
         held_out_fraction: share of all problems reserved for evaluation.
         split_seed: key of the hash that decides the split.
         format_penalty: subtracted from the reward of a malformed or truncated completion (0: off).
+        slip, confused_fraction, skip_fraction: the demonstrator's errors (:meth:`sft_examples`); fields
+            of the task, so that the SFT trainer's demonstrations and the cache key of a start follow them.
     """
 
     min_terms: int = 2
@@ -191,6 +195,9 @@ class ChainTask:
     held_out_fraction: float = 0.1
     split_seed: int = 0
     format_penalty: float = FORMAT_PENALTY
+    slip: str = "facts"
+    confused_fraction: float = 0.3
+    skip_fraction: float = 0.0
 
     def __post_init__(self):
         def is_int(v):
@@ -213,6 +220,12 @@ class ChainTask:
             raise ValueError(f"split_seed must be an integer, got {self.split_seed!r}")
         if not isinstance(self.format_penalty, (int, float)) or not 0 <= self.format_penalty <= 1:
             raise ValueError(f"format_penalty must lie in [0, 1], got {self.format_penalty!r}")
+        if self.slip not in SLIPS:
+            raise ValueError(f"slip must be 'carry', 'facts' or 'once', got {self.slip!r}")
+        if not isinstance(self.confused_fraction, (int, float)) or not 0 <= self.confused_fraction <= 1:
+            raise ValueError(f"confused_fraction must lie in [0, 1], got {self.confused_fraction!r}")
+        if not isinstance(self.skip_fraction, (int, float)) or not 0 <= self.skip_fraction <= 1:
+            raise ValueError(f"skip_fraction must lie in [0, 1], got {self.skip_fraction!r}")
 
     # -- problems ------------------------------------------------------------------------------
     def problem(self, terms: Sequence[int], ops: str | None = None) -> ChainProblem:
@@ -231,9 +244,7 @@ class ChainTask:
 
     def is_held_out(self, problem: ChainProblem) -> bool:
         """True when ``problem`` belongs to the held-out split (a keyed hash of its prompt)."""
-        key = f"{self.split_seed}|{problem.prompt}".encode()
-        h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
-        return h / 2.0**64 < self.held_out_fraction
+        return keyed_unit(f"{self.split_seed}|{problem.prompt}") < self.held_out_fraction
 
     def _draw(self, rng: random.Random) -> ChainProblem:
         k = rng.randint(self.min_terms, self.max_terms)
@@ -248,26 +259,7 @@ class ChainTask:
         ``[0, 10**digits)``; draws from the other split are rejected. ``unique=True`` returns
         distinct problems.
         """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        if split not in ("train", "held_out"):
-            raise ValueError(f"split must be 'train' or 'held_out', got {split!r}")
-        want_held = split == "held_out"
-        rng = random.Random(f"chain|{seed}|{split}")
-        out: list[ChainProblem] = []
-        seen: set[ChainProblem] = set()
-        attempts, limit = 0, 1000 * n + 100_000
-        while len(out) < n:
-            attempts += 1
-            if attempts > limit:
-                raise ValueError(f"n={n} is more than the {split} split can supply{' uniquely' if unique else ''} "
-                                 f"(found {len(out)} after {limit} draws)")
-            p = self._draw(rng)
-            if self.is_held_out(p) != want_held or (unique and p in seen):
-                continue
-            seen.add(p)
-            out.append(p)
-        return out
+        return sample_split(self, n, split, seed, unique, rng_key=f"chain|{seed}|{split}")
 
     def held_out(self, n: int = 500, seed: int = 0) -> list[ChainProblem]:
         """A fixed evaluation set: ``n`` distinct held-out problems."""
@@ -312,19 +304,14 @@ class ChainTask:
         completions, answers = list(completions), list(answers)
         if len(completions) != len(answers):
             raise ValueError(f"completions has {len(completions)} entries but answers has {len(answers)}")
-        if finished is None:
-            finished = [True] * len(completions)
-        elif isinstance(finished, torch.Tensor):
-            finished = finished.tolist()
-        if len(finished) != len(completions):
-            raise ValueError(f"finished has {len(finished)} entries but completions has {len(completions)}")
+        finished = finished_flags(finished, len(completions))
         return torch.tensor([self.reward(c, a, f) for c, a, f in zip(completions, answers, finished)],
                             dtype=torch.float32)
 
     # -- SFT data ------------------------------------------------------------------------------
     def sft_examples(self, n: int, wrong_fraction: float = 0.5, seed: int = 0, offsets: Sequence[int] = (10,),
-                     skip_fraction: float = 0.0, slip: str = "facts",
-                     confused_fraction: float = 0.3) -> list[dict]:
+                     skip_fraction: float | None = None, slip: str | None = None,
+                     confused_fraction: float | None = None) -> list[dict]:
         """Demonstrations ``{"prompt", "completion", "answer", "correct"}``, some with slips, some with a skip.
 
         Every slip *carries through*: the later steps are computed from the wrong value and the
@@ -351,7 +338,12 @@ class ChainTask:
           to add two terms in one step.
 
         ``correct`` is whether the final answer is right. Problems come from the training split.
+        ``slip``, ``confused_fraction`` and ``skip_fraction`` default to the task's fields (what the
+        SFT trainer uses: it passes ``n``, ``wrong_fraction``, ``seed`` and ``offsets`` only).
         """
+        slip = self.slip if slip is None else slip
+        confused_fraction = self.confused_fraction if confused_fraction is None else confused_fraction
+        skip_fraction = self.skip_fraction if skip_fraction is None else skip_fraction
         if slip not in ("carry", "facts", "once"):
             raise ValueError(f"slip must be 'carry', 'facts' or 'once', got {slip!r}")
         confused = self.confused_pairs(confused_fraction) if slip == "facts" else {}

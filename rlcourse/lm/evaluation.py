@@ -1,7 +1,8 @@
 """Held-out evaluation shared by every trainer and experiment: the same problems for everyone.
 
 :func:`evaluate_policy` gives greedy accuracy, sampled pass@1 and pass@8 and the mean reward
-(:func:`rlcourse.lm.evaluate` on ``task.held_out(n_eval, seed)``); :func:`held_out_accuracy` the
+(:func:`rlcourse.lm.evaluate` on ``task.held_out(n_eval, seed)``, judged by the task's reward and given
+``task.max_answer_chars + 2`` new tokens); :func:`held_out_accuracy` the
 greedy accuracy alone (cheap, for curves during training).
 """
 
@@ -30,12 +31,12 @@ def evaluate_policy(model, tokenizer, task, n_eval: int = EVAL_N, seed: int = 0,
         raise ValueError(f"n_eval must be a positive integer, got {n_eval!r}")
     problems = task.held_out(n_eval, seed=seed)
     return evaluate(model, tokenizer, problems, ks=tuple(ks), n=n_samples, temperature=temperature,
-                    batch_size=batch_size, seed=seed)
+                    batch_size=batch_size, seed=seed, task=task)
 
 
 def held_out_accuracy(model, tokenizer, task, n_eval: int = EVAL_N, seed: int = 0) -> float:
     """Greedy accuracy on the same held-out problems as :func:`evaluate_policy` (no sampling: cheap)."""
-    return accuracy(model, tokenizer, task.held_out(n_eval, seed=seed), batch_size=512)
+    return accuracy(model, tokenizer, task.held_out(n_eval, seed=seed), batch_size=512, task=task)
 
 
 def default_max_new_tokens(task) -> int:

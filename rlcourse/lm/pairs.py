@@ -18,8 +18,9 @@ from rlcourse.logprobs import masked_sum
 
 def oracle_pairs(model, tokenizer, problems, *, group_size: int = 8, temperature: float = 1.0,
                  max_new_tokens: int = 5, seed: int = 0, batch_size: int = 512,
-                 max_pairs_per_group: int | None = None) -> list[dict]:
-    """Preference pairs from ``model``'s own samples: ``group_size`` completions per problem, labelled by the oracle.
+                 max_pairs_per_group: int | None = None, task=None) -> list[dict]:
+    """Preference pairs from ``model``'s own samples: ``group_size`` completions per problem, labelled by the oracle
+    (``task.preference``; no task: the arithmetic oracle :func:`rlcourse.lm.preference`).
 
     Sampling is reproducible from ``seed``; unfinished completions and ties are left out
     (:func:`rlcourse.lm.make_preference_pairs`). Returns ``{"prompt", "chosen", "rejected", "answer"}`` dicts.
@@ -36,13 +37,16 @@ def oracle_pairs(model, tokenizer, problems, *, group_size: int = 8, temperature
                       generator=gen)
         pairs += make_preference_pairs(ro.prompts, ro.completions, [p.answer for p in chunk for _ in range(group_size)],
                                        group_size=group_size, finished=ro.finished,
-                                       max_pairs_per_group=max_pairs_per_group, seed=int(seed) + s)
+                                       max_pairs_per_group=max_pairs_per_group, seed=int(seed) + s,
+                                       preference=None if task is None else task.preference)
     return pairs
 
 
-def pair_kind(pair: dict) -> str:
-    """``"correct_vs_wrong"`` if the chosen answer is right, else ``"closer_vs_farther"`` (both wrong or malformed)."""
-    return "correct_vs_wrong" if reward(pair["chosen"], pair["answer"]) == 1.0 else "closer_vs_farther"
+def pair_kind(pair: dict, task=None) -> str:
+    """``"correct_vs_wrong"`` if the chosen answer is right (``task.reward``; no task: the arithmetic reward),
+    else ``"closer_vs_farther"`` (both wrong or malformed)."""
+    r = reward(pair["chosen"], pair["answer"]) if task is None else task.reward(pair["chosen"], pair["answer"])
+    return "correct_vs_wrong" if r == 1.0 else "closer_vs_farther"
 
 
 def encode_pairs(tokenizer, pairs: Sequence[dict], device=None):
@@ -53,7 +57,7 @@ def encode_pairs(tokenizer, pairs: Sequence[dict], device=None):
 
 
 @torch.no_grad()
-def pair_accuracy(rm, tokenizer, pairs: Sequence[dict], batch_size: int = 512) -> dict:
+def pair_accuracy(rm, tokenizer, pairs: Sequence[dict], batch_size: int = 512, task=None) -> dict:
     """Share of ``pairs`` the reward model orders like the oracle (a tie counts 1/2), overall and per :func:`pair_kind`.
 
     Returns ``{"pair_accuracy", "pair_accuracy/<kind>", "margin"}`` (margin: mean of
@@ -73,7 +77,7 @@ def pair_accuracy(rm, tokenizer, pairs: Sequence[dict], batch_size: int = 512) -
     d = torch.cat(diffs)
     hit = (d > 0).float() + 0.5 * (d == 0).float()
     out = {"pair_accuracy": float(hit.mean()), "margin": float(d.mean())}
-    kinds = [pair_kind(p) for p in pairs]
+    kinds = [pair_kind(p, task) for p in pairs]
     for k in sorted(set(kinds)):
         idx = torch.tensor([i for i, kk in enumerate(kinds) if kk == k])
         out[f"pair_accuracy/{k}"] = float(hit[idx].mean())

@@ -364,9 +364,15 @@ def _check_problems(problems) -> list[Problem]:
     return problems
 
 
-def _solved_counts(model, tokenizer, problems, n, temperature, max_new_tokens, batch_size, seed, greedy):
+def _solved_counts(model, tokenizer, problems, n, temperature, max_new_tokens, batch_size, seed, greedy, task=None):
+    """Per problem, how many of ``n`` samples earn reward 1 (``task.batch_rewards``; no task: the arithmetic
+    reward), and every reward. Room: ``max_new_tokens``, by default the task's longest completion + 2
+    (``<eos>`` and one spare; no task: the longest answer among ``problems`` + 2)."""
+    if task is not None and not callable(getattr(task, "batch_rewards", None)):
+        raise ValueError(f"task must have a batch_rewards method (a task object), got {type(task).__name__}")
     if max_new_tokens is None:
-        max_new_tokens = max(len(str(p.answer)) for p in problems) + 2
+        max_new_tokens = (task.max_answer_chars if task is not None else max(len(str(p.answer)) for p in problems)) + 2
+    rewards_of = task.batch_rewards if task is not None else batch_rewards
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     gen = torch.Generator(device=_model_device(model)).manual_seed(seed)
@@ -376,27 +382,31 @@ def _solved_counts(model, tokenizer, problems, n, temperature, max_new_tokens, b
         chunk = problems[s:s + per_chunk]
         ro = generate(model, tokenizer, [p.prompt for p in chunk], n, max_new_tokens, temperature,
                       generator=gen, greedy=greedy)
-        r = batch_rewards(ro.completions, [p.answer for p in chunk for _ in range(n)], ro.finished)
+        r = rewards_of(ro.completions, [p.answer for p in chunk for _ in range(n)], ro.finished)
         rewards.append(r)
         counts.extend((r.view(len(chunk), n) == 1.0).sum(-1).tolist())
     return counts, torch.cat(rewards)
 
 
 def accuracy(model, tokenizer, problems: Sequence[Problem], *, max_new_tokens: int | None = None,
-             batch_size: int = 256) -> float:
-    """Greedy accuracy: the share of problems whose arg-max completion earns reward 1 (correct and well formed)."""
+             batch_size: int = 256, task=None) -> float:
+    """Greedy accuracy: the share of problems whose arg-max completion earns reward 1 (correct and well formed).
+
+    ``task``: whose reward judges the completions and whose ``max_answer_chars + 2`` sizes them
+    (None: the arithmetic reward, and the longest answer among ``problems`` + 2).
+    """
     problems = _check_problems(problems)
-    counts, _ = _solved_counts(model, tokenizer, problems, 1, 1.0, max_new_tokens, batch_size, 0, True)
+    counts, _ = _solved_counts(model, tokenizer, problems, 1, 1.0, max_new_tokens, batch_size, 0, True, task)
     return sum(counts) / len(problems)
 
 
 def pass_at_k(model, tokenizer, problems: Sequence[Problem], k: int = 1, *, n: int | None = None,
               temperature: float = 1.0, max_new_tokens: int | None = None, batch_size: int = 256,
-              seed: int = 0) -> float:
+              seed: int = 0, task=None) -> float:
     """Mean unbiased pass@k over ``problems`` from ``n >= k`` samples each (default ``n = k``).
 
     A sample passes when its reward is 1 (correct and well formed). pass@1 with ``n`` samples
-    is the sampled accuracy at ``temperature``.
+    is the sampled accuracy at ``temperature``. ``task``: as in :func:`accuracy`.
     """
     problems = _check_problems(problems)
     n = k if n is None else n
@@ -404,19 +414,24 @@ def pass_at_k(model, tokenizer, problems: Sequence[Problem], k: int = 1, *, n: i
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     if not isinstance(n, int) or n < k:
         raise ValueError(f"n must be an integer >= k={k}, got {n!r}")
-    counts, _ = _solved_counts(model, tokenizer, problems, n, temperature, max_new_tokens, batch_size, seed, False)
+    counts, _ = _solved_counts(model, tokenizer, problems, n, temperature, max_new_tokens, batch_size, seed, False,
+                               task)
     return sum(pass_at_k_estimator(n, c, k) for c in counts) / len(problems)
 
 
 def evaluate(model, tokenizer, problems: Sequence[Problem], ks: Sequence[int] = (1, 8), *, n: int = 16,
              temperature: float = 1.0, max_new_tokens: int | None = None, batch_size: int = 256,
-             seed: int = 0) -> dict:
-    """Greedy accuracy, pass@k for each k in ``ks`` (one set of ``n`` samples), and the mean sampled reward."""
+             seed: int = 0, task=None) -> dict:
+    """Greedy accuracy, pass@k for each k in ``ks`` (one set of ``n`` samples), and the mean sampled reward.
+
+    ``task``: as in :func:`accuracy`."""
     problems = _check_problems(problems)
     if not ks or any(not isinstance(k, int) or not 1 <= k <= n for k in ks):
         raise ValueError(f"ks must be integers in [1, n={n}], got {ks!r}")
-    counts, r = _solved_counts(model, tokenizer, problems, n, temperature, max_new_tokens, batch_size, seed, False)
-    result = {"accuracy": accuracy(model, tokenizer, problems, max_new_tokens=max_new_tokens, batch_size=batch_size)}
+    counts, r = _solved_counts(model, tokenizer, problems, n, temperature, max_new_tokens, batch_size, seed, False,
+                               task)
+    result = {"accuracy": accuracy(model, tokenizer, problems, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   task=task)}
     for k in ks:
         result[f"pass@{k}"] = sum(pass_at_k_estimator(n, c, k) for c in counts) / len(problems)
     result["mean_reward"] = float(r.mean())

@@ -110,9 +110,7 @@ class ArithmeticTask:
         a, b = problem.a, problem.b
         if problem.op in "+*":
             a, b = min(a, b), max(a, b)
-        key = f"{self.split_seed}|{a}{problem.op}{b}".encode()
-        h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
-        return h / 2.0**64 < self.held_out_fraction
+        return keyed_unit(f"{self.split_seed}|{a}{problem.op}{b}") < self.held_out_fraction
 
     def _draw(self, rng: random.Random) -> Problem:
         hi = 10**self.digits
@@ -127,26 +125,7 @@ class ArithmeticTask:
         Operands are uniform on ``[0, 10**digits)`` (swapped for ``-`` when negatives are off);
         draws from the other split are rejected. ``unique=True`` returns distinct problems.
         """
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        if split not in ("train", "held_out"):
-            raise ValueError(f"split must be 'train' or 'held_out', got {split!r}")
-        want_held = split == "held_out"
-        rng = random.Random(f"{seed}|{split}")
-        out: list[Problem] = []
-        seen: set[Problem] = set()
-        attempts, limit = 0, 1000 * n + 100_000
-        while len(out) < n:
-            attempts += 1
-            if attempts > limit:
-                raise ValueError(f"n={n} is more than the {split} split can supply{' uniquely' if unique else ''} "
-                                 f"(found {len(out)} after {limit} draws)")
-            p = self._draw(rng)
-            if self.is_held_out(p) != want_held or (unique and p in seen):
-                continue
-            seen.add(p)
-            out.append(p)
-        return out
+        return sample_split(self, n, split, seed, unique, rng_key=f"{seed}|{split}")
 
     def held_out(self, n: int = 500, seed: int = 0) -> list[Problem]:
         """A fixed evaluation set: ``n`` distinct held-out problems."""
@@ -160,6 +139,60 @@ class ArithmeticTask:
         if "-" in self.ops and self.allow_negative:
             longest = max(longest, len(str(-hi)))
         return longest
+
+    # -- the task interface the trainers call (module functions below, with this task) ---------
+    def reward(self, completion: str, answer: str | int, finished: bool = True) -> float:
+        """:func:`reward` (the module's rule-based reward)."""
+        return reward(completion, answer, finished)
+
+    def batch_rewards(self, completions: Sequence[str], answers: Sequence[str | int],
+                      finished: Sequence[bool] | torch.Tensor | None = None) -> torch.Tensor:
+        """:func:`batch_rewards`: the reward of each completion, a float32 tensor ``(N,)``."""
+        return batch_rewards(completions, answers, finished)
+
+    def sft_examples(self, n: int, wrong_fraction: float = 0.5, seed: int = 0,
+                     offsets: Sequence[int] = (-2, -1, 1, 2)) -> list[dict]:
+        """:func:`sft_examples` with this task: demonstrations, a fraction of them wrong by a small amount."""
+        return sft_examples(n, wrong_fraction=wrong_fraction, seed=seed, task=self, offsets=offsets)
+
+    def preference(self, completion_a: str, completion_b: str, answer: str | int, finished_a: bool = True,
+                   finished_b: bool = True) -> int:
+        """:func:`preference` (higher reward wins; on a tie, the integer closer to the answer)."""
+        return preference(completion_a, completion_b, answer, finished_a, finished_b)
+
+
+def keyed_unit(key: str) -> float:
+    """A keyed hash of ``key`` as a number in ``[0, 1)`` (blake2b, 8 bytes): the tasks' split and fixed choices."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2.0**64
+
+
+def sample_split(task, n: int, split: str, seed: int, unique: bool, rng_key: str) -> list:
+    """``n`` problems of ``split`` drawn by ``task._draw`` from ``random.Random(rng_key)``, rejecting the other split.
+
+    The one sampler of every task (``task.sample``): draws whose ``task.is_held_out`` disagrees with
+    ``split`` are rejected, and with ``unique=True`` so are repeats. ``ValueError`` when the split
+    cannot supply ``n`` problems within ``1000 n + 100000`` draws.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if split not in ("train", "held_out"):
+        raise ValueError(f"split must be 'train' or 'held_out', got {split!r}")
+    want_held = split == "held_out"
+    rng = random.Random(rng_key)
+    out: list = []
+    seen: set = set()
+    attempts, limit = 0, 1000 * n + 100_000
+    while len(out) < n:
+        attempts += 1
+        if attempts > limit:
+            raise ValueError(f"n={n} is more than the {split} split can supply{' uniquely' if unique else ''} "
+                             f"(found {len(out)} after {limit} draws)")
+        p = task._draw(rng)
+        if task.is_held_out(p) != want_held or (unique and p in seen):
+            continue
+        seen.add(p)
+        out.append(p)
+    return out
 
 
 # -- reward ---------------------------------------------------------------------------------
@@ -298,11 +331,16 @@ def preference(completion_a: str, completion_b: str, answer: str | int, finished
     return 0
 
 
+_module_preference = preference  # make_preference_pairs' own argument is named preference
+
+
 def make_preference_pairs(prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str | int], *,
                           group_size: int, finished: Sequence[bool] | torch.Tensor | None = None,
                           tie_break: str = "distance", max_pairs_per_group: int | None = None,
-                          seed: int = 0) -> list[dict]:
-    """Chosen/rejected pairs from G sampled completions per prompt, labelled by :func:`preference`.
+                          seed: int = 0, preference=None) -> list[dict]:
+    """Chosen/rejected pairs from G sampled completions per prompt, labelled by :func:`preference`
+    (or by a task's oracle: ``preference=task.preference``, called as ``preference(a, b, answer)``;
+    ``tie_break`` applies to the default oracle only).
 
     Rows come in groups of ``group_size`` consecutive completions of the same prompt (as in
     a :class:`~rlcourse.lm.rollout.Rollout`). Within a group every pair of *distinct*,
@@ -331,6 +369,9 @@ def make_preference_pairs(prompts: Sequence[str], completions: Sequence[str], an
         raise ValueError(f"finished has {len(finished)} entries but completions has {n}")
     if max_pairs_per_group is not None and (not isinstance(max_pairs_per_group, int) or max_pairs_per_group < 1):
         raise ValueError(f"max_pairs_per_group must be a positive integer or None, got {max_pairs_per_group!r}")
+    if preference is not None and not callable(preference):
+        raise ValueError(f"preference must be a callable (a task's .preference) or None, got {preference!r}")
+    oracle = preference or functools.partial(_module_preference, tie_break=tie_break)
     rng = random.Random(f"{seed}|pairs")
     pairs = []
     for start in range(0, n, group_size):
@@ -343,7 +384,7 @@ def make_preference_pairs(prompts: Sequence[str], completions: Sequence[str], an
         group = []
         for i in range(len(cands)):
             for j in range(i + 1, len(cands)):
-                lab = preference(cands[i], cands[j], answer, tie_break=tie_break)
+                lab = oracle(cands[i], cands[j], answer)
                 if lab:
                     chosen, rejected = (cands[i], cands[j]) if lab > 0 else (cands[j], cands[i])
                     group.append({"prompt": prompts[start], "chosen": chosen, "rejected": rejected, "answer": answer})

@@ -592,9 +592,9 @@ def sample_groups(model, tokenizer, task, *, n_prompts: int, group_size: int, ma
 
     Returns:
         ``(problems, rollout, rewards)`` with ``rewards`` a float tensor ``(n_prompts * group_size,)``
-        on the model's device (rule-based :func:`rlcourse.lm.reward`).
+        on the model's device (the task's rule-based reward, ``task.batch_rewards``).
     """
-    from rlcourse.lm import batch_rewards, generate
+    from rlcourse.lm import generate
 
     device = next(model.parameters()).device
     sub = int(step) * 64 + int(round_)  # rounds of one step never collide with other steps
@@ -603,7 +603,7 @@ def sample_groups(model, tokenizer, task, *, n_prompts: int, group_size: int, ma
     ro = generate(model, tokenizer, [p.prompt for p in problems], group_size, max_new_tokens, temperature,
                   generator=gen)
     answers = [p.answer for p in problems for _ in range(group_size)]
-    rewards = batch_rewards(ro.completions, answers, ro.finished).to(device)
+    rewards = task.batch_rewards(ro.completions, answers, ro.finished).to(device)
     return problems, ro, rewards
 
 

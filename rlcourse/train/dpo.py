@@ -127,7 +127,8 @@ def sample_pairs(cfg: DPOConfig, model, tokenizer, task, round_: int) -> list:
     seed = cfg.seed * 1_000_003 + 7919 * round_
     problems = task.sample(cfg.n_prompts, "train", seed=seed, unique=True)
     pairs = oracle_pairs(model, tokenizer, problems, group_size=cfg.group_size, temperature=cfg.temperature,
-                         max_new_tokens=max_new, seed=seed, max_pairs_per_group=cfg.max_pairs_per_group)
+                         max_new_tokens=max_new, seed=seed, max_pairs_per_group=cfg.max_pairs_per_group,
+                         task=task)
     if not pairs:
         raise ValueError(f"round {round_}: the oracle labelled no pair (every group's samples were identical or "
                          "unfinished); raise temperature or group_size")

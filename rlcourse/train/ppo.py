@@ -67,7 +67,7 @@ import torch
 
 from rlcourse import _validate as V
 from rlcourse.advantages import gae
-from rlcourse.lm import (batch_rewards, default_max_new_tokens, evaluate_policy, generate, held_out_accuracy,
+from rlcourse.lm import (default_max_new_tokens, default_task, evaluate_policy, generate, held_out_accuracy,
                          save_model, sequence_logprobs)
 from rlcourse.lm.reward_model import RewardModel
 from rlcourse.lm.rollout import position_ids_from_mask, response_logprobs_from_logits
@@ -255,10 +255,14 @@ def load_reward(cfg: PPOConfig, reward_model, device):
 
 
 @torch.no_grad()
-def rollout_scores(cfg: PPOConfig, ro, answers, reward_model) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scores, rule_rewards)``: the score PPO maximises, and the rule reward (always computed, for ``accuracy``)."""
+def rollout_scores(cfg: PPOConfig, ro, answers, reward_model, task=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores, rule_rewards)``: the score PPO maximises, and the rule reward (always computed, for ``accuracy``).
+
+    The rule reward is ``task.batch_rewards`` (default task: :func:`rlcourse.lm.default_task`).
+    """
     device = ro.input_ids.device
-    rule = batch_rewards(ro.completions, answers, ro.finished).to(device)
+    task = task or default_task()
+    rule = task.batch_rewards(ro.completions, answers, ro.finished).to(device)
     if reward_model is None:
         scores = rule.clone()
     elif isinstance(reward_model, RewardModel):
@@ -327,7 +331,7 @@ def train_ppo(cfg: PPOConfig | None = None, model=None, tokenizer=None, *, task=
                           generator=g)
             answers = [p.answer for p in problems for _ in range(cfg.group_size)]
             ids, att, mask = ro.input_ids, ro.attention_mask, ro.response_mask
-            scores, rule = rollout_scores(cfg, ro, answers, rm)
+            scores, rule = rollout_scores(cfg, ro, answers, rm, task)
             check_finite(scores.sum(), name="scores (rewards)", step=step)
 
             # 2. old log-probs, reference log-probs and old values, on the minibatches of the first epoch

@@ -121,7 +121,7 @@ def make_pair_data(cfg: RewardModelConfig, model, tokenizer, task, run=None) -> 
         return json.loads(path.read_text())
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
     kw = dict(group_size=cfg.group_size, temperature=cfg.temperature, max_new_tokens=max_new,
-              max_pairs_per_group=cfg.max_pairs_per_group)
+              max_pairs_per_group=cfg.max_pairs_per_group, task=task)
     train = oracle_pairs(model, tokenizer, task.sample(cfg.n_prompts, "train", seed=cfg.seed, unique=True),
                          seed=cfg.seed, **kw)
     held = oracle_pairs(model, tokenizer, task.held_out(cfg.eval_prompts, seed=cfg.seed), seed=cfg.seed + 1, **kw)
@@ -171,7 +171,7 @@ def train_reward_model(cfg: RewardModelConfig | None = None, model=None, tokeniz
         train_pairs, held_pairs = data["train"], data["held_out"]
         if not train_pairs or not held_pairs:
             raise ValueError("pairs must hold non-empty 'train' and 'held_out' lists")
-        before = run.remember("before", lambda: pair_accuracy(rm, tokenizer, held_pairs))
+        before = run.remember("before", lambda: pair_accuracy(rm, tokenizer, held_pairs, task=task))
         rm.train()
         for step in run.steps():
             t0 = time.perf_counter()
@@ -198,12 +198,12 @@ def train_reward_model(cfg: RewardModelConfig | None = None, model=None, tokeniz
             if cfg.sft_coef > 0:
                 row["sft_loss"] = nll.item()
             if due(step, cfg.eval_every):
-                row["held_out_pair_accuracy"] = pair_accuracy(rm, tokenizer, held_pairs)["pair_accuracy"]
+                row["held_out_pair_accuracy"] = pair_accuracy(rm, tokenizer, held_pairs, task=task)["pair_accuracy"]
             run.log(step, row, {"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.2f}"})
         # 4. centre the scores, and measure
         score_mean, score_std = normalize_scores(rm, tokenizer, train_pairs, shift=cfg.normalize)
-        after = pair_accuracy(rm, tokenizer, held_pairs)
-        after["train_pair_accuracy"] = pair_accuracy(rm, tokenizer, train_pairs)["pair_accuracy"]
+        after = pair_accuracy(rm, tokenizer, held_pairs, task=task)
+        after["train_pair_accuracy"] = pair_accuracy(rm, tokenizer, train_pairs, task=task)["pair_accuracy"]
     extra = {"n_train_pairs": len(train_pairs), "n_held_out_pairs": len(held_pairs), "score_mean": score_mean,
              "score_std": score_std, "pairs_seconds": pairs_seconds}
     run.finish(rm.save, {"before": before, "after": after, "seconds": run.seconds, **extra})

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from rlcourse.lm import (ArithmeticTask, build_tokenizer, default_task, encode_completions, evaluate_policy,
-                         held_out_accuracy, load_model, pick_device, save_model, sequence_logprobs, sft_examples)
+                         held_out_accuracy, load_model, pick_device, save_model, sequence_logprobs)
 from rlcourse.lm.model import build_model
 from rlcourse.logprobs import aggregate
 from rlcourse.train.common import (Run, ScheduleConfig, TrainResult, check_finite, due, integer, lr_at, number,
@@ -91,8 +91,8 @@ class SFTConfig(ScheduleConfig):
 def demonstrations(cfg: SFTConfig, task: ArithmeticTask, step: int) -> list[dict]:
     """The batch of step ``step``: a function of ``(seed, step)`` only (so a resumed run sees the same data)."""
     wrong = 0.0 if step < cfg.clean_steps else cfg.wrong_fraction
-    return sft_examples(cfg.batch_size, wrong_fraction=wrong, seed=cfg.seed * 1_000_003 + step, task=task,
-                        offsets=cfg.offsets)
+    return task.sft_examples(cfg.batch_size, wrong_fraction=wrong, seed=cfg.seed * 1_000_003 + step,
+                             offsets=cfg.offsets)
 
 
 def sft_loss(model, tokenizer, examples: list[dict], device) -> torch.Tensor:

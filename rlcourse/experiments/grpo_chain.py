@@ -1,0 +1,157 @@
+"""``grpo_variants`` (notebook 09): GRPO, Dr. GRPO, DAPO and GSPO on the chain task, same budget, same start.
+
+The chain task (:mod:`rlcourse.lm.chain_task`: multi-term sums written as running sums, then the
+answer) has responses of 4 to 18 tokens and an SFT start that is right on about half of the
+held-out problems (calibrated in ``benchmarks/chain_task_calibration.md``), so the variants'
+differences in length handling, clipping and sequence-level ratios have room to show.
+
+Every arm trains a fresh copy of the same cached SFT start
+(:func:`rlcourse.experiments.cache.chain_sft_start`) with :func:`rlcourse.train.grpo.train_grpo`
+for ``steps`` steps of ``prompts_per_step`` x ``group_size`` samples and ``num_iterations``
+updates per batch (each variant with its own defaults otherwise: advantage, aggregation, clip
+range, DAPO's dynamic sampling and overlong shaping). The seed is GRPO's (sampling and problems);
+the start is the same for every seed.
+
+Rows (one per evaluation: the start, then every ``eval_every`` steps)::
+
+    {"arm", "seed", "step", "accuracy", "length_correct", "length_incorrect", "entropy", "clipfrac"}
+
+``accuracy``: greedy accuracy (reward exactly 1) on ``eval_n`` held-out problems; ``length_correct`` /
+``length_incorrect``: mean greedy response length in tokens (``<eos>`` included) of the correct and
+of the incorrect ones (None when there are none); ``entropy`` and ``clipfrac``: means over the
+training steps since the previous evaluation (the sampling policy's per-token entropy estimate, and
+the share of tokens clipped in the last update of each batch, where the ratio has moved away from 1;
+with ``num_iterations=1``, the only update; None at the start).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import torch
+
+from rlcourse.experiments.cache import CHAIN_SFT, CHAIN_TASK, chain_sft_config, chain_sft_start
+from rlcourse.experiments.runner import experiment
+from rlcourse.lm import generate
+from rlcourse.train.grpo import VARIANTS, GRPOConfig, train_grpo
+
+
+@dataclass(frozen=True)
+class GRPOChainConfig:
+    """The budget every arm gets, the evaluation, and the SFT start (:data:`~rlcourse.experiments.cache.CHAIN_SFT`)."""
+
+    variants: tuple = ("grpo", "dr_grpo", "dapo", "gspo")
+    preset: str = "tiny"
+    steps: int = 200
+    lr: float = 1e-4
+    group_size: int = 8
+    prompts_per_step: int = 16
+    num_iterations: int = 2
+    eval_every: int = 20
+    eval_n: int = 300
+    sft_seed: int = 0
+    sft_steps: int = CHAIN_SFT["steps"]
+    sft_clean_steps: int = CHAIN_SFT["clean_steps"]
+    sft_warmup_steps: int = CHAIN_SFT["warmup_steps"]
+    threads: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "variants", tuple(self.variants))
+        if not self.variants or any(v not in VARIANTS for v in self.variants) \
+                or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants must be distinct names from {sorted(VARIANTS)}, got {self.variants!r}")
+        for name in ("steps", "group_size", "prompts_per_step", "num_iterations", "eval_every", "eval_n",
+                     "sft_steps", "threads"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.eval_every > self.steps:
+            raise ValueError(f"eval_every={self.eval_every} exceeds steps={self.steps}: no evaluation after the start")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+
+    def quick(self) -> "GRPOChainConfig":
+        """Seconds-long (tests, CI): a 30-step SFT start, 4 GRPO steps of 4 x 4 samples, 16 held-out problems."""
+        return replace(self, steps=4, group_size=4, prompts_per_step=4, eval_every=2, eval_n=16,
+                       sft_steps=30, sft_clean_steps=15, sft_warmup_steps=3)
+
+    def sft_config(self):
+        """The SFT start's config: :data:`~rlcourse.experiments.cache.CHAIN_SFT` with this config's step counts."""
+        return chain_sft_config(self.preset, self.sft_seed, steps=self.sft_steps, clean_steps=self.sft_clean_steps,
+                                warmup_steps=self.sft_warmup_steps, eval_n=min(CHAIN_SFT["eval_n"], self.eval_n))
+
+
+@torch.no_grad()
+def greedy_eval(model, tokenizer, task, n: int, batch_size: int = 512) -> dict:
+    """Greedy ``accuracy`` on ``task.held_out(n)`` and the mean response length (tokens, ``<eos>`` included) of the
+    correct (``length_correct``) and of the incorrect (``length_incorrect``) responses; None where there are none."""
+    problems = task.held_out(n)
+    was_training = model.training
+    model.eval()
+    correct, lengths = [], []
+    for s in range(0, len(problems), batch_size):
+        chunk = problems[s:s + batch_size]
+        ro = generate(model, tokenizer, [p.prompt for p in chunk], 1, task.max_answer_chars + 2, greedy=True)
+        correct.append(task.batch_rewards(ro.completions, [p.answer for p in chunk], ro.finished) == 1.0)
+        lengths.append(ro.response_mask.sum(-1).float().cpu())
+    model.train(was_training)
+    ok, length = torch.cat(correct).cpu(), torch.cat(lengths)
+
+    def mean(x):
+        return float(x.mean()) if x.numel() else None
+
+    return {"accuracy": float(ok.float().mean()), "length_correct": mean(length[ok]),
+            "length_incorrect": mean(length[~ok])}
+
+
+def _window_mean(rows: list[dict], key: str):
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def run_arm(cfg: GRPOChainConfig, variant: str, seed: int, model, tokenizer, tick=None) -> list[dict]:
+    """One arm: ``train_grpo`` of ``variant`` from a copy of ``model``; the rows of its evaluations (module doc)."""
+    task = CHAIN_TASK
+    policy = copy.deepcopy(model)
+    rows = [{"arm": variant, "seed": seed, "step": 0, **greedy_eval(policy, tokenizer, task, cfg.eval_n),
+             "entropy": None, "clipfrac": None}]
+    window: list[dict] = []
+    clip_key = "clipfrac_last" if cfg.num_iterations > 1 else "clipfrac"  # the first update's ratio is 1
+
+    def at_step(row):
+        window.append(row)
+        if tick is not None:
+            tick()
+        if (row["step"] + 1) % cfg.eval_every == 0:
+            rows.append({"arm": variant, "seed": seed, "step": row["step"] + 1,
+                         **greedy_eval(policy, tokenizer, task, cfg.eval_n),
+                         "entropy": _window_mean(window, "entropy"), "clipfrac": _window_mean(window, clip_key)})
+            window.clear()
+
+    gcfg = GRPOConfig(variant=variant, preset=cfg.preset, seed=seed, steps=cfg.steps, lr=cfg.lr,
+                      group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step,
+                      num_iterations=cfg.num_iterations, eval_n=cfg.eval_n, threads=cfg.threads,
+                      distinct_rows=True)
+    train_grpo(gcfg, policy, tokenizer, task=task, progress=False, callback=at_step)
+    return rows
+
+
+@experiment("grpo_variants", notebook="09", config=GRPOChainConfig,
+            description="GRPO vs Dr. GRPO vs DAPO vs GSPO (2 updates per batch) on the chain task, same budget: "
+                        "greedy accuracy, length of correct / incorrect responses, entropy, clip fraction")
+def run_seed(cfg: GRPOChainConfig, seed: int, progress) -> list[dict]:
+    model, tokenizer = chain_sft_start(cfg.preset, cfg.sft_seed, progress=False, cfg=cfg.sft_config())
+    total, done = cfg.steps * len(cfg.variants), [0]
+
+    def tick():
+        done[0] += 1
+        progress(done[0], total)
+
+    rows = []
+    for variant in cfg.variants:
+        rows += run_arm(cfg, variant, seed, model, tokenizer, tick)
+    return rows
+
+
+__all__ = ["GRPOChainConfig", "greedy_eval", "run_arm", "run_seed"]
