@@ -212,7 +212,10 @@ def test_gradient_noise_mean_and_rloo_are_proportional_and_shift_invariant(start
         X.gradient_noise_experiment(n_batches=1, model=model, tokenizer=tok, task=TASK)
 
 
-def test_memo_returns_the_same_result_without_retraining(monkeypatch):
+@pytest.fixture
+def stub_reinforce_trainer(monkeypatch):
+    """The REINFORCE experiment with its trainer, start and evaluation replaced by stubs; returns the
+    list of baselines the (fake) trainer was called with, in order."""
     calls = []
 
     def fake_train(cfg, model, tok, task=None, progress=False):
@@ -225,6 +228,11 @@ def test_memo_returns_the_same_result_without_retraining(monkeypatch):
     monkeypatch.setattr(X, "_start", lambda *a, **k: (torch.nn.Linear(1, 1), None))
     monkeypatch.setattr(X, "pass_at_k_curve", lambda *a, **k: {"accuracy": 0.1, "mean_reward": 0.1,
                                                                 "pass_at_k": {1: 0.1}})
+    return calls
+
+
+def test_memo_returns_the_same_result_without_retraining(stub_reinforce_trainer):
+    calls = stub_reinforce_trainer
     X.clear_memo()
     try:
         a = X.reinforce_baselines_experiment("tiny", steps=1, seed=0, baselines=("none",))
@@ -236,19 +244,8 @@ def test_memo_returns_the_same_result_without_retraining(monkeypatch):
         X.clear_memo()
 
 
-def test_run_of_a_config_is_the_keyword_form_and_memoised(monkeypatch):
-    calls = []
-
-    def fake_train(cfg, model, tok, task=None, progress=False):
-        calls.append(cfg.baseline)
-        from rlcourse.train.common import TrainResult
-
-        return TrainResult(model, tok, [{"step": 0, "reward_mean": 0.1}], {"accuracy": 0.1}, {"accuracy": 0.2}, 1.0)
-
-    monkeypatch.setattr(X, "train_reinforce", fake_train)
-    monkeypatch.setattr(X, "_start", lambda *a, **k: (torch.nn.Linear(1, 1), None))
-    monkeypatch.setattr(X, "pass_at_k_curve", lambda *a, **k: {"accuracy": 0.1, "mean_reward": 0.1,
-                                                                "pass_at_k": {1: 0.1}})
+def test_run_of_a_config_is_the_keyword_form_and_memoised(stub_reinforce_trainer):
+    calls = stub_reinforce_trainer
     X.clear_memo()
     try:
         cfg = X.ReinforceBaselinesConfig(steps=1, baselines=["none"])  # a list is stored as a tuple: hashable
