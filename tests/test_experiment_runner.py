@@ -260,3 +260,16 @@ def test_plots_draw_the_runs_and_refuse_another_experiments_result(capsys, tmp_p
         plt.close(fig)
     with pytest.raises(ValueError, match="ppo_toy"):
         plot_ppo_toy(gae)
+
+
+def test_interval_formats_the_row_of_the_asked_arm_metric_and_step():
+    from rlcourse.experiments.summary import interval
+
+    table = [{"arm": "a", "metric": "J", "step": 0, "mean": 0.5, "lo": 0.4, "hi": 0.6},
+             {"arm": "a", "metric": "J", "step": 10, "mean": 0.9, "lo": 0.85, "hi": 0.95},
+             {"arm": "b", "metric": "J", "step": 10, "mean": 0.1, "lo": None, "hi": None}]
+    assert interval(table, "a", "J", 10) == "0.900 [0.850, 0.950]"
+    assert interval(table, "a", "J", 0) == "0.500 [0.400, 0.600]"      # the step selects the row
+    assert interval(table, "b", "J", 10, ".2f") == "0.10"              # one seed: no interval to show
+    with pytest.raises(KeyError, match="arm='c'"):
+        interval(table, "c", "J", 10)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlcourse.experiments.memo import memoised
-from rlcourse.experiments.summary import INTERVAL, summarize
+from rlcourse.experiments.summary import INTERVAL, format_interval, summarize
 
 __all__ = ["Experiment", "EXPERIMENTS", "experiment", "load_all", "get", "run", "config_record", "add_subcommands"]
 
@@ -286,12 +286,6 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _fmt_interval(p: dict) -> str:
-    if p["lo"] is None:
-        return f"{p['mean']:.4g}"
-    return f"{p['mean']:.4g} [{p['lo']:.4g}, {p['hi']:.4g}]"
-
-
 def cmd_run(args) -> int:
     out = args.out if args.out is not None else default_out(args.name, args.quick)
     try:
@@ -310,7 +304,7 @@ def cmd_run(args) -> int:
     print(f"{result['name']} (notebook {result['notebook']}), seeds {result['seeds']}; {INTERVAL}")
     print("final value per arm:")
     for p in result["summary"]["final"]:
-        print(f"  {p['arm']:<20} {p['metric']:<14} {_fmt_interval(p)}")
+        print(f"  {p['arm']:<20} {p['metric']:<14} {format_interval(p, '.4g')}")
     print(f"saved in {result['out']} (config.json, seed_<s>.jsonl, summary.json)")
     return 0
 

@@ -168,3 +168,19 @@ def curve(summary: dict, arm: str, metric: str) -> dict[str, np.ndarray]:
     return {"step": np.array([p["step"] for p in pts]), "mean": mean,
             "lo": np.array([p["mean"] if p["lo"] is None else p["lo"] for p in pts]),
             "hi": np.array([p["mean"] if p["hi"] is None else p["hi"] for p in pts])}
+
+
+def format_interval(point: dict, fmt: str = ".3f") -> str:
+    """``"mean [lo, hi]"`` of one summary row (just the mean when there is no interval: one seed)."""
+    if point.get("lo") is None:
+        return f"{point['mean']:{fmt}}"
+    return f"{point['mean']:{fmt}} [{point['lo']:{fmt}}, {point['hi']:{fmt}}]"
+
+
+def interval(table: list[dict], arm: str, metric: str, step: int | None = None, fmt: str = ".3f") -> str:
+    """The formatted interval of the row of ``table`` (a summary's ``by_step``, ``final`` or ``peak``)
+    for ``arm`` and ``metric`` (and ``step``, for ``by_step``); ``KeyError`` naming them if absent."""
+    for row in table:
+        if row["arm"] == arm and row["metric"] == metric and (step is None or row.get("step") == step):
+            return format_interval(row, fmt)
+    raise KeyError(f"no summary row for arm={arm!r}, metric={metric!r}, step={step!r}")
