@@ -6,6 +6,9 @@
 * The unit suite can run without the notebook plugin (``python -m pytest tests -p no:nbval``):
   ``pyproject.toml`` adds ``--nbval-lax`` for the full test command, so when nbval is disabled that
   option is registered here as a no-op.
+* The notebooks run their LM experiments in the quick config (``RLCOURSE_QUICK=1``, see
+  :func:`rlcourse.experiments.settings.quick`) unless ``RLCOURSE_QUICK`` is already set; the committed
+  notebooks show the full runs.
 """
 
 from __future__ import annotations
@@ -22,5 +25,6 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    os.environ.setdefault("RLCOURSE_QUICK", "1")
     if not os.environ.get("RLCOURSE_FIGURES"):
         os.environ["RLCOURSE_FIGURES"] = tempfile.mkdtemp(prefix="rlcourse-test-figures-")

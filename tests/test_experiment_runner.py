@@ -81,7 +81,7 @@ def test_quick_run_json_has_every_seed_and_arm_with_the_promised_keys(capsys, tm
         assert {r["seed"] for r in critic} == {0, 1, 2}
         assert all({"critic_rmse", "best_lambda"} <= set(r) for r in critic)
     saved = sorted(p.name for p in out.iterdir())
-    assert saved == ["config.json", "seed_0.jsonl", "seed_1.jsonl", "seed_2.jsonl", "summary.json"]
+    assert saved == ["config.json", "seconds.json", "seed_0.jsonl", "seed_1.jsonl", "seed_2.jsonl", "summary.json"]
     assert json.loads((out / "config.json").read_text()) == res["config"]
     assert json.loads((out / "summary.json").read_text()) == res["summary"]
 
@@ -99,6 +99,30 @@ def test_run_resumes_per_seed_and_does_not_rerun_finished_seeds(probe, tmp_path,
     CALLS.clear()
     runner.run(probe, 3, out=out, progress=False)
     assert CALLS == [0, 1, 2]
+
+
+def test_for_notebook_follows_rlcourse_quick_saves_in_the_cache_and_reports_the_computed_seconds(
+        probe, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RLCOURSE_CACHE", str(tmp_path))
+    monkeypatch.setenv("RLCOURSE_QUICK", "1")
+    quick = runner.for_notebook(probe, seeds=2)
+    assert quick["config"]["steps"] == ProbeConfig().quick().steps and CALLS == [0, 1]
+    assert quick["out"] == str(tmp_path / "experiments" / f"{probe}_quick")
+    assert "QUICK mode" in capsys.readouterr().out
+    monkeypatch.setenv("RLCOURSE_QUICK", "0")
+    full = runner.for_notebook(probe, seeds=2)
+    assert full["config"]["steps"] == ProbeConfig().steps and CALLS == [0, 1, 0, 1]
+    assert full["out"] == str(tmp_path / "experiments" / probe)
+    CALLS.clear()
+    again = runner.for_notebook(probe, seeds=2)
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert CALLS == [] and "full config" in line and "loaded from" in line
+    assert again["seconds"] == {0: None, 1: None}
+    assert all(v is not None for v in again["computed_seconds"].values()), "the saved seconds were lost"
+    assert again["curves"] == full["curves"]
+    monkeypatch.setenv("RLCOURSE_QUICK", "yes")
+    with pytest.raises(ValueError, match="RLCOURSE_QUICK"):
+        runner.for_notebook(probe, seeds=2)
 
 
 def test_a_changed_config_in_the_same_directory_is_refused_and_config_json_is_kept(probe, tmp_path, capsys):

@@ -39,7 +39,8 @@ from typing import Callable
 from rlcourse.experiments.memo import memoised
 from rlcourse.experiments.summary import INTERVAL, format_interval, summarize
 
-__all__ = ["Experiment", "EXPERIMENTS", "experiment", "load_all", "get", "run", "config_record", "add_subcommands"]
+__all__ = ["Experiment", "EXPERIMENTS", "experiment", "load_all", "get", "run", "for_notebook", "results_dir",
+           "config_record", "add_subcommands"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,18 @@ class RunDirectory:
     def seed_path(self, seed: int) -> Path:
         return self.path / f"seed_{seed}.jsonl"
 
+    def saved_seconds(self) -> dict:
+        """``{seed: wall seconds}`` recorded when each saved seed was computed (``seconds.json``; {} if none)."""
+        try:
+            return {int(k): v for k, v in json.loads((self.path / "seconds.json").read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def record_seconds(self, seed: int, seconds: float) -> None:
+        saved = self.saved_seconds()
+        saved[seed] = round(seconds, 1)
+        _write_atomic(self.path / "seconds.json", json.dumps({str(k): v for k, v in sorted(saved.items())}))
+
 
 def _progress_printer(name: str, seed: int, n_seeds: int, enabled: bool):
     """The ``progress(done, total)`` callback of one seed: a tqdm bar on stderr (if enabled)."""
@@ -246,14 +259,48 @@ def _run(exp: Experiment, seeds: int, cfg, out, progress: bool, log) -> dict:
             seconds[seed] = time.perf_counter() - t0
             if path is not None:
                 _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+                directory.record_seconds(seed, seconds[seed])
             log(f"{exp.name} seed {seed + 1}/{seeds} (seed={seed}): {len(rows)} rows in {seconds[seed]:.1f} s")
         curves.extend(rows)
     summary = summarize(curves)
     if directory:
         _write_atomic(directory.path / "summary.json", json.dumps(summary, indent=1))
+    saved = directory.saved_seconds() if directory else {}
+    computed = {s: (saved.get(s) if seconds[s] is None else seconds[s]) for s in seconds}
     return {"name": exp.name, "notebook": exp.notebook, "config": config_record(exp.name, cfg),
             "seeds": list(range(seeds)), "curves": curves, "summary": summary, "seconds": seconds,
-            "out": None if directory is None else str(directory.path)}
+            "computed_seconds": computed, "out": None if directory is None else str(directory.path)}
+
+
+def results_dir(name: str, quick: bool = False) -> Path:
+    """Where the notebooks keep an experiment's results: ``<cache>/experiments/NAME`` (``NAME_quick``), beside
+    the cached trained starts (:func:`rlcourse.experiments.cache.cache_dir`)."""
+    from rlcourse.experiments.cache import cache_dir
+
+    return cache_dir() / "experiments" / (name + ("_quick" if quick else ""))
+
+
+def for_notebook(name: str, seeds: int = 3, *, config=None, echo: bool = True) -> dict:
+    """What a notebook calls: :func:`run` in the mode ``$RLCOURSE_QUICK`` selects (:func:`~rlcourse.experiments.
+    settings.quick`), saved in and resumed from :func:`results_dir`, and one line saying which mode produced the
+    results, where they are, and how long each seed took when it was computed.
+
+    ``config`` replaces the experiment's default (full) config; in quick mode its ``quick()`` is used."""
+    from rlcourse.experiments import settings
+
+    quick = settings.quick()
+    if config is not None and quick:
+        config = config.quick()
+    out = results_dir(name, quick)
+    result = run(name, seeds, quick=quick, config=config, out=out, progress=False)
+    if echo:
+        took = ", ".join("?" if s is None else f"{s:.0f}" for s in result["computed_seconds"].values())
+        loaded = [s for s, v in result["seconds"].items() if v is None]
+        mode = ("QUICK mode (RLCOURSE_QUICK=1: the seconds-long config the test run uses; the numbers below are "
+                "not the experiment's)" if quick else "full config (RLCOURSE_QUICK unset)")
+        print(f"{name}: {mode}; {seeds} seeds, wall seconds per seed when computed: {took}"
+              + (f"; seeds {loaded} loaded from {out}" if loaded else f"; saved in {out}"))
+    return result
 
 
 # ============================================================================ command line
