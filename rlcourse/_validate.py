@@ -119,9 +119,10 @@ def together(*checks: tuple) -> None:
         counts.append(len(r))
     vals: list[float] = []
     if parts:
-        if len({(p.dtype, p.device) for p in parts}) > 1:
-            parts = [p.to("cpu", torch.float64) for p in parts]
-        vals = torch.stack(parts).tolist()
+        try:  # one device: stack promotes the dtypes (int64 counts of a bool mask, float16 ... float64)
+            vals = torch.stack(parts).tolist()
+        except RuntimeError:  # several devices
+            vals = torch.stack([p.to("cpu", torch.float64) for p in parts]).tolist()
     i = 0
     for c, n in zip(checks, counts):
         _judge(c[0], c[1], c[2], vals[i:i + n], bool(c[3]) if len(c) > 3 else False)
