@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 
 from rlcourse.advantages import reward_to_go, trajectory_return
-from rlcourse.derivations.base import Check, derivation, exact, inequality, monte_carlo, negative_control
+from rlcourse.derivations.base import Check, course_problem, derivation, exact, inequality, monte_carlo, negative_control
 from rlcourse.toymdp import ToyMDP
 
 NAME = "baseline"
@@ -111,8 +111,7 @@ def optimal_constant_baseline(mdp: ToyMDP, theta: torch.Tensor) -> float:
 
 @derivation(NAME, "Baselines and the optimal constant baseline", source="rlhf-derivation, unified-rl-llm, ppo-post-training, roy-policy-gradients")
 def checks() -> list[Check]:
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
-    theta = mdp.init_params(seed=1)
+    mdp, theta = course_problem()
     truth = mdp.exact_gradient(theta)
     p = mdp.probabilities(theta).detach()
     gen = torch.Generator().manual_seed(3)

@@ -48,7 +48,7 @@ import sympy
 import torch
 
 from rlcourse.advantages import gae, gae_closed_form, reward_to_go, td_residuals
-from rlcourse.derivations.base import Check, derivation, exact, negative_control, symbolic
+from rlcourse.derivations.base import Check, course_problem, derivation, exact, negative_control, symbolic
 from rlcourse.toymdp import ToyMDP
 
 NAME = "gae"
@@ -69,15 +69,9 @@ def random_batch(batch: int = 6, length: int = 8, seed: int = 0) -> tuple[torch.
 
 def gae_missing_gamma(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
                       ) -> torch.Tensor:
-    r"""Wrong on purpose: :math:`\hat A_t = \delta_t + \lambda \hat A_{t+1}` (the :math:`\gamma` on :math:`\lambda` forgotten)."""
-    deltas = td_residuals(rewards, values, mask, gamma)
-    counted = mask.bool()
-    running = torch.zeros_like(deltas[:, 0])
-    out = []
-    for t in reversed(range(deltas.shape[1])):
-        running = torch.where(counted[:, t], deltas[:, t] + lam * running, running)
-        out.append(torch.where(counted[:, t], running, torch.zeros_like(running)))
-    return torch.stack(out[::-1], dim=1)
+    r"""Wrong on purpose: :math:`\hat A_t = \delta_t + \lambda \hat A_{t+1}` (the :math:`\gamma` on :math:`\lambda` forgotten),
+    i.e. the :math:`\lambda`-discounted sum of the TD residuals (:func:`~rlcourse.advantages.reward_to_go` of them)."""
+    return reward_to_go(td_residuals(rewards, values, mask, gamma), mask, lam)
 
 
 def n_step_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, n: int
@@ -158,8 +152,7 @@ def checks() -> list[Check]:
     out.append(exact(NAME, "GAE(lambda=1) == reward-to-go - V", reward_to_go(rewards, mask, gamma) - values * mask,
                      gae(rewards, values, mask, gamma=gamma, lam=1.0)[0]))
 
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
-    theta = mdp.init_params(seed=1)
+    mdp, theta = course_problem()
     for gm, lm in ((1.0, 0.0), (1.0, 0.5), (1.0, 1.0), (0.9, 0.95)):
         out.append(exact(NAME, f"E[sum_t gamma^t A^GAE_t grad log pi_t] == grad J, V = V^pi (gamma={gm}, lambda={lm})",
                          mdp.exact_gradient(theta, gm),

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from rlcourse.derivations.base import Check, derivation, exact, monte_carlo, negative_control
+from rlcourse.derivations.base import Check, course_problem, derivation, exact, monte_carlo, negative_control
 from rlcourse.ratios import sequence_ratio, token_ratio, trajectory_ratio
 from rlcourse.toymdp import ToyMDP
 
@@ -95,8 +95,7 @@ def exact_mean(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @derivation(NAME, "Importance ratios: trajectory, token and sequence level", source="rlhf-derivation")
 def checks() -> list[Check]:
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
-    theta_old = mdp.init_params(seed=1)
+    mdp, theta_old = course_problem()
     theta = theta_old + 0.5 * mdp.init_params(seed=2)
     p_old = mdp.probabilities(theta_old)
     J = mdp.objective(theta)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from rlcourse.derivations.base import Check, derivation, exact, monte_carlo, negative_control
+from rlcourse.derivations.base import Check, course_problem, derivation, exact, monte_carlo, negative_control
 from rlcourse.toymdp import ToyMDP
 
 NAME = "performance_difference"
@@ -80,8 +80,7 @@ def performance_difference(mdp: ToyMDP, theta_new: torch.Tensor, theta_old: torc
 
 @derivation(NAME, "Performance difference lemma", source="ppo-post-training")
 def checks() -> list[Check]:
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
-    theta_old = mdp.init_params(seed=1)
+    mdp, theta_old = course_problem()
     theta_new = theta_old + 0.5 * mdp.init_params(seed=2)
     out = []
     for gamma in (1.0, 0.9):

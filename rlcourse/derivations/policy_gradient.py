@@ -31,7 +31,7 @@ from __future__ import annotations
 import sympy
 import torch
 
-from rlcourse.derivations.base import Check, derivation, exact, monte_carlo, negative_control, symbolic
+from rlcourse.derivations.base import Check, course_problem, derivation, exact, monte_carlo, negative_control, symbolic
 from rlcourse.toymdp import ToyMDP
 
 NAME = "log_derivative_trick"
@@ -59,8 +59,7 @@ def sampled_gradients(mdp: ToyMDP, theta: torch.Tensor, n: int, seed: int = 0) -
 
 @derivation(NAME, "Log-derivative trick / policy gradient theorem", source="rlhf-derivation, unified-rl-llm, ppo-post-training, roy-policy-gradients")
 def checks() -> list[Check]:
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
-    theta = mdp.init_params(seed=1)
+    mdp, theta = course_problem()
     truth = mdp.exact_gradient(theta)
     out = [exact(NAME, "autograd grad J == sum_tau P R grad log P", truth,
                  score_function_gradient(mdp, theta),

@@ -61,7 +61,7 @@ from __future__ import annotations
 import sympy
 import torch
 
-from rlcourse.derivations.base import Check, derivation, exact, negative_control, symbolic
+from rlcourse.derivations.base import Check, course_problem, derivation, exact, negative_control, symbolic
 from rlcourse.losses import clipped_surrogate, ppo_clip_loss, value_loss
 from rlcourse.ratios import token_ratio
 from rlcourse.toymdp import ToyMDP
@@ -228,8 +228,7 @@ def checks() -> list[Check]:
                  detail=f"ratio={ratio[i]:.2f}, A={adv[i]:+.2f}, eps={EPS}")
            for i, (label, _, _) in enumerate(CASES)]
 
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
-    theta_old = mdp.init_params(seed=1)
+    mdp, theta_old = course_problem()
     theta = theta_old + 0.3 * mdp.init_params(seed=2)
     th = theta.detach().clone().requires_grad_(True)
     (g,) = torch.autograd.grad(expected_clip_loss(mdp, th, theta_old), th)

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import torch
 
-from rlcourse.derivations.base import Check, derivation, exact, inequality, negative_control
+from rlcourse.derivations.base import Check, course_problem, derivation, exact, inequality, negative_control
 from rlcourse.kl import kl_categorical
 from rlcourse.losses import AdaptiveKLController, ppo_penalty_loss
 from rlcourse.ratios import token_ratio
@@ -148,8 +148,7 @@ def checks() -> list[Check]:
     out.append(exact(NAME, "KL = 100 x target: relative step == +0.2 n_steps / H (clipped)", max_step, up - 1.0))
     out.append(exact(NAME, "KL = target / 100: relative step == -0.2 n_steps / H (clipped)", -max_step, down - 1.0))
 
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
-    theta_old = mdp.init_params(seed=1)
+    mdp, theta_old = course_problem()
     theta = theta_old + 0.5 * mdp.init_params(seed=2)
     beta = 0.7
     v_loss, g_loss = _value_and_grad(lambda th: expected_penalty_loss(mdp, th, theta_old, beta), theta)

@@ -63,7 +63,7 @@ from __future__ import annotations
 import torch
 
 from rlcourse.advantages import reinforce_pp_advantages, reward_to_go, trajectory_return
-from rlcourse.derivations.base import Check, derivation, exact, inequality, monte_carlo, negative_control
+from rlcourse.derivations.base import Check, course_problem, derivation, exact, inequality, monte_carlo, negative_control
 from rlcourse.logprobs import masked_whiten
 from rlcourse.toymdp import ToyMDP
 
@@ -160,8 +160,7 @@ def exact_variance_trace(p: torch.Tensor, estimates: torch.Tensor) -> float:
 
 @derivation(NAME, "Reward-to-go", source="rlhf-derivation, unified-rl-llm")
 def checks() -> list[Check]:
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
-    theta = mdp.init_params(seed=1)
+    mdp, theta = course_problem()
     truth = mdp.exact_gradient(theta)
     p = mdp.probabilities(theta).detach()
 
@@ -194,14 +193,11 @@ def checks() -> list[Check]:
                            rtg[idx].reshape(len(idx), -1)))
 
     future = exact_mean(p, per_token_estimates(mdp, theta, future_only_weights(mdp)))
-    out.append(negative_control(
-        exact(NAME, "E[sum_t grad log pi_t * sum_{t'>t} r_t'] (current reward dropped) == grad J", truth, future),
-        detail=f"r_t depends on a_t, dropping it biases the gradient: "
-               f"max bias {float((future - truth).abs().max()):.3f}"))
-    out.append(negative_control(
-        exact(NAME, "E[sum_t grad log pi_t * sum_{t'<t} r_t'] (past rewards only) == grad J", truth,
-              exact_mean(p, past)),
-        detail="the past-reward term has mean 0, not grad J: must be rejected"))
+    wrong = [("E[sum_t grad log pi_t * sum_{t'>t} r_t'] (current reward dropped)", future,
+              f"r_t depends on a_t, dropping it biases the gradient: max bias {float((future - truth).abs().max()):.3f}"),
+             ("E[sum_t grad log pi_t * sum_{t'<t} r_t'] (past rewards only)", exact_mean(p, past),
+              "the past-reward term has mean 0, not grad J: must be rejected")]
+    out += [negative_control(exact(NAME, f"{label} == grad J", truth, value), detail=why) for label, value, why in wrong]
     return out + reinforce_pp_checks(mdp)
 
 
