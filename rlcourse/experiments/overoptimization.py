@@ -171,7 +171,7 @@ def load_reward_model(preset: str, name: str):
 @torch.no_grad()
 def policy_eval(model, ref, tokenizer, rm, task, problems, samples: int, seed: int) -> dict:
     """``gold``, ``accuracy``, ``score``, ``kl``, ``sqrt_kl`` of ``samples`` responses (temperature 1) to each of
-    ``problems`` (see the module docstring)."""
+    ``problems`` (see the module docstring); ``rm`` None: no ``score``."""
     was = model.training
     model.eval()
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -179,9 +179,9 @@ def policy_eval(model, ref, tokenizer, rm, task, problems, samples: int, seed: i
                   generator=gen)
     gold = task.batch_rewards(ro.completions, [p.answer for p in problems for _ in range(samples)], ro.finished)
     kl = float(sequence_kl(model, ref, ro.input_ids, ro.attention_mask, ro.response_mask).mean())
-    score = float(rm(ro.input_ids, ro.attention_mask).mean())
+    score = {} if rm is None else {"score": float(rm(ro.input_ids, ro.attention_mask).mean())}
     model.train(was)
-    return {"gold": float(gold.double().mean()), "accuracy": float((gold == 1.0).double().mean()), "score": score,
+    return {"gold": float(gold.double().mean()), "accuracy": float((gold == 1.0).double().mean()), **score,
             "kl": kl, "sqrt_kl": math.sqrt(max(kl, 0.0))}
 
 
