@@ -96,7 +96,7 @@ class GRPOConfig(OnPolicyConfig):
             along the response and subtracted from the reward before the group advantage, as PPO-RLHF's
             shaped reward summed, or verl's ``use_kl_in_reward``; :func:`kl_penalised_rewards`) or
             ``"sequence_loss"`` (the estimator applied once to the *sequence* log-ratio
-            :math:`\sum_t \log\pi/\pi_{\text{ref}}`, in the loss; :func:`sequence_kl_per_token`).
+            :math:`\\sum_t \\log\\pi/\\pi_{\\text{ref}}`, in the loss; :func:`sequence_kl_per_token`).
         num_iterations: optimizer steps per generation batch (mu in the GRPO paper).
         scale_advantages: divide by the group std; None -> the variant's choice (not dr_grpo).
         dynamic_sampling: drop zero-variance groups and resample; None -> ``variant == "dapo"``.
