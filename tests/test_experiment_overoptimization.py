@@ -16,6 +16,7 @@ from rlcourse.experiments import runner
 from rlcourse.kl import kl_categorical
 from rlcourse.lm import build_model, build_tokenizer, encode_completions
 from rlcourse.lm.reward_model import RewardModel
+from rlcourse.lm.rollout import position_ids_from_mask
 
 KEYS = {"arm", "seed", "step", "rm", "beta", "gold", "accuracy", "score", "kl", "sqrt_kl"}
 
@@ -76,7 +77,8 @@ def test_config_refuses_bad_fields_by_name():
 @pytest.fixture(scope="module")
 def two_models():
     tok = build_tokenizer()
-    return build_model("tiny", len(tok), seed=0, tokenizer=tok), build_model("tiny", len(tok), seed=1, tokenizer=tok), tok
+    return (build_model("tiny", len(tok), seed=0, tokenizer=tok), build_model("tiny", len(tok), seed=1, tokenizer=tok),
+            tok)
 
 
 def _batch(tok):
@@ -89,8 +91,8 @@ def test_sequence_kl_is_the_exact_per_token_kl_summed_over_the_response(two_mode
     got = oo.sequence_kl(p, q, b.input_ids, b.attention_mask, b.response_mask)
     # by hand: one full forward pass each, the positions that predict each response token
     T = b.response_mask.shape[1]
-    from rlcourse.lm.rollout import position_ids_from_mask
-    kw = dict(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids_from_mask(b.attention_mask))
+    kw = dict(input_ids=b.input_ids, attention_mask=b.attention_mask,
+              position_ids=position_ids_from_mask(b.attention_mask))
     with torch.no_grad():
         lp = torch.log_softmax(p(**kw).logits.double(), -1)[:, -(T + 1):-1]
         lq = torch.log_softmax(q(**kw).logits.double(), -1)[:, -(T + 1):-1]

@@ -1,4 +1,4 @@
-r"""``overoptimization`` (notebook 08): the true reward against √KL when a policy is optimised against a learned reward.
+r"""``overoptimization`` (notebook 08): the true reward against √KL when a policy optimises a learned reward.
 
 Gao, Schulman & Hilton (2023), "Scaling Laws for Reward Model Overoptimization", plot the *gold*
 (true) reward of a policy optimised against a *proxy* (learned) reward model against
@@ -204,7 +204,8 @@ def _best_of_n(cfg, rm, model, tokenizer, task, seed: int) -> list[dict]:
 
 @experiment("overoptimization", notebook="08", config=OveroptimizationConfig,
             description="PPO against the weak and the strong learned reward model at fixed beta values, and "
-                        "best-of-N on each: gold (rule) reward, reward-model score and exact KL(pi||ref) per evaluation")
+                        "best-of-N on each: gold (rule) reward, reward-model score and exact KL(pi||ref) per "
+                        "evaluation")
 def run_seed(cfg: OveroptimizationConfig, seed: int, progress) -> list[dict]:
     task = default_task()
     start, tok = sft_start(cfg.preset, 0, progress=False)

@@ -564,7 +564,8 @@ def plot_overoptimization(result: dict) -> plt.Figure:
             ax.title.set_fontsize(9)
         row[0].legend(fontsize=7)
     fig.suptitle(f"optimising a learned reward: mean and 95% t-interval over {n_seeds} seeds "
-                 f"(PPO, {cfg['steps']} steps, fixed β; best-of-N KL = log N − (N−1)/N, an upper bound)", fontsize=10)
+                 f"(PPO, {cfg['steps']} steps, fixed β; best-of-N KL = log N − (N−1)/N, an upper bound)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
