@@ -250,3 +250,46 @@ def test_rlhf_experiment_configs_are_hashable_and_take_the_preset_from_the_envir
     assert X.RewardHackingConfig(reward_model={}).reward_model == ()  # the course's reward model
     with pytest.raises(TypeError, match="cfg must be one of"):
         X.run(X.HACKING)
+
+
+# ----------------------------------------------------------------------------- 08: the runner's experiments
+
+def _fake_result(name, arms, rows_of, config):
+    from rlcourse.experiments.summary import summarize
+
+    rows = [r for seed in range(3) for arm in arms for r in rows_of(arm, seed)]
+    return {"name": name, "config": config, "seeds": [0, 1, 2], "curves": rows, "summary": summarize(rows)}
+
+
+def test_plot_overoptimization_draws_a_synthetic_result_and_refuses_another_experiments():
+    cfg = {"betas": [0.1, 1.0], "reward_models": ["weak", "strong"], "steps": 4}
+    arms = [f"{rm}_beta{b:g}" for rm in cfg["reward_models"] for b in cfg["betas"]] + ["bon_weak", "bon_strong"]
+
+    def rows_of(arm, seed):
+        return [{"arm": arm, "seed": seed, "step": s, "gold": 0.5 - 0.01 * s * s + 0.01 * seed, "score": 0.1 * s,
+                 "kl": 0.2 * s, "sqrt_kl": math.sqrt(0.2 * s)} for s in (0, 2, 4)]
+
+    fig = rlhf.plot_overoptimization(_fake_result("overoptimization", arms, rows_of, cfg))
+    try:
+        assert len(fig.axes) == 4
+        assert all(len(ax.lines) + len(ax.containers) > 0 for ax in fig.axes)
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="overoptimization"):
+        rlhf.plot_overoptimization(_fake_result("kl_placement", arms, rows_of, cfg))
+
+
+def test_plot_kl_placement_draws_a_synthetic_result_and_refuses_another_experiments():
+    cfg = {"arms": ["reward_k1", "loss_k3", "seq_k2"], "beta": 0.5, "steps": 4}
+
+    def rows_of(arm, seed):
+        return [{"arm": arm, "seed": seed, "step": s, "kl": 0.1 * s + 0.01 * seed, "sqrt_kl": 0.0, "gold": 0.4,
+                 "accuracy": 0.4} for s in (0, 2, 4)]
+
+    fig = rlhf.plot_kl_placement(_fake_result("kl_placement", cfg["arms"], rows_of, cfg))
+    try:
+        assert len(fig.axes) == 3 and len(fig.axes[0].lines) == 3 and len(fig.axes[2].patches) == 3
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="kl_placement"):
+        rlhf.plot_kl_placement(_fake_result("overoptimization", cfg["arms"], rows_of, cfg))

@@ -24,6 +24,7 @@ from rlcourse.derivations import kl_estimators as kle
 from rlcourse.kl import KL_ESTIMATORS, kl_categorical
 from rlcourse.lm import Problem, is_correct, is_well_formed, math_verify_correct, reward
 from rlcourse.experiments import rlhf as X
+from rlcourse.experiments.summary import curve
 from rlcourse.plots import figure
 from rlcourse.plots.lm_rl import smoothed
 from rlcourse.preference import dpo_loss
@@ -35,7 +36,8 @@ __all__ = [
     "kl_estimator_table", "kl_gradient_directions", "per_prefix_kl_stats", "dpo_ipo_curves", "kl_optimum_course",
     "kl_optimum_table", "OPTIMUM_BETAS",
     # plots
-    "plot_bradley_terry", "plot_reward_model", "plot_kl_estimators", "plot_reward_hacking", "plot_dpo_ipo",
+    "plot_bradley_terry", "plot_reward_model", "plot_kl_estimators", "plot_reward_hacking", "plot_overoptimization",
+    "plot_kl_placement", "plot_dpo_ipo",
     "plot_method_comparison", "plot_kl_optimum",
 ]
 
@@ -522,3 +524,81 @@ def plot_method_comparison(data: dict) -> plt.Figure:
 def build_dpo_vs_rl() -> plt.Figure:
     """DPO vs PPO vs GRPO from the same SFT start: held-out accuracy over training time and at the end."""
     return plot_method_comparison(X.method_comparison())
+
+
+# ============================================================================ 08: the runner's experiments
+
+def _runner_summary(result, name: str) -> dict:
+    if not isinstance(result, dict) or result.get("name") != name or "summary" not in result:
+        got = result.get("name") if isinstance(result, dict) else type(result).__name__
+        raise ValueError(f"result must be the result of the {name!r} experiment (runner.run or --json), got {got!r}")
+    return result["summary"]
+
+
+def _xy_errorbar(ax, summary, arm, x_metric, y_metric, **style):
+    """Mean of ``y_metric`` against mean of ``x_metric`` at each step of ``arm``, both with their interval."""
+    cx, cy = curve(summary, arm, x_metric), curve(summary, arm, y_metric)
+    ax.errorbar(cx["mean"], cy["mean"], xerr=[cx["mean"] - cx["lo"], cx["hi"] - cx["mean"]],
+                yerr=[cy["mean"] - cy["lo"], cy["hi"] - cy["mean"]], capsize=2, elinewidth=0.8, markersize=3.5,
+                **style)
+
+
+def plot_overoptimization(result: dict) -> plt.Figure:
+    """Gold (rule) reward and reward-model score against √KL(π‖π_ref), one row per reward model: PPO at each fixed
+    β (one point per evaluation: mean over seeds, 95 % t-intervals on both axes) and best-of-N (analytic KL)."""
+    summary = _runner_summary(result, "overoptimization")
+    cfg = result["config"]
+    rms, betas = list(cfg["reward_models"]), list(cfg["betas"])
+    n_seeds = len(summary["seeds"])
+    fig, axes = plt.subplots(len(rms), 2, figsize=(10, 3.3 * len(rms)), squeeze=False)
+    colors = plt.cm.viridis(np.linspace(0.0, 0.85, len(betas)))
+    for row, rm in zip(axes, rms):
+        for ax, metric, title in ((row[0], "gold", "gold reward (rule; never seen in training)"),
+                                  (row[1], "score", "proxy: reward-model score (what is optimised)")):
+            for beta, color in zip(betas, colors):
+                _xy_errorbar(ax, summary, f"{rm}_beta{beta:g}", "sqrt_kl", metric, color=color, marker="o",
+                             label=f"PPO β = {beta:g}")
+            _xy_errorbar(ax, summary, f"bon_{rm}", "sqrt_kl", metric, color="k", marker="s", linestyle="--",
+                         label="best-of-N (N = 1, 2, 4, …)")
+            ax.set(xlabel="√KL(π ‖ π_ref)  (nats^½)", ylabel=metric, title=f"{rm} reward model: {title}")
+            ax.title.set_fontsize(9)
+        row[0].legend(fontsize=7)
+    fig.suptitle(f"optimising a learned reward: mean and 95% t-interval over {n_seeds} seeds "
+                 f"(PPO, {cfg['steps']} steps, fixed β; best-of-N KL = log N − (N−1)/N, an upper bound)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+_PLACEMENT_STYLE = {"reward_k1": ("tab:blue", "-"), "seq_k2": ("tab:green", "-"), "loss_k2": ("tab:olive", "--"),
+                    "loss_k3": ("tab:red", "--"), "loss_k1": ("tab:gray", ":"), "no_kl": ("k", ":")}
+
+
+def plot_kl_placement(result: dict) -> plt.Figure:
+    """The exact KL(π‖π_ref) and the gold reward over training for each KL placement (mean, 95 % t-band over
+    seeds), and the final KL per placement with its interval."""
+    summary = _runner_summary(result, "kl_placement")
+    cfg = result["config"]
+    arms = list(cfg["arms"])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for arm in arms:
+        color, ls = _PLACEMENT_STYLE.get(arm, (None, "-"))
+        for ax, metric in ((axes[0], "kl"), (axes[1], "gold")):
+            c = curve(summary, arm, metric)
+            line, = ax.plot(c["step"], c["mean"], color=color, linestyle=ls, label=arm)
+            ax.fill_between(c["step"], c["lo"], c["hi"], color=line.get_color(), alpha=0.15, linewidth=0)
+    finals = {p["arm"]: p for p in summary["final"] if p["metric"] == "kl"}
+    mean = np.array([finals[a]["mean"] for a in arms])
+    lo = np.array([finals[a]["mean"] if finals[a]["lo"] is None else finals[a]["lo"] for a in arms])
+    hi = np.array([finals[a]["mean"] if finals[a]["hi"] is None else finals[a]["hi"] for a in arms])
+    axes[2].bar(range(len(arms)), mean, yerr=[mean - lo, hi - mean], capsize=3,
+                color=[_PLACEMENT_STYLE.get(a, ("tab:blue", ""))[0] for a in arms])
+    axes[0].set(xlabel="GRPO step", ylabel="exact KL(π ‖ π_ref) per sequence (nats)", title="KL reached")
+    axes[1].set(xlabel="GRPO step", ylabel="mean rule reward of samples", title="reward")
+    axes[2].set(xticks=range(len(arms)), ylabel="final KL (nats)", title=f"KL at step {cfg['steps']}")
+    axes[2].set_xticklabels(arms, rotation=30, fontsize=8)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"where the KL term goes (Dr. GRPO, β = {cfg['beta']:g}, same start and rule reward): mean and "
+                 f"95% t-interval over {len(summary['seeds'])} seeds", fontsize=10)
+    fig.tight_layout()
+    return fig

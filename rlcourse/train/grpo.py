@@ -53,8 +53,9 @@ import torch
 
 from rlcourse import _validate as V
 from rlcourse.advantages import dr_grpo_advantages, grpo_advantages
-from rlcourse.kl import KL_ESTIMATORS
+from rlcourse.kl import KL_ESTIMATORS, kl_estimate
 from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model, sequence_logprobs
+from rlcourse.logprobs import agg_loss
 from rlcourse.lm.rollout import encode_completions
 from rlcourse.losses import grpo_loss
 from rlcourse.train import bugs
@@ -63,6 +64,9 @@ from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finit
 from rlcourse.train.distinct_rows import distinct_rows
 
 VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo")
+#: Where the KL-to-reference term goes (``GRPOConfig.kl_placement``): see :func:`kl_penalised_rewards` and
+#: :func:`sequence_kl_per_token`.
+KL_PLACEMENTS = ("loss", "reward", "sequence_loss")
 
 #: Aggregation of the per-token losses for each variant (see rlcourse.logprobs.aggregate).
 AGGREGATION = {"grpo": "seq_mean_token_mean", "dr_grpo": "constant", "dapo": "token_mean",
@@ -87,6 +91,12 @@ class GRPOConfig(OnPolicyConfig):
         eps_low, eps_high: clip range; both None -> the variant's (``EPS``); eps_low alone -> symmetric.
         beta: KL-to-reference coefficient (0 = no reference model, as in DAPO and Dr. GRPO).
         kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (GRPO's choice).
+        kl_placement: where the beta-weighted KL term goes (beta > 0): ``"loss"`` (default, GRPO's: the
+            per-token estimate added to the per-token loss), ``"reward"`` (the per-token estimates summed
+            along the response and subtracted from the reward before the group advantage, as PPO-RLHF's
+            shaped reward summed, or verl's ``use_kl_in_reward``; :func:`kl_penalised_rewards`) or
+            ``"sequence_loss"`` (the estimator applied once to the *sequence* log-ratio
+            :math:`\\sum_t \\log\\pi/\\pi_{\\text{ref}}`, in the loss; :func:`sequence_kl_per_token`).
         num_iterations: optimizer steps per generation batch (mu in the GRPO paper).
         scale_advantages: divide by the group std; None -> the variant's choice (not dr_grpo).
         dynamic_sampling: drop zero-variance groups and resample; None -> ``variant == "dapo"``.
@@ -105,6 +115,7 @@ class GRPOConfig(OnPolicyConfig):
     eps_high: float | None = None
     beta: float = 0.0
     kl_estimator: str = "k3"
+    kl_placement: str = "loss"
     num_iterations: int = 1
     scale_advantages: bool | None = None
     dynamic_sampling: bool | None = None
@@ -127,6 +138,9 @@ class GRPOConfig(OnPolicyConfig):
         V.in_range("eps_high", self.eps_high, 0.0, 1.0, closed=False)
         number("beta", self.beta, strict=False)
         V.choice("kl_estimator", self.kl_estimator, list(KL_ESTIMATORS))
+        V.choice("kl_placement", self.kl_placement, KL_PLACEMENTS)
+        if self.kl_placement != "loss" and self.beta == 0:
+            raise ValueError(f"kl_placement={self.kl_placement!r} needs beta > 0 (with beta = 0 there is no KL term)")
         integer("num_iterations", self.num_iterations)
         if self.scale_advantages is None:
             self.scale_advantages = self.variant != "dr_grpo"
@@ -174,6 +188,58 @@ def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int) -> tor
         return torch.zeros_like(lengths)
     soft = ((max_length - buffer) - lengths) / buffer
     return torch.where(lengths > max_length, torch.full_like(lengths, -1.0), soft.clamp(max=0.0))
+
+
+def kl_penalised_rewards(rewards: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor,
+                         beta: float, estimator: str = "k1") -> torch.Tensor:
+    r"""The KL as a reward penalty (``kl_placement="reward"``): each sequence's reward minus beta times its per-token
+    KL estimates summed along the response,
+
+    .. math::
+
+        \tilde r_i = r_i - \beta \sum_t m_{i,t}\, \hat k_{i,t}, \qquad
+        \hat k_{i,t} = k_{\text{estimator}}\big(\log\pi_{\text{ref}}(y_{i,t}) - \log\pi(y_{i,t})\big)
+
+    (:func:`rlcourse.kl.kl_estimate`). With k1 this is the return from the first token of PPO-RLHF's shaped
+    per-token reward ("A Unified Perspective on RL for LLMs"), the one-sample estimate of the KL-regularised
+    objective; its policy gradient is that of the objective (the RLHF-gradient derivation).
+
+    Args:
+        rewards: (N,) sequence rewards. logp, logp_ref: (N, T) log-probs of the sampled tokens under the sampling
+        policy and the reference (no gradient is taken). mask: (N, T) 0/1 response mask. beta: >= 0.
+    """
+    V.tensor("rewards", rewards, ndim=1)
+    V.mask("mask", mask, like=logp, like_name="logp")
+    beta = V.positive("beta", beta, allow_zero=True, allow_inf=False)
+    if rewards.shape[0] != mask.shape[0]:
+        raise ValueError(f"rewards has shape {tuple(rewards.shape)} and mask {tuple(mask.shape)}: need one reward "
+                         "per row")
+    k = kl_estimate(logp.detach(), logp_ref.detach(), estimator)
+    return rewards - beta * (k * mask.to(k.dtype)).sum(-1).to(rewards.dtype)
+
+
+def sequence_kl_per_token(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor,
+                          estimator: str = "k2") -> torch.Tensor:
+    r"""A sequence-level KL estimate as a (N, T) per-token loss (``kl_placement="sequence_loss"``): the estimator
+    applied to the sequence log-ratio, spread evenly over the response's tokens,
+
+    .. math::
+
+        \ell_{i,t} = \frac{m_{i,t}}{|y_i|}\, k_{\text{estimator}}\Big(\sum_s m_{i,s}
+            (\log\pi_{\text{ref}}(y_{i,s}) - \log\pi_\theta(y_{i,s}))\Big),
+
+    so that each row sums to the sequence estimate (with k2: :math:`\tfrac12(\sum_t \log\pi_\theta /
+    \pi_{\text{ref}})^2`, whose expected gradient under :math:`\mathrm{sg}[P_\theta]` is
+    :math:`\nabla\mathrm{KL}(P_\theta \| P_{\text{ref}})` of the whole sequence: the derivation
+    ``kl_estimators``). The gradient flows through ``logp``.
+    """
+    V.mask("mask", mask, like=logp, like_name="logp")
+    m = mask.to(logp.dtype)
+    lengths = m.sum(-1, keepdim=True)
+    if bool((lengths == 0).any()):
+        raise ValueError(f"mask (shape {tuple(mask.shape)}) has a row with no response token")
+    k = kl_estimate((logp * m).sum(-1, keepdim=True), (logp_ref * m).sum(-1, keepdim=True), estimator)
+    return k * m / lengths
 
 
 def _advantages(rewards: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
@@ -241,8 +307,16 @@ def grpo_update(model, opt, batch: dict, cfg: GRPOConfig, ref, max_new_tokens: i
     ``approx_kl_last``, ``ratio_mean_last``, ...).
     """
     hook = bugs.hooks(cfg.bug)  # the identity unless cfg.bug injects a silent bug (the debugging lab)
+    rewards = batch["rewards"]
+    kl_in_loss = ref is not None and cfg.kl_placement == "loss"
+    if ref is not None and cfg.kl_placement == "reward":  # 0. the KL as a reward penalty, before the advantage
+        with torch.no_grad():
+            b_ids, b_att, b_mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+            rewards = kl_penalised_rewards(
+                rewards, sequence_logprobs(model, b_ids, b_att, b_mask, cfg.temperature),
+                sequence_logprobs(ref, b_ids, b_att, b_mask, cfg.temperature), b_mask, cfg.beta, cfg.kl_estimator)
     # 1. group advantages (z-score, or centred only for Dr. GRPO)
-    adv_all = hook.advantages(_advantages(batch["rewards"], cfg), rewards=batch["rewards"], group_size=cfg.group_size,
+    adv_all = hook.advantages(_advantages(rewards, cfg), rewards=rewards, group_size=cfg.group_size,
                               mask=batch["response_mask"])
     ids, att, adv = batch["input_ids"], batch["attention_mask"], adv_all
     mask = hook.loss_mask(batch["response_mask"], attention_mask=att)  # the tokens the loss counts
@@ -264,11 +338,15 @@ def grpo_update(model, opt, batch: dict, cfg: GRPOConfig, ref, max_new_tokens: i
             logp_old = logp.detach()
         logp_old = hook.old_logprobs(logp_old, logp=logp, mask=mask)
         # 4. the clipped loss of the variant, one AdamW step
+        max_len = max_new_tokens if cfg.aggregation == "constant" else None
         loss, stats = grpo_loss(logp, logp_old, adv, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                                 importance_level=cfg.importance_level, aggregation=cfg.aggregation,
-                                beta=cfg.beta, logp_ref=logp_ref, kl_estimator=cfg.kl_estimator,
-                                max_completion_length=max_new_tokens if cfg.aggregation == "constant" else None,
-                                **norms)
+                                beta=cfg.beta if kl_in_loss else 0.0, logp_ref=logp_ref if kl_in_loss else None,
+                                kl_estimator=cfg.kl_estimator, max_completion_length=max_len, **norms)
+        if ref is not None and cfg.kl_placement == "sequence_loss":  # the same aggregation as the loss above
+            seq_kl = sequence_kl_per_token(logp, logp_ref, mask, cfg.kl_estimator)
+            loss = loss + cfg.beta * agg_loss(seq_kl, mask, cfg.aggregation, constant=max_len)
+            stats["kl"] = float((seq_kl.detach() * mask).sum(-1).mean())
         check_finite(loss, name=f"{cfg.variant} loss", step=step)
         grad_norm = optimizer_step(model, opt, loss, cfg.grad_clip, step=step)
         if it == 0:
@@ -330,5 +408,5 @@ def train_grpo(cfg: GRPOConfig | None = None, model=None, tokenizer=None, *, tas
     return TrainResult(model, tokenizer, run.history, before, after, run.seconds, run.path, {"reference": ref})
 
 
-__all__ = ["GRPOConfig", "train_grpo", "grpo_update", "overlong_penalty", "collect_batch", "VARIANTS",
-           "AGGREGATION", "EPS"]
+__all__ = ["GRPOConfig", "train_grpo", "grpo_update", "overlong_penalty", "collect_batch", "kl_penalised_rewards",
+           "sequence_kl_per_token", "VARIANTS", "KL_PLACEMENTS", "AGGREGATION", "EPS"]

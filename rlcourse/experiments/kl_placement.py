@@ -1,0 +1,138 @@
+r"""``kl_placement`` (notebook 08): where the KL-to-reference term goes, and the KL(π‖π_ref) each placement reaches.
+
+Same start, same reward, same β, same trainer (:func:`rlcourse.train.grpo.train_grpo`, Dr. GRPO: centred group
+advantages and the constant normaliser, so that β weighs each sequence's KL term exactly as it weighs its
+advantage term in every arm); only the place of the KL term changes
+(:attr:`rlcourse.train.grpo.GRPOConfig.kl_placement`):
+
+=================  ===================================================================================
+arm                KL term
+=================  ===================================================================================
+``reward_k1``      :math:`\beta \sum_t k_{1,t}` subtracted from the reward before the advantage (PPO-RLHF's
+                   shaped reward, summed; :func:`~rlcourse.train.grpo.kl_penalised_rewards`)
+``loss_k3``        :math:`\beta\, k_{3,t}` per token in the loss (GRPO's choice)
+``loss_k2``        :math:`\beta\, k_{2,t}` per token in the loss
+``seq_k2``         :math:`\beta \cdot \tfrac12 (\sum_t \log\pi_\theta/\pi_{\text{ref}})^2` once per sequence in the
+                   loss (:func:`~rlcourse.train.grpo.sequence_kl_per_token`)
+``loss_k1``        :math:`\beta\, k_{1,t}` per token in the loss: the negative control, whose expected gradient is
+                   0 (the derivation ``kl_estimators``), so it should behave like ``no_kl``
+``no_kl``          β = 0: how far the reward alone moves the policy
+=================  ===================================================================================
+
+What the derivation ``kl_estimators`` (``rlcourse verify``) establishes about their expected gradients, with the
+samples not differentiated through: sequence-level k2 has the gradient of the sequence
+:math:`\mathrm{KL}(P_\theta \| P_{\text{ref}})`; per-token k2 has the gradient of :math:`\sum_t \mathrm{KL}_t`
+with the prefixes held fixed (not the sequence KL's: it ignores how the policy moves the prefixes it visits);
+per-token k3 has the gradient of the *reverse* :math:`\mathrm{KL}(\pi_{\text{ref}} \| \pi)` at the visited
+prefixes; per-token k1 in the loss has no gradient in expectation. KL in the reward (k1) gives, through the
+policy gradient, the gradient of the KL-regularised objective itself (the derivation ``rlhf_gradient``).
+
+The reward is the task's rule reward on the arithmetic task of notebooks 04-08 (1 right, 0 wrong, below 0
+malformed), from the cached SFT start (:func:`rlcourse.experiments.cache.sft_start`): cheap, and the same one
+every arm maximises.
+
+Rows (one per evaluation: the start, then every ``eval_every`` steps)::
+
+    {"arm", "seed", "step", "kl", "sqrt_kl", "gold", "accuracy"}
+
+``kl``: the mean over ``eval_prompts`` x ``eval_samples`` sampled held-out responses of the exact per-token KL
+summed along each (:func:`rlcourse.experiments.overoptimization.sequence_kl`: unbiased for the sequence KL);
+``gold`` / ``accuracy``: the mean rule reward of those responses, and the share that are right.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, replace
+
+from rlcourse.experiments.cache import sft_start
+from rlcourse.experiments.overoptimization import policy_eval
+from rlcourse.experiments.runner import experiment
+from rlcourse.lm import default_task
+from rlcourse.train.grpo import GRPOConfig, train_grpo
+
+__all__ = ["KLPlacementConfig", "ARMS", "run_seed"]
+
+#: arm -> the fields of :class:`~rlcourse.train.grpo.GRPOConfig` that make it (β comes from the config).
+ARMS = {
+    "reward_k1": dict(kl_placement="reward", kl_estimator="k1"),
+    "loss_k3": dict(kl_placement="loss", kl_estimator="k3"),
+    "loss_k2": dict(kl_placement="loss", kl_estimator="k2"),
+    "seq_k2": dict(kl_placement="sequence_loss", kl_estimator="k2"),
+    "loss_k1": dict(kl_placement="loss", kl_estimator="k1"),
+    "no_kl": dict(beta=0.0),
+}
+
+
+@dataclass(frozen=True)
+class KLPlacementConfig:
+    """β, the GRPO budget of every arm and the evaluation (see the module docstring)."""
+
+    arms: tuple = tuple(ARMS)
+    beta: float = 0.5
+    preset: str = "tiny"
+    steps: int = 50
+    lr: float = 2e-4
+    prompts_per_step: int = 8
+    group_size: int = 8
+    eval_every: int = 5
+    eval_prompts: int = 48
+    eval_samples: int = 4
+    threads: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "arms", tuple(self.arms))
+        if not self.arms or any(a not in ARMS for a in self.arms) or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms must be distinct names from {list(ARMS)}, got {self.arms!r}")
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 < self.beta < math.inf:
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        for name in ("steps", "prompts_per_step", "eval_every", "eval_prompts", "eval_samples", "threads"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 2:
+            raise ValueError(f"group_size must be an integer >= 2, got {self.group_size!r}")
+        if self.eval_every > self.steps:
+            raise ValueError(f"eval_every={self.eval_every} exceeds steps={self.steps}: no evaluation after the start")
+
+    def quick(self) -> "KLPlacementConfig":
+        """Seconds-long (tests, CI): every arm, 4 steps of 2 x 4 samples, 8 x 2 evaluation samples."""
+        return replace(self, steps=4, prompts_per_step=2, group_size=4, eval_every=2, eval_prompts=8, eval_samples=2)
+
+
+@experiment("kl_placement", notebook="08", config=KLPlacementConfig,
+            description="KL in the reward (k1) vs k3 / k2 per token in the loss vs sequence-level k2 (and k1 in the "
+                        "loss, beta = 0), same beta, same start and rule reward (Dr. GRPO): exact KL(pi||ref) and "
+                        "reward")
+def run_seed(cfg: KLPlacementConfig, seed: int, progress) -> list[dict]:
+    task = default_task()
+    start, tok = sft_start(cfg.preset, 0, progress=False)
+    start.eval()
+    problems = task.held_out(cfg.eval_prompts, seed=3000 + seed)
+    total, done, rows = len(cfg.arms) * cfg.steps, [0], []
+    for arm in cfg.arms:
+        policy = copy.deepcopy(start)
+
+        def evaluate(step):
+            r = policy_eval(policy, start, tok, None, task, problems, cfg.eval_samples,
+                            seed=10_000 * seed + step)
+            return {"arm": arm, "seed": seed, "step": step, "kl": r["kl"], "sqrt_kl": r["sqrt_kl"],
+                    "gold": r["gold"], "accuracy": r["accuracy"]}
+
+        rows.append(evaluate(0))
+
+        def at_step(row):
+            done[0] += 1
+            progress(done[0], total)
+            if (row["step"] + 1) % cfg.eval_every == 0:
+                rows.append(evaluate(row["step"] + 1))
+
+        fields = {"beta": float(cfg.beta), **ARMS[arm]}
+        gcfg = GRPOConfig(variant="dr_grpo", preset=cfg.preset, seed=seed, steps=cfg.steps, lr=cfg.lr,
+                          prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, eval_n=8,
+                          threads=cfg.threads, **fields)
+        train_grpo(gcfg, policy, tok, task=task, progress=False, callback=at_step)
+    return rows
