@@ -18,18 +18,22 @@ KEYS = {"arm", "seed", "step", "samples", "updates", "seconds", "accuracy", "log
         "p_correct", "p_last_digit", "p_other_digit", "p_elsewhere"}
 
 
-@pytest.fixture
-def mini_start(start, monkeypatch):
-    """The experiment on the miniature start and task of conftest (the course's cached start would be trained
-    from scratch in the test's private cache: minutes). What is tested is the bookkeeping, not the learning."""
-    monkeypatch.setattr(M, "sft_start", lambda preset, seed, progress=False: fresh(start))
-    monkeypatch.setattr(M, "default_task", lambda: MINI_TASK)
-    return start
+@pytest.fixture(scope="module")
+def quick(start, tmp_path_factory):
+    """The quick run (2 seeds) on the miniature start and task of conftest, saved in a temporary directory
+    (the course's cached start would be trained from scratch in the test's private cache: minutes). What
+    these tests check is the bookkeeping and the drawing, not what the model learns."""
+    out = tmp_path_factory.mktemp("method_comparison") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(M, "sft_start", lambda preset, seed, progress=False: fresh(start))
+        mp.setattr(M, "default_task", lambda: MINI_TASK)
+        res = runner.run("method_comparison", seeds=2, quick=True, out=out, progress=False)
+    return res, out
 
 
-def test_quick_run_gives_every_arm_and_seed_evenly_spaced_evaluations_on_the_same_sample_budget(tmp_path, mini_start):
+def test_quick_run_gives_every_arm_and_seed_evenly_spaced_evaluations_on_the_same_sample_budget(quick):
     cfg = MethodComparisonConfig().quick()
-    res = runner.run("method_comparison", seeds=2, quick=True, out=tmp_path / "run", progress=False)
+    res, out = quick
     rows = res["curves"]
     assert all(set(r) == KEYS for r in rows)
     assert {r["arm"] for r in rows} == set(M.ARMS) and {r["seed"] for r in rows} == {0, 1}
@@ -53,8 +57,24 @@ def test_quick_run_gives_every_arm_and_seed_evenly_spaced_evaluations_on_the_sam
     off = [r["samples"] for r in rows if r["arm"] == "dpo_offline" and r["seed"] == 0]
     on = [r["samples"] for r in rows if r["arm"] == "dpo_online" and r["seed"] == 0]
     assert off[1:] == [cfg.samples] * cfg.evals and on[1] < cfg.samples
-    again = runner.run("method_comparison", seeds=2, quick=True, out=tmp_path / "run", progress=False)
+    again = runner.run("method_comparison", seeds=2, quick=True, out=out, progress=False)
     assert again["curves"] == rows and set(again["seconds"].values()) == {None}
+
+
+@pytest.mark.parametrize("plot, n_axes", [("plot_method_comparison", 3), ("plot_dpo_displacement", 4)])
+def test_the_figures_draw_the_quick_result_and_refuse_another_experiments(quick, plot, n_axes):
+    import matplotlib.pyplot as plt
+
+    from rlcourse.plots import rlhf as figs
+
+    res, _ = quick
+    fig = getattr(figs, plot)(res)
+    assert len(fig.axes) == n_axes
+    assert all(ax.lines or ax.collections for ax in fig.axes), "every panel draws something"
+    plt.close(fig)
+    other = dict(res, name="grpo_variants")
+    with pytest.raises(ValueError, match="method_comparison"):
+        getattr(figs, plot)(other)
 
 
 @pytest.fixture(scope="module")

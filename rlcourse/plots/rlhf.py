@@ -24,6 +24,7 @@ from rlcourse.derivations import kl_estimators as kle
 from rlcourse.kl import KL_ESTIMATORS, kl_categorical
 from rlcourse.lm import Problem, is_correct, is_well_formed, math_verify_correct, reward
 from rlcourse.experiments import rlhf as X
+from rlcourse.experiments.summary import curve
 from rlcourse.plots import figure
 from rlcourse.plots.lm_rl import smoothed
 from rlcourse.preference import dpo_loss
@@ -36,7 +37,7 @@ __all__ = [
     "kl_optimum_table", "OPTIMUM_BETAS",
     # plots
     "plot_bradley_terry", "plot_reward_model", "plot_kl_estimators", "plot_reward_hacking", "plot_dpo_ipo",
-    "plot_method_comparison", "plot_kl_optimum",
+    "plot_method_comparison", "plot_dpo_displacement", "plot_kl_optimum",
 ]
 
 FIGSIZE = (10, 3.6)
@@ -479,46 +480,104 @@ def build_reward_hacking() -> plt.Figure:
     return plot_reward_hacking(X.reward_hacking_runs()["runs"])
 
 
-# ============================================================================ 10: DPO vs PPO vs GRPO
+# ============================================================================ 10: method_comparison (runner)
 
-_RUN_COLORS = {"DPO (β = 1)": "tab:purple", "DPO (β = 0.1)": "plum", "PPO": "tab:blue", "GRPO": "tab:orange"}
+#: Colour and label of each arm of the ``method_comparison`` experiment.
+METHOD_ARMS = {"dpo_offline": ("tab:purple", "DPO offline"), "dpo_online": ("tab:pink", "DPO online (iterative)"),
+               "ppo": ("tab:blue", "PPO"), "grpo": ("tab:orange", "GRPO")}
 
 
-def plot_method_comparison(data: dict) -> plt.Figure:
-    """Left: held-out greedy accuracy against training seconds for each run (a DPO curve starts after its
-    offline data collection). Right: final greedy accuracy and pass@1 per run."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=FIGSIZE)
-    rows = {r["label"]: r for r in data["rows"]}
-    for label, hist in data["histories"].items():
-        row = rows[label]
-        t = row["data_seconds"] + np.cumsum([r.get("step_seconds", 0.0) for r in hist])
-        pts = [(0.0, row["accuracy_before"])]
-        if row["data_seconds"]:
-            pts.append((row["data_seconds"], row["accuracy_before"]))
-        pts += [(ti, r["eval_accuracy"]) for ti, r in zip(t, hist) if "eval_accuracy" in r]
-        x, y = zip(*pts)
-        ax1.plot(x, y, "o-", ms=3.5, color=_RUN_COLORS.get(label, None), label=label)
-    ax1.set_xlabel("training seconds (DPO: pair sampling first)")
-    ax1.set_ylabel("held-out greedy accuracy")
-    ax1.set_ylim(0, 1)
-    ax1.set_title("same SFT start, same held-out problems")
-    ax1.legend(fontsize=8)
-    labels = [r["label"] for r in data["rows"]]
-    k = np.arange(len(labels))
-    colors = [_RUN_COLORS.get(n, "gray") for n in labels]
-    ax2.bar(k - 0.2, [rows[n]["accuracy_after"] for n in labels], 0.4, color=colors, label="greedy accuracy")
-    ax2.bar(k + 0.2, [rows[n]["pass@1_after"] for n in labels], 0.4, color=colors, alpha=0.45, hatch="//",
-            label="pass@1 (sampled)")
-    ax2.axhline(data["rows"][0]["accuracy_before"], color="k", ls=":", lw=1, label="SFT start (greedy)")
-    ax2.set_xticks(k, labels, fontsize=8.5)
-    ax2.set_ylim(0, 1)
-    ax2.set_title("after training")
-    ax2.legend(fontsize=8)
+def _comparison(result) -> tuple[dict, list[str]]:
+    """The summary of a ``method_comparison`` result (``ValueError`` for another experiment's) and its arms."""
+    from rlcourse.plots.experiments import _check_result
+
+    summary = _check_result(result, "method_comparison")
+    arms = [a for a in METHOD_ARMS if any(p["arm"] == a for p in summary["by_step"])]
+    return summary, arms
+
+
+def _band_against(ax, summary, arm, metric, x_metric, **style):
+    """``metric``'s mean over seeds and its interval (shaded) against the mean over seeds of ``x_metric``."""
+    y, x = curve(summary, arm, metric), curve(summary, arm, x_metric)
+    line, = ax.plot(x["mean"], y["mean"], **style)
+    ax.fill_between(x["mean"], y["lo"], y["hi"], color=line.get_color(), alpha=0.18, linewidth=0)
+    return line
+
+
+def plot_method_comparison(result: dict) -> plt.Figure:
+    """Held-out greedy accuracy of every arm against the samples drawn, the optimizer updates and the wall
+    seconds (mean over seeds and its interval). Offline DPO draws all its samples before its first update, so
+    in the first panel its evaluations stand in one column at the full budget (error bars)."""
+    summary, arms = _comparison(result)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for arm in arms:
+        color, label = METHOD_ARMS[arm]
+        style = dict(color=color, marker="o", markersize=3, label=label)
+        if arm == "dpo_offline":
+            y, x = curve(summary, arm, "accuracy"), curve(summary, arm, "samples")
+            axes[0].errorbar(x["mean"], y["mean"], yerr=[y["mean"] - y["lo"], y["hi"] - y["mean"]], fmt="o",
+                             markersize=3, capsize=2, color=color, label=label)
+        else:
+            _band_against(axes[0], summary, arm, "accuracy", "samples", **style)
+        _band_against(axes[1], summary, arm, "accuracy", "updates", **style)
+        _band_against(axes[2], summary, arm, "accuracy", "seconds", **style)
+    for ax, xlabel in zip(axes, ("samples drawn from a policy", "optimizer updates of the policy",
+                                 "wall seconds in the trainer (one core)")):
+        ax.set(xlabel=xlabel, ylim=(0, 1))
+    axes[0].set_ylabel("held-out greedy accuracy")
+    axes[0].legend(fontsize=7.5, loc="lower right")
+    fig.suptitle(f"same SFT start, same sample budget: mean and 95% t-interval over {len(summary['seeds'])} seeds",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
 
+def plot_dpo_displacement(result: dict) -> plt.Figure:
+    """Where the probability goes: the mean log-probability of the chosen and of the rejected responses of the
+    fixed held-out pairs, and the exact probability of the correct answer, of the answers that differ from it in
+    the last digit only, and of those that differ in one earlier digit only, for every arm over its run."""
+    summary, arms = _comparison(result)
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.5))
+    for arm in arms:
+        color, label = METHOD_ARMS[arm]
+        # the x axis: the share of the arm's updates done, so that arms with different update counts align
+        updates = curve(summary, arm, "updates")["mean"]
+        for ax, metric, ls in ((axes[0], "logp_chosen", "-"), (axes[0], "logp_rejected", "--"),
+                               (axes[1], "p_correct", "-"), (axes[2], "p_last_digit", "-"),
+                               (axes[3], "p_other_digit", "-")):
+            y = curve(summary, arm, metric)
+            ax.plot(updates / updates[-1], y["mean"], color=color, linestyle=ls, marker="o", markersize=2.5,
+                            label=f"{label}, {'chosen' if metric == 'logp_chosen' else 'rejected'}"
+                            if ax is axes[0] else label)
+            ax.fill_between(updates / updates[-1], y["lo"], y["hi"], color=color, alpha=0.15, linewidth=0)
+    titles = ("held-out pairs: mean log π(y | x)\n(solid: chosen, dashed: rejected)", "π(correct answer)",
+              "π(answers one digit away: the last)", "π(answers one digit away: an earlier one)")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9.5)
+        ax.set_xlabel("share of the arm's updates")
+    axes[0].legend(fontsize=6.5, ncol=1)
+    for ax in axes[1:]:
+        ax.set_ylim(0, 1)
+    fig.suptitle(f"mean and 95% t-interval over {len(summary['seeds'])} seeds; probabilities exact, on held-out "
+                 "problems", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _method_comparison_result() -> dict:
+    """The saved full run of notebook 10 (``runner.results_dir``), computed there first if it is missing."""
+    from rlcourse.experiments import runner
+
+    return runner.run("method_comparison", 3, out=runner.results_dir("method_comparison"), progress=False)
+
+
 @figure("10_dpo_vs_rl")
 def build_dpo_vs_rl() -> plt.Figure:
-    """DPO vs PPO vs GRPO from the same SFT start: held-out accuracy over training time and at the end."""
-    return plot_method_comparison(X.method_comparison())
+    """DPO offline / online vs PPO vs GRPO on one sample budget: accuracy against samples, updates, seconds."""
+    return plot_method_comparison(_method_comparison_result())
+
+
+@figure("10_dpo_displacement")
+def build_dpo_displacement() -> plt.Figure:
+    """The held-out pairs' log-probs and the exact mass on the correct answer and on its one-digit neighbours."""
+    return plot_dpo_displacement(_method_comparison_result())
