@@ -55,23 +55,11 @@ from rlcourse.train.dpo import DPOConfig, train_dpo
 from rlcourse.train.grpo import GRPOConfig, train_grpo
 from rlcourse.train.ppo import PPOConfig, train_ppo
 
-__all__ = ["ARMS", "NEEDS", "MASSES", "MethodComparisonConfig", "neighbours", "neighbour_mass", "probe", "measure",
+__all__ = ["ARMS", "MASSES", "MethodComparisonConfig", "neighbours", "neighbour_mass", "probe", "measure",
            "arm_plan", "run_arm", "run_seed"]
 
 #: The arms, in the order they run and are drawn.
 ARMS = ("dpo_offline", "dpo_online", "ppo", "grpo")
-
-#: What each arm needs while it trains (the notebook's table).
-NEEDS = {
-    "dpo_offline": {"data": "pairs sampled once, from the start", "reward model": "no (implicit)", "critic": "no",
-                    "reference": "log-probs of the pairs, once", "sampling in training": "no"},
-    "dpo_online": {"data": "pairs re-sampled from the policy each round", "reward model": "no (implicit)",
-                   "critic": "no", "reference": "log-probs of each round's pairs", "sampling in training": "once a round"},
-    "ppo": {"data": "on-policy samples", "reward model": "yes (here: the rule)", "critic": "yes",
-            "reference": "yes (KL in the reward)", "sampling in training": "every step"},
-    "grpo": {"data": "on-policy groups", "reward model": "yes (here: the rule)", "critic": "no (group mean)",
-             "reference": "optional (β = 0 here)", "sampling in training": "every step, G per prompt"},
-}
 
 #: Held-out problems of the trainers' own before/after evaluation, which this experiment does not use
 #: (it evaluates the policy itself, at every evaluation point): kept tiny so that it costs nothing.

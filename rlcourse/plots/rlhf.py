@@ -526,6 +526,10 @@ def plot_method_comparison(result: dict) -> plt.Figure:
         ax.set(xlabel=xlabel, ylim=(0, 1))
     axes[0].set_ylabel("held-out greedy accuracy")
     axes[0].legend(fontsize=7.5, loc="lower right")
+    if "dpo_offline" in arms:
+        axes[0].annotate("DPO offline: all its samples are\ndrawn before its first update", xy=(0.98, 0.98),
+                         xycoords="axes fraction", ha="right", va="top", fontsize=7.5,
+                         color=METHOD_ARMS["dpo_offline"][0])
     fig.suptitle(f"same SFT start, same sample budget: mean and 95% t-interval over {len(summary['seeds'])} seeds",
                  fontsize=10)
     fig.tight_layout()
@@ -533,33 +537,36 @@ def plot_method_comparison(result: dict) -> plt.Figure:
 
 
 def plot_dpo_displacement(result: dict) -> plt.Figure:
-    """Where the probability goes: the mean log-probability of the chosen and of the rejected responses of the
-    fixed held-out pairs, and the exact probability of the correct answer, of the answers that differ from it in
-    the last digit only, and of those that differ in one earlier digit only, for every arm over its run."""
+    """Where the probability goes: the mean log-probability of the chosen (solid) and of the rejected (dashed)
+    responses of the fixed held-out pairs, and the exact probability of the correct answer, of the answers that
+    differ from it in the last digit only, and of those that differ in one earlier digit only (solid) or
+    anywhere else (dotted), for every arm over its run (mean over seeds and its interval)."""
     summary, arms = _comparison(result)
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.5))
+    panels = ((0, "logp_chosen", "-"), (0, "logp_rejected", "--"), (1, "p_correct", "-"), (2, "p_last_digit", "-"),
+              (3, "p_other_digit", "-"), (3, "p_elsewhere", ":"))
     for arm in arms:
         color, label = METHOD_ARMS[arm]
         # the x axis: the share of the arm's updates done, so that arms with different update counts align
         updates = curve(summary, arm, "updates")["mean"]
-        for ax, metric, ls in ((axes[0], "logp_chosen", "-"), (axes[0], "logp_rejected", "--"),
-                               (axes[1], "p_correct", "-"), (axes[2], "p_last_digit", "-"),
-                               (axes[3], "p_other_digit", "-")):
+        share = updates / updates[-1]
+        for k, metric, ls in panels:
             y = curve(summary, arm, metric)
-            ax.plot(updates / updates[-1], y["mean"], color=color, linestyle=ls, marker="o", markersize=2.5,
-                            label=f"{label}, {'chosen' if metric == 'logp_chosen' else 'rejected'}"
-                            if ax is axes[0] else label)
-            ax.fill_between(updates / updates[-1], y["lo"], y["hi"], color=color, alpha=0.15, linewidth=0)
-    titles = ("held-out pairs: mean log π(y | x)\n(solid: chosen, dashed: rejected)", "π(correct answer)",
-              "π(answers one digit away: the last)", "π(answers one digit away: an earlier one)")
+            axes[k].plot(share, y["mean"], color=color, linestyle=ls, marker="o", markersize=2.5,
+                         label=label if ls == "-" else None)
+            axes[k].fill_between(share, y["lo"], y["hi"], color=color, alpha=0.15, linewidth=0)
+    titles = ("held-out pairs: mean log π(y | x)\nsolid: chosen, dashed: rejected", "π(the correct answer)",
+              "π(answers with the last digit wrong)", "π(answers with one earlier digit wrong)\n"
+              "dotted: π(every other response)")
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9.5)
         ax.set_xlabel("share of the arm's updates")
-    axes[0].legend(fontsize=6.5, ncol=1)
-    for ax in axes[1:]:
+    for ax in axes[1:3]:
         ax.set_ylim(0, 1)
-    fig.suptitle(f"mean and 95% t-interval over {len(summary['seeds'])} seeds; probabilities exact, on held-out "
-                 "problems", fontsize=10)
+    axes[3].set_ylim(bottom=0)
+    axes[1].legend(fontsize=7.5)
+    fig.suptitle(f"mean and 95% t-interval over {len(summary['seeds'])} seeds; probabilities exact (sums over complete "
+                 "responses), on held-out problems", fontsize=10)
     fig.tight_layout()
     return fig
 
