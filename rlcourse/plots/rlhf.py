@@ -516,7 +516,7 @@ def plot_method_comparison(result: dict) -> plt.Figure:
         if arm == "dpo_offline":
             y, x = curve(summary, arm, "accuracy"), curve(summary, arm, "samples")
             axes[0].errorbar(x["mean"], y["mean"], yerr=[y["mean"] - y["lo"], y["hi"] - y["mean"]], fmt="o",
-                             markersize=3, capsize=2, color=color, label=label)
+                             markersize=3, capsize=2, color=color, label=f"{label} (all drawn first)")
         else:
             _band_against(axes[0], summary, arm, "accuracy", "samples", **style)
         _band_against(axes[1], summary, arm, "accuracy", "updates", **style)
@@ -526,10 +526,6 @@ def plot_method_comparison(result: dict) -> plt.Figure:
         ax.set(xlabel=xlabel, ylim=(0, 1))
     axes[0].set_ylabel("held-out greedy accuracy")
     axes[0].legend(fontsize=7.5, loc="lower right")
-    if "dpo_offline" in arms:
-        axes[0].annotate("DPO offline: all its samples are\ndrawn before its first update", xy=(0.98, 0.98),
-                         xycoords="axes fraction", ha="right", va="top", fontsize=7.5,
-                         color=METHOD_ARMS["dpo_offline"][0])
     fig.suptitle(f"same SFT start, same sample budget: mean and 95% t-interval over {len(summary['seeds'])} seeds",
                  fontsize=10)
     fig.tight_layout()
