@@ -28,7 +28,7 @@ from rlcourse.plots import rlhf  # noqa: E402
 # cheap builders (toy MDP / tensors only) -> number of axes (twin axes included)
 CHEAP = {"07_bradley_terry": 3, "08_kl_estimators": 2, "10_kl_optimum": 2, "10_dpo_ipo": 2}
 # builders that train models: registered, but not run in the tests
-HEAVY = {"07_reward_model", "08_reward_hacking", "10_dpo_vs_rl"}
+HEAVY = {"07_reward_model", "08_reward_hacking", "10_dpo_vs_rl", "10_dpo_displacement"}
 
 
 def test_every_figure_of_notebooks_07_08_10_is_registered():
@@ -199,28 +199,6 @@ def test_dpo_ipo_curves_match_their_closed_forms():
     assert c["dpo"][1] == pytest.approx(math.log(2))
 
 
-def test_plot_method_comparison_on_synthetic_data():
-    rows = [{"label": m, "method": m.split()[0], "accuracy_before": 0.3, "accuracy_after": a, "pass@1_after": a - 0.05,
-             "data_seconds": d} for m, a, d in (("DPO (β = 1)", 0.35, 2.0), ("PPO", 0.5, 0.0), ("GRPO", 0.55, 0.0))]
-    hist = [{"step": i, "step_seconds": 0.5, **({"eval_accuracy": 0.3 + 0.02 * i} if i % 5 == 4 else {})}
-            for i in range(10)]
-    fig = rlhf.plot_method_comparison({"rows": rows, "histories": {r["label"]: hist for r in rows}})
-    assert len(fig.axes) == 2
-    plt.close(fig)
-
-
-def test_comparison_configs_are_valid_trainer_configs():
-    from rlcourse.train.dpo import DPOConfig
-    from rlcourse.train.grpo import GRPOConfig
-    from rlcourse.train.ppo import PPOConfig
-
-    configs = {"DPO": DPOConfig, "PPO": PPOConfig, "GRPO": GRPOConfig}
-    for label, method, fields in X.COMPARISON:
-        configs[method](eval_n=X.COMPARISON_EVAL_N, **fields)
-    assert {m for _, m, _ in X.COMPARISON} == set(X.NEEDS) == set(configs)
-    assert len({label for label, _, _ in X.COMPARISON}) == len(X.COMPARISON), "labels are unique"
-
-
 def test_textbook_and_hacking_reward_models_are_valid_configs():
     from rlcourse.train.reward_model import RewardModelConfig
 
@@ -241,7 +219,7 @@ def test_reward_model_cache_dir_depends_on_the_config():
 
 def test_rlhf_experiment_configs_are_hashable_and_take_the_preset_from_the_environment(monkeypatch):
     monkeypatch.setenv("RLCOURSE_PRESET", "small")
-    assert X.RewardModelsConfig().preset == X.MethodComparisonConfig().preset == "small"
+    assert X.RewardModelsConfig().preset == "small"
     assert X.RewardModelsConfig("tiny").preset == "tiny"
     c = X.RewardHackingConfig(reward_model={"steps": 5, "n_prompts": 10}, betas=[1, 2])
     assert c.reward_model == (("n_prompts", 10), ("steps", 5)) and c.betas == (1.0, 2.0)

@@ -8,12 +8,14 @@ module                     what
 ``registry``               the trainers by name, with their recipes (``rlcourse train``)
 ``toy``                    notebook 02: exact gradient ascent and REINFORCE on the toy MDP
 ``lm_rl``                  notebook 04 (REINFORCE baselines, gradient noise, pass@k) and 09 (GRPO variants)
-``rlhf``                   notebooks 07 (reward models and judges), 08 (reward hacking), 10 (DPO vs PPO vs GRPO)
+``rlhf``                   notebooks 07 (reward models and judges), 08 (reward hacking)
 ``memo``, ``settings``     the memoisation, and the preset (``$RLCOURSE_PRESET``)
 ``runner``                 experiments by name over seeds, saved and resumed per seed (``rlcourse experiment``)
 ``summary``                means and Student-t intervals over seeds (the runner's ``summary``, the plots' bands)
 ``ppo_toy``                notebook 06: K epochs on one batch, vanilla PG vs PPO-clip vs PPO-penalty (toy MDP)
 ``critic_gae``             notebook 05: a critic on λ-returns and the best GAE λ as it learns (toy MDP)
+``method_comparison``      notebook 10: DPO offline / online vs PPO vs GRPO on one sample budget, and where DPO
+                           moves the probability (held-out pairs' log-probs, exact mass on nearby answers)
 =========================  ===================================================================
 
 An LM experiment is a function of a frozen config dataclass; each module's ``run(cfg)`` runs any of

@@ -1,4 +1,4 @@
-r"""The experiments of notebooks 07 (reward models), 08 (RLHF with PPO) and 10 (DPO vs PPO vs GRPO).
+r"""The experiments of notebooks 07 (reward models) and 08 (RLHF with PPO).
 
 Each calls the trainers of :mod:`rlcourse.train` (never a private copy of a loss) on the
 course's small LM, from the cached starts of :mod:`rlcourse.experiments.cache`, and returns plain
@@ -9,17 +9,18 @@ notebook that runs it and then calls the figure builder pays once. The figures a
 * :func:`reward_models` (07, :class:`RewardModelsConfig`): the course's and the textbook reward
   model, and three other judges, on held-out pairs; :func:`score_by_kind` of the policy's own samples;
 * :func:`reward_hacking` (08, :class:`RewardHackingConfig`): PPO against the learned reward model,
-  one run per fixed beta;
-* :func:`compare_methods` (10, :class:`MethodComparisonConfig`): DPO vs PPO vs GRPO from the same start.
+  one run per fixed beta.
+
+Notebook 10's comparison of DPO, PPO and GRPO is the runner experiment ``method_comparison``
+(:mod:`rlcourse.experiments.method_comparison`), which uses :func:`completion_logprobs` from here.
 
 :func:`run` runs any of them from its config; the notebooks call the keyword forms
-(:func:`reward_model_experiment`, :func:`reward_hacking_runs`, :func:`method_comparison`). The preset
+(:func:`reward_model_experiment`, :func:`reward_hacking_runs`). The preset
 of a config is ``$RLCOURSE_PRESET`` (default ``"tiny"``) when it is built, as in the notebooks.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -33,14 +34,12 @@ from rlcourse.lm import (batch_rewards, default_max_new_tokens, default_task, en
                          sequence_logprobs)
 from rlcourse.lm.pairs import encode_pairs, pair_kind, pair_logprobs
 from rlcourse.lm.rollout import encode_prompts, position_ids_from_mask
-from rlcourse.train.dpo import DPOConfig, train_dpo
-from rlcourse.train.grpo import GRPOConfig, train_grpo
 from rlcourse.train.ppo import PPOConfig, train_ppo
 
-__all__ = ["StartConfig", "RewardModelsConfig", "RewardHackingConfig", "MethodComparisonConfig", "run", "reward_models",
-           "reward_hacking", "compare_methods", "score_by_kind", "pair_groups", "rm_margins", "likelihood_margins",
+__all__ = ["StartConfig", "RewardModelsConfig", "RewardHackingConfig", "run", "reward_models",
+           "reward_hacking", "score_by_kind", "pair_groups", "rm_margins", "likelihood_margins",
            "verdict_margins", "completion_logprobs", "pair_accuracy_by_group", "reward_model_experiment", "HACKING",
-           "reward_hacking_runs", "COMPARISON", "COMPARISON_EVAL_N", "NEEDS", "method_comparison", "policy"]
+           "reward_hacking_runs", "policy"]
 
 
 def policy(preset: str, seed: int, progress: bool = False):
@@ -288,65 +287,7 @@ def reward_hacking(cfg: RewardHackingConfig) -> dict:
     return out
 
 
-#: Notebook 10's comparison: the same SFT start, seed, task and held-out evaluation for every run;
-#: ``(label, method, config fields)``; each run is 1-13 s of training on the idle 2-core CPU (measured).
-#: DPO runs twice: with beta = 1 and with the beta = 0.1 common for large models.
-COMPARISON = (
-    ("DPO (β = 1)", "DPO", dict(steps=60, n_prompts=300, beta=1.0, lr=1e-4, eval_every=10)),
-    ("DPO (β = 0.1)", "DPO", dict(steps=60, n_prompts=300, beta=0.1, lr=1e-4, eval_every=10)),
-    ("PPO", "PPO", dict(steps=30, eval_every=5)),
-    ("GRPO", "GRPO", dict(steps=30, prompts_per_step=8, group_size=8, eval_every=5, distinct_rows=True)),
-)
-COMPARISON_EVAL_N = 200
-
-#: What each method needs during training (for the table of notebook 10).
-NEEDS = {
-    "DPO": {"data": "offline pairs", "reward model": "no (implicit)", "critic": "no",
-            "reference": "log-probs once", "sampling in training": "no"},
-    "PPO": {"data": "on-policy samples", "reward model": "yes (here: the rule)", "critic": "yes",
-            "reference": "yes (KL in reward)", "sampling in training": "yes"},
-    "GRPO": {"data": "on-policy groups", "reward model": "yes (here: the rule)", "critic": "no (group mean)",
-             "reference": "optional (β = 0 here)", "sampling in training": "yes (G per prompt)"},
-}
-
-
-@dataclass(frozen=True)
-class MethodComparisonConfig(StartConfig):
-    """Notebook 10: every entry of :data:`COMPARISON` from the start (see :func:`compare_methods`)."""
-
-
-@memoised
-def compare_methods(cfg: MethodComparisonConfig) -> dict:
-    """DPO vs PPO vs GRPO from the same SFT start (rule reward / oracle pairs), same held-out evaluation.
-
-    Runs every entry of :data:`COMPARISON` with :func:`rlcourse.train.dpo.train_dpo`,
-    :func:`rlcourse.train.ppo.train_ppo` or :func:`rlcourse.train.grpo.train_grpo`. Returns ``{"rows": [...],
-    "histories": {label: [...]}}``; each row: ``label``, ``method``, ``steps``, ``accuracy_before``,
-    ``accuracy_after`` (greedy, held-out), ``pass@1_after``, ``pass@8_after``, ``train_seconds``
-    (optimisation steps; for PPO/GRPO sampling included), ``data_seconds`` (DPO's offline pair sampling and
-    reference scoring) and ``wall_seconds`` (the whole trainer call, evaluations included). Memoised in
-    the process.
-    """
-    trainers = {"DPO": (DPOConfig, train_dpo), "PPO": (PPOConfig, train_ppo), "GRPO": (GRPOConfig, train_grpo)}
-    rows, histories = [], {}
-    for label, method, fields in COMPARISON:
-        Config, train = trainers[method]
-        model, tok = policy(cfg.preset, cfg.seed)
-        run_cfg = Config(preset=cfg.preset, seed=cfg.seed, eval_n=COMPARISON_EVAL_N, **fields)
-        t0 = time.perf_counter()
-        res = train(run_cfg, model, tok, progress=False)
-        wall = time.perf_counter() - t0
-        histories[label] = res.history
-        rows.append({"label": label, "method": method, "steps": run_cfg.steps,
-                     "accuracy_before": res.before["accuracy"], "accuracy_after": res.after["accuracy"],
-                     "pass@1_after": res.after["pass@1"], "pass@8_after": res.after["pass@8"],
-                     "train_seconds": res.seconds, "data_seconds": float(res.extra.get("pairs_seconds", 0.0)),
-                     "wall_seconds": wall})
-    return {"rows": rows, "histories": histories}
-
-
-_EXPERIMENTS = {RewardModelsConfig: reward_models, RewardHackingConfig: reward_hacking,
-                MethodComparisonConfig: compare_methods}
+_EXPERIMENTS = {RewardModelsConfig: reward_models, RewardHackingConfig: reward_hacking}
 
 
 def run(cfg) -> dict:
@@ -368,8 +309,3 @@ def reward_hacking_runs(preset: str | None = None, seed: int = 0, betas: tuple =
     """:func:`reward_hacking` of ``RewardHackingConfig(...)`` (preset None: ``$RLCOURSE_PRESET``)."""
     return reward_hacking(RewardHackingConfig(preset=preset or settings.preset(), seed=seed, betas=betas, steps=steps,
                                               reward_model=reward_model))
-
-
-def method_comparison(preset: str | None = None, seed: int = 0) -> dict:
-    """:func:`compare_methods` of ``MethodComparisonConfig(preset, seed)`` (preset None: ``$RLCOURSE_PRESET``)."""
-    return compare_methods(MethodComparisonConfig(preset=preset or settings.preset(), seed=seed))

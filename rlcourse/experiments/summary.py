@@ -30,7 +30,7 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["LEVEL", "INTERVAL", "t_quantile", "t_interval", "summarize", "curve", "metrics_of", "arms_of"]
+__all__ = ["result_summary", "LEVEL", "INTERVAL", "t_quantile", "t_interval", "summarize", "curve", "metrics_of", "arms_of"]
 
 #: The confidence level of every interval of the experiments.
 LEVEL = 0.95
@@ -184,3 +184,12 @@ def interval(table: list[dict], arm: str, metric: str, step: int | None = None, 
         if row["arm"] == arm and row["metric"] == metric and (step is None or row.get("step") == step):
             return format_interval(row, fmt)
     raise KeyError(f"no summary row for arm={arm!r}, metric={metric!r}, step={step!r}")
+
+
+def result_summary(result, name: str) -> dict:
+    """The ``summary`` of ``result``, which must be what :func:`rlcourse.experiments.runner.run` (or
+    ``rlcourse experiment run NAME --json``) returned for the experiment ``name``; ``ValueError`` otherwise."""
+    if not isinstance(result, dict) or result.get("name") != name or "summary" not in result:
+        got = result.get("name") if isinstance(result, dict) else type(result).__name__
+        raise ValueError(f"result must be the result of the {name!r} experiment (runner.run or --json), got {got!r}")
+    return result["summary"]

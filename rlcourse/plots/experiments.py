@@ -12,7 +12,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from rlcourse.experiments.summary import curve
+from rlcourse.experiments.summary import curve, result_summary
 from rlcourse.plots import figure
 
 __all__ = ["plot_ppo_toy", "plot_critic_gae", "SEEDS"]
@@ -22,13 +22,6 @@ SEEDS = 3
 FIGSIZE = (12, 3.6)
 _METHOD_COLORS = {"vanilla": "tab:red", "clip": "tab:blue", "penalty": "tab:green", "unclipped": "tab:orange"}
 _STYLES = ["-", "--", ":", "-."]
-
-
-def _check_result(result, name: str) -> dict:
-    if not isinstance(result, dict) or result.get("name") != name or "summary" not in result:
-        got = result.get("name") if isinstance(result, dict) else type(result).__name__
-        raise ValueError(f"result must be the result of the {name!r} experiment (runner.run or --json), got {got!r}")
-    return result["summary"]
 
 
 def _band(ax, summary, arm, metric, label=None, **style):
@@ -49,7 +42,7 @@ def _peak(summary, arm, metric) -> dict:
 def plot_ppo_toy(result: dict, early: int = 15) -> plt.Figure:
     """Exact J per iteration (every method × K); the largest KL(old‖new) one iteration reached, per method
     and K; and KL(old‖new) per iteration at the largest K over the first ``early`` iterations."""
-    summary = _check_result(result, "ppo_toy")
+    summary = result_summary(result, "ppo_toy")
     cfg = result["config"]
     fig, axes = plt.subplots(1, 3, figsize=FIGSIZE)
     ks, methods = list(cfg["epochs"]), list(cfg["methods"])
@@ -89,7 +82,7 @@ def plot_ppo_toy(result: dict, early: int = 15) -> plt.Figure:
 def plot_critic_gae(result: dict) -> plt.Figure:
     """The GAE(λ) advantage error per λ as the critic learns, the error against λ early and late, and the
     critic's error with the best λ."""
-    summary = _check_result(result, "critic_gae")
+    summary = result_summary(result, "critic_gae")
     cfg = result["config"]
     lams = list(cfg["lambdas"])
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(lams)))

@@ -24,7 +24,7 @@ from rlcourse.derivations import kl_estimators as kle
 from rlcourse.kl import KL_ESTIMATORS, kl_categorical
 from rlcourse.lm import Problem, is_correct, is_well_formed, math_verify_correct, reward
 from rlcourse.experiments import rlhf as X
-from rlcourse.experiments.summary import curve
+from rlcourse.experiments.summary import curve, result_summary
 from rlcourse.plots import figure
 from rlcourse.plots.lm_rl import smoothed
 from rlcourse.preference import dpo_loss
@@ -37,8 +37,7 @@ __all__ = [
     "kl_optimum_table", "OPTIMUM_BETAS",
     # plots
     "plot_bradley_terry", "plot_reward_model", "plot_kl_estimators", "plot_reward_hacking", "plot_overoptimization",
-    "plot_kl_placement", "plot_dpo_ipo",
-    "plot_method_comparison", "plot_kl_optimum",
+    "plot_kl_placement", "plot_dpo_ipo", "plot_method_comparison", "plot_dpo_displacement", "plot_kl_optimum",
 ]
 
 FIGSIZE = (10, 3.6)
@@ -481,59 +480,111 @@ def build_reward_hacking() -> plt.Figure:
     return plot_reward_hacking(X.reward_hacking_runs()["runs"])
 
 
-# ============================================================================ 10: DPO vs PPO vs GRPO
+# ============================================================================ 10: method_comparison (runner)
 
-_RUN_COLORS = {"DPO (β = 1)": "tab:purple", "DPO (β = 0.1)": "plum", "PPO": "tab:blue", "GRPO": "tab:orange"}
+#: Colour and label of each arm of the ``method_comparison`` experiment.
+METHOD_ARMS = {"dpo_offline": ("tab:purple", "DPO offline"), "dpo_online": ("tab:pink", "DPO online (iterative)"),
+               "ppo": ("tab:blue", "PPO"), "grpo": ("tab:orange", "GRPO")}
 
 
-def plot_method_comparison(data: dict) -> plt.Figure:
-    """Left: held-out greedy accuracy against training seconds for each run (a DPO curve starts after its
-    offline data collection). Right: final greedy accuracy and pass@1 per run."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=FIGSIZE)
-    rows = {r["label"]: r for r in data["rows"]}
-    for label, hist in data["histories"].items():
-        row = rows[label]
-        t = row["data_seconds"] + np.cumsum([r.get("step_seconds", 0.0) for r in hist])
-        pts = [(0.0, row["accuracy_before"])]
-        if row["data_seconds"]:
-            pts.append((row["data_seconds"], row["accuracy_before"]))
-        pts += [(ti, r["eval_accuracy"]) for ti, r in zip(t, hist) if "eval_accuracy" in r]
-        x, y = zip(*pts)
-        ax1.plot(x, y, "o-", ms=3.5, color=_RUN_COLORS.get(label, None), label=label)
-    ax1.set_xlabel("training seconds (DPO: pair sampling first)")
-    ax1.set_ylabel("held-out greedy accuracy")
-    ax1.set_ylim(0, 1)
-    ax1.set_title("same SFT start, same held-out problems")
-    ax1.legend(fontsize=8)
-    labels = [r["label"] for r in data["rows"]]
-    k = np.arange(len(labels))
-    colors = [_RUN_COLORS.get(n, "gray") for n in labels]
-    ax2.bar(k - 0.2, [rows[n]["accuracy_after"] for n in labels], 0.4, color=colors, label="greedy accuracy")
-    ax2.bar(k + 0.2, [rows[n]["pass@1_after"] for n in labels], 0.4, color=colors, alpha=0.45, hatch="//",
-            label="pass@1 (sampled)")
-    ax2.axhline(data["rows"][0]["accuracy_before"], color="k", ls=":", lw=1, label="SFT start (greedy)")
-    ax2.set_xticks(k, labels, fontsize=8.5)
-    ax2.set_ylim(0, 1)
-    ax2.set_title("after training")
-    ax2.legend(fontsize=8)
+def _comparison(result) -> tuple[dict, list[str]]:
+    """The summary of a ``method_comparison`` result (``ValueError`` for another experiment's) and its arms."""
+    summary = result_summary(result, "method_comparison")
+    arms = [a for a in METHOD_ARMS if any(p["arm"] == a for p in summary["by_step"])]
+    return summary, arms
+
+
+def _band_against(ax, summary, arm, metric, x_metric, **style):
+    """``metric``'s mean over seeds and its interval (shaded) against the mean over seeds of ``x_metric``."""
+    y, x = curve(summary, arm, metric), curve(summary, arm, x_metric)
+    line, = ax.plot(x["mean"], y["mean"], **style)
+    ax.fill_between(x["mean"], y["lo"], y["hi"], color=line.get_color(), alpha=0.18, linewidth=0)
+    return line
+
+
+def plot_method_comparison(result: dict) -> plt.Figure:
+    """Held-out greedy accuracy of every arm against the samples drawn, the optimizer updates and the wall
+    seconds (mean over seeds and its interval). Offline DPO draws all its samples before its first update, so
+    in the first panel its evaluations stand in one column at the full budget (error bars)."""
+    summary, arms = _comparison(result)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for arm in arms:
+        color, label = METHOD_ARMS[arm]
+        style = dict(color=color, marker="o", markersize=3, label=label)
+        if arm == "dpo_offline":
+            y, x = curve(summary, arm, "accuracy"), curve(summary, arm, "samples")
+            axes[0].errorbar(x["mean"], y["mean"], yerr=[y["mean"] - y["lo"], y["hi"] - y["mean"]], fmt="o",
+                             markersize=3, capsize=2, color=color, label=f"{label} (all drawn first)")
+        else:
+            _band_against(axes[0], summary, arm, "accuracy", "samples", **style)
+        _band_against(axes[1], summary, arm, "accuracy", "updates", **style)
+        _band_against(axes[2], summary, arm, "accuracy", "seconds", **style)
+    for ax, xlabel in zip(axes, ("samples drawn from a policy", "optimizer updates of the policy",
+                                 "wall seconds in the trainer (one core)")):
+        ax.set(xlabel=xlabel, ylim=(0, 1))
+    axes[0].set_ylabel("held-out greedy accuracy")
+    axes[0].legend(fontsize=7.5, loc="lower right")
+    fig.suptitle(f"same SFT start, same sample budget: mean and 95% t-interval over {len(summary['seeds'])} seeds",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
 
+def plot_dpo_displacement(result: dict) -> plt.Figure:
+    """Where the probability goes: the mean log-probability of the chosen (solid) and of the rejected (dashed)
+    responses of the fixed held-out pairs, and the exact probability of the correct answer, of the answers that
+    differ from it in the last digit only, and of those that differ in one earlier digit only (solid) or
+    anywhere else (dotted), for every arm over its run (mean over seeds and its interval)."""
+    summary, arms = _comparison(result)
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.5))
+    panels = ((0, "logp_chosen", "-"), (0, "logp_rejected", "--"), (1, "p_correct", "-"), (2, "p_last_digit", "-"),
+              (3, "p_other_digit", "-"), (3, "p_elsewhere", ":"))
+    for arm in arms:
+        color, label = METHOD_ARMS[arm]
+        # the x axis: the share of the arm's updates done, so that arms with different update counts align
+        updates = curve(summary, arm, "updates")["mean"]
+        share = updates / updates[-1]
+        for k, metric, ls in panels:
+            y = curve(summary, arm, metric)
+            axes[k].plot(share, y["mean"], color=color, linestyle=ls, marker="o", markersize=2.5,
+                         label=label if ls == "-" else None)
+            axes[k].fill_between(share, y["lo"], y["hi"], color=color, alpha=0.15, linewidth=0)
+    titles = ("held-out pairs: mean log π(y | x)\nsolid: chosen, dashed: rejected", "π(the correct answer)",
+              "π(answers with the last digit wrong)", "π(answers with one earlier digit wrong)\n"
+              "dotted: π(every other response)")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9.5)
+        ax.set_xlabel("share of the arm's updates")
+    for ax in axes[1:3]:
+        ax.set_ylim(0, 1)
+    axes[3].set_ylim(bottom=0)
+    axes[1].legend(fontsize=7.5)
+    fig.suptitle(f"mean and 95% t-interval over {len(summary['seeds'])} seeds; probabilities exact (sums over complete "
+                 "responses), on held-out problems", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _method_comparison_result() -> dict:
+    """The saved full run of notebook 10 (``runner.results_dir``), computed there first if it is missing."""
+    from rlcourse.experiments import runner
+
+    return runner.run("method_comparison", 3, out=runner.results_dir("method_comparison"), progress=False)
+
+
 @figure("10_dpo_vs_rl")
 def build_dpo_vs_rl() -> plt.Figure:
-    """DPO vs PPO vs GRPO from the same SFT start: held-out accuracy over training time and at the end."""
-    return plot_method_comparison(X.method_comparison())
+    """DPO offline / online vs PPO vs GRPO on one sample budget: accuracy against samples, updates, seconds."""
+    return plot_method_comparison(_method_comparison_result())
+
+
+@figure("10_dpo_displacement")
+def build_dpo_displacement() -> plt.Figure:
+    """The held-out pairs' log-probs and the exact mass on the correct answer and on its one-digit neighbours."""
+    return plot_dpo_displacement(_method_comparison_result())
 
 
 # ============================================================================ 08: the runner's experiments
-
-def _runner_summary(result, name: str) -> dict:
-    if not isinstance(result, dict) or result.get("name") != name or "summary" not in result:
-        got = result.get("name") if isinstance(result, dict) else type(result).__name__
-        raise ValueError(f"result must be the result of the {name!r} experiment (runner.run or --json), got {got!r}")
-    return result["summary"]
-
 
 def _xy_errorbar(ax, summary, arm, x_metric, y_metric, **style):
     """Mean of ``y_metric`` against mean of ``x_metric`` at each step of ``arm``, both with their interval."""
@@ -546,7 +597,7 @@ def _xy_errorbar(ax, summary, arm, x_metric, y_metric, **style):
 def plot_overoptimization(result: dict) -> plt.Figure:
     """Gold (rule) reward and reward-model score against √KL(π‖π_ref), one row per reward model: PPO at each fixed
     β (one point per evaluation: mean over seeds, 95 % t-intervals on both axes) and best-of-N (analytic KL)."""
-    summary = _runner_summary(result, "overoptimization")
+    summary = result_summary(result, "overoptimization")
     cfg = result["config"]
     rms, betas = list(cfg["reward_models"]), list(cfg["betas"])
     n_seeds = len(summary["seeds"])
@@ -577,7 +628,7 @@ _PLACEMENT_STYLE = {"reward_k1": ("tab:blue", "-"), "seq_k2": ("tab:green", "-")
 def plot_kl_placement(result: dict) -> plt.Figure:
     """The exact KL(π‖π_ref) and the gold reward over training for each KL placement (mean, 95 % t-band over
     seeds), and the final KL per placement with its interval."""
-    summary = _runner_summary(result, "kl_placement")
+    summary = result_summary(result, "kl_placement")
     cfg = result["config"]
     arms = list(cfg["arms"])
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
