@@ -160,9 +160,8 @@ def plot_grpo_variants(result: dict) -> plt.Figure:
         style = {"color": _VARIANT_COLORS.get(v), "marker": "o", "markersize": 3}
         label = GRPO_VARIANT_LABELS.get(v, v)
         _band(axes[0], summary, v, "accuracy", label=label, **style)
-        _band(axes[1], summary, v, "length_correct", label=f"{label}, correct", **style)
-        _band(axes[1], summary, v, "length_incorrect", label=f"{label}, incorrect", linestyle="--",
-              **{**style, "marker": "s"})
+        _band(axes[1], summary, v, "length_correct", label=label, **style)
+        _band(axes[1], summary, v, "length_incorrect", linestyle="--", **{**style, "marker": "s"})
         _band(axes[2], summary, v, "entropy", label=label, **style)
         _band(axes[3], summary, v, "clipfrac", label=label, **style)
     axes[0].set(xlabel="training step", ylabel="greedy held-out accuracy",
@@ -170,11 +169,11 @@ def plot_grpo_variants(result: dict) -> plt.Figure:
     axes[0].legend(fontsize=7, loc="lower right")
     axes[1].set(xlabel="training step", ylabel="mean greedy length (tokens, <eos> incl.)",
                 title="length: correct (—) / incorrect (- -)")
-    axes[1].legend(fontsize=6, ncol=2, loc="upper left")
+    axes[1].legend(fontsize=7, ncol=2)
     axes[2].set(xlabel="training step", ylabel="entropy per token (nats, sampled)",
                 title="entropy of the sampling policy")
     axes[2].legend(fontsize=7)
-    axes[3].set(xlabel="training step", ylabel="share of tokens with the ratio outside the range",
+    axes[3].set(xlabel="training step", ylabel="tokens whose ratio left the range",
                 yscale="log", title=f"clip fraction, update {cfg['num_iterations']} of a batch")
     axes[3].legend(fontsize=7)
     for ax in axes:
