@@ -167,7 +167,7 @@ def plot_grpo_variants(result: dict) -> plt.Figure:
     axes[0].set(xlabel="training step", ylabel="greedy held-out accuracy",
                 title=f"accuracy ({cfg['eval_n']} held-out problems)")
     axes[0].legend(fontsize=7, loc="lower right")
-    axes[1].set(xlabel="training step", ylabel="mean greedy length (tokens, <eos> incl.)",
+    axes[1].set(xlabel="training step", ylabel="mean greedy length (tokens)",
                 title="length: correct (—) / incorrect (- -)")
     axes[1].legend(fontsize=7, ncol=2)
     axes[2].set(xlabel="training step", ylabel="entropy per token (nats, sampled)",
