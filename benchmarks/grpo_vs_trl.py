@@ -9,6 +9,10 @@ CHAIN_TASK`: running sums then the answer, 4-18 tokens) from its SFT start (``ch
 ``grpo_variants`` experiment), with the task's own reward on both sides. Besides the step time, both report
 steps/s and samples/s (``prompts x group`` completions per step).
 
+Measured on the chain task (2026-11-30; 2-core CPU, one thread, load average about 6 from other jobs;
+``--task chain --steps 30 --repeats 2 --eval-n 300``): ours 380 ms per step (2.63 steps/s, 337 samples/s),
+TRL 1047 ms (0.96 steps/s, 122 samples/s), ratio 0.36; details in ``benchmarks/chain_task_calibration.md``.
+
 Both start from the same SFT model (trained once and cached), see
 the same prompts in the same order (TRL reads them from a ``datasets.Dataset`` without
 shuffling), sample ``--group`` completions per prompt at temperature 1 with at most
