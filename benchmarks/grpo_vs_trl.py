@@ -1,8 +1,19 @@
 """Our GRPO against TRL's ``GRPOTrainer`` on the identical model, task and hyper-parameters (CPU).
 
-    python benchmarks/grpo_vs_trl.py [--steps 60] [--prompts 16] [--group 8] [--lr 1e-4] [--repeats 2] [--seeds 1] [--json]
+    python benchmarks/grpo_vs_trl.py [--task arithmetic|chain] [--steps 60] [--prompts 16] [--group 8] [--lr 1e-4]
+                                     [--repeats 2] [--seeds 1] [--json]
 
-Both start from the same SFT model (``sft_start("tiny", seed)``, trained once and cached), see
+``--task arithmetic`` (the default, the original benchmark): 2-operand addition, 1-3-token answers, from
+``sft_start("tiny", seed)``. ``--task chain``: the chain task of notebook 09 (:data:`rlcourse.experiments.cache.
+CHAIN_TASK`: running sums then the answer, 4-18 tokens) from its SFT start (``chain_sft_start``, the start of the
+``grpo_variants`` experiment), with the task's own reward on both sides. Besides the step time, both report
+steps/s and samples/s (``prompts x group`` completions per step).
+
+Measured on the chain task (2026-11-30; 2-core CPU, one thread, load average about 6 from other jobs;
+``--task chain --steps 30 --repeats 2 --eval-n 300``): ours 380 ms per step (2.63 steps/s, 337 samples/s),
+TRL 1047 ms (0.96 steps/s, 122 samples/s), ratio 0.36; details in ``benchmarks/chain_task_calibration.md``.
+
+Both start from the same SFT model (trained once and cached), see
 the same prompts in the same order (TRL reads them from a ``datasets.Dataset`` without
 shuffling), sample ``--group`` completions per prompt at temperature 1 with at most
 ``max_new_tokens`` tokens, score them with the same rule-based reward, use the GRPO loss
@@ -90,7 +101,7 @@ def _trl_run(model, tok, task, args, max_new):
     timer = StepTimer()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):  # TRL prints its metrics
         warnings.simplefilter("ignore")
-        trainer = GRPOTrainer(model=model, reward_funcs=course_reward(tok), args=cfg, train_dataset=data,
+        trainer = GRPOTrainer(model=model, reward_funcs=course_reward(tok, task), args=cfg, train_dataset=data,
                               processing_class=tok, callbacks=[timer])
         trainer.train()
     return trainer.model, timer.times
@@ -108,6 +119,8 @@ def _profile(fn, *a):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=("arithmetic", "chain"), default="arithmetic",
+                    help="arithmetic: 2-operand addition (default); chain: notebook 09's chain task and its SFT start")
     ap.add_argument("--steps", type=int, default=60, help="optimizer steps (= generation batches) for each")
     ap.add_argument("--prompts", type=int, default=16, help="prompts per step")
     ap.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
@@ -127,8 +140,16 @@ def main(argv=None):
     from rlcourse.lm import default_max_new_tokens, default_task, held_out_accuracy
     from rlcourse.experiments import sft_start
 
-    task = default_task()
-    model, tok = sft_start("tiny", a.seed, "cpu", progress=not a.json)
+    if a.task == "chain":
+        from rlcourse.experiments.cache import CHAIN_TASK, chain_sft_start
+        from rlcourse.experiments.grpo_chain import GRPOChainConfig
+
+        task = CHAIN_TASK
+        model, tok = chain_sft_start("tiny", a.seed, "cpu", progress=not a.json,
+                                     cfg=GRPOChainConfig(sft_seed=a.seed).sft_config())
+    else:
+        task = default_task()
+        model, tok = sft_start("tiny", a.seed, "cpu", progress=not a.json)
     max_new = default_max_new_tokens(task)
     if a.profile:
         a.steps = 3
@@ -153,22 +174,28 @@ def main(argv=None):
                 if r == 0:  # runs are seeded: a repeat trains the same model
                     acc[who].append(held_out_accuracy(trained, tok, task, a.eval_n))
     ours_step, trl_step = statistics.median(ours_times), statistics.median(trl_times)
+    samples = a.prompts * a.group
     res = {
-        "steps": a.steps, "prompts_per_step": a.prompts, "group_size": a.group, "max_new_tokens": max_new,
+        "task": a.task, "steps": a.steps, "prompts_per_step": a.prompts, "group_size": a.group, "max_new_tokens": max_new,
         "lr": a.lr, "threads": a.threads, "repeats": a.repeats, "seeds": a.seeds, "start_accuracy": start_acc,
         "ours_step_seconds": ours_step, "trl_step_seconds": trl_step, "ratio": ours_step / trl_step,
         "ours_accuracy": statistics.fmean(acc["ours"]), "trl_accuracy": statistics.fmean(acc["trl"]),
         "ours_accuracies": acc["ours"], "trl_accuracies": acc["trl"],
         "ours_mean_step_seconds": statistics.fmean(ours_times), "trl_mean_step_seconds": statistics.fmean(trl_times),
+        "ours_steps_per_s": 1 / ours_step, "trl_steps_per_s": 1 / trl_step,
+        "ours_samples_per_s": samples / ours_step, "trl_samples_per_s": samples / trl_step,
     }
     if a.json:
         print(json.dumps(res))
     else:
-        print(f"start: held-out greedy accuracy {start_acc:.3f}; {a.steps} steps of {a.prompts} prompts x "
-              f"{a.group} completions, lr {a.lr}, {a.threads} thread(s)")
-        print(f"ours: median step {ours_step * 1000:.0f} ms, accuracy after {res['ours_accuracy']:.3f}"
+        print(f"task {a.task}, start: held-out greedy accuracy {start_acc:.3f} ({a.eval_n} problems); {a.steps} steps "
+              f"of {a.prompts} prompts x {a.group} completions (max {max_new} new tokens), lr {a.lr}, "
+              f"{a.threads} thread(s)")
+        print(f"ours: median step {ours_step * 1000:.0f} ms = {res['ours_steps_per_s']:.2f} steps/s, "
+              f"{res['ours_samples_per_s']:.0f} samples/s; accuracy after {res['ours_accuracy']:.3f}"
               f" (per seed: {', '.join(f'{x:.3f}' for x in acc['ours'])})")
-        print(f"TRL : median step {trl_step * 1000:.0f} ms, accuracy after {res['trl_accuracy']:.3f}"
+        print(f"TRL : median step {trl_step * 1000:.0f} ms = {res['trl_steps_per_s']:.2f} steps/s, "
+              f"{res['trl_samples_per_s']:.0f} samples/s; accuracy after {res['trl_accuracy']:.3f}"
               f" (per seed: {', '.join(f'{x:.3f}' for x in acc['trl'])})")
         print(f"ratio (ours / TRL): {res['ratio']:.3f}  (target <= 0.5 at equal or better accuracy); "
               f"mean step {res['ours_mean_step_seconds'] * 1000:.0f} vs {res['trl_mean_step_seconds'] * 1000:.0f} ms")

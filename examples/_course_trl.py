@@ -52,8 +52,9 @@ def course_dataset(task, steps: int, prompts: int, seed: int):
     return Dataset.from_dict({"prompt": [p.prompt for p in problems], "answer": [p.answer for p in problems]})
 
 
-def course_reward(tokenizer):
-    """The course's rule-based reward (:func:`rlcourse.lm.reward`) as a TRL reward function.
+def course_reward(tokenizer, task=None):
+    """The course's rule-based reward (:func:`rlcourse.lm.reward`, or ``task.reward`` when a task with its own
+    reward is given, e.g. the chain task) as a TRL reward function.
 
     TRL calls it with the decoded completions, their token ids and every dataset column as a
     keyword (here ``answer``). A completion counts as finished when it emitted ``<eos>``, as in
@@ -61,6 +62,8 @@ def course_reward(tokenizer):
     """
     from rlcourse.lm import reward
 
+    if task is not None and callable(getattr(task, "reward", None)):
+        reward = task.reward
     eos = tokenizer.eos_token_id
 
     def rule_reward(prompts, completions, completion_ids, answer, **kwargs):

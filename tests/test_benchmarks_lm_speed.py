@@ -62,3 +62,36 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         lm_speed.main(["--device", "cuda"])
     with pytest.raises(ValueError, match="--peak-tflops"):
         lm_speed.main(["--peak-tflops", "0"])
+
+
+def test_chain_task_option_samples_to_the_tasks_limit_and_times_the_grpo_update_against_its_floor():
+    from rlcourse.experiments.cache import CHAIN_TASK
+    from rlcourse.lm import default_max_new_tokens
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = lm_speed.main(["--task", "chain", "--rows", "8", "--group", "4", "--repeats", "1", "--json"])
+    finally:
+        torch.set_num_threads(n)
+    assert res["task"] == "chain" and res["new_tokens"] == default_max_new_tokens(CHAIN_TASK)
+    for impl in ("sdpa", "eager"):
+        r = res[impl]
+        # the floor of an update of 2 AdamW steps is 2 plain fwd+bwd passes over the same batch
+        assert r["update_all_vs_floor"] == pytest.approx(r["update_all_s"] / (2 * r["fwd_bwd_s"]))
+        assert r["update_distinct_vs_floor"] == pytest.approx(r["update_distinct_s"] / (2 * r["fwd_bwd_s"]))
+        assert r["sampling_vs_fwd_bwd"] == pytest.approx(r["loop_tok_per_s"] / r["fwd_bwd_tok_per_s"])
+        assert 0 < r["mean_response_tokens"] <= res["new_tokens"]
+
+
+def test_grpo_update_seconds_leaves_the_timed_model_unchanged():
+    from rlcourse.lm import generate
+
+    tok = build_tokenizer()
+    model = build_model("tiny", len(tok), 0, tokenizer=tok)
+    ro = generate(model, tok, ["1+2=", "3+4="], 2, 3, 1.0, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seconds = lm_speed.grpo_update_seconds(model, tok, ro, torch.tensor([1.0, 0.0, 0.0, 1.0]), 2,
+                                           distinct_rows=False, max_new_tokens=3, device="cpu")
+    assert seconds > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -10,8 +10,19 @@ from rlcourse.experiments.grpo_chain import GRPOChainConfig
 KEYS = {"arm", "seed", "step", "accuracy", "length_correct", "length_incorrect", "entropy", "clipfrac"}
 
 
-def test_grpo_variants_quick_gives_every_arm_and_seed_an_evaluated_curve(tmp_path):
-    res = runner.run("grpo_variants", seeds=2, quick=True, out=tmp_path / "run", progress=False)
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """The quick config over 2 seeds, saved in a directory of this module (one run shared by its tests), with
+    its own checkpoint cache (the quick SFT start)."""
+    root = tmp_path_factory.mktemp("grpo_variants")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RLCOURSE_CACHE", str(root / "cache"))
+        res = runner.run("grpo_variants", seeds=2, quick=True, out=root / "run", progress=False)
+    return res, root / "run"
+
+
+def test_grpo_variants_quick_gives_every_arm_and_seed_an_evaluated_curve(quick_run):
+    res, out = quick_run
     cfg = GRPOChainConfig().quick()
     rows = res["curves"]
     assert all(set(r) == KEYS for r in rows)
@@ -28,7 +39,7 @@ def test_grpo_variants_quick_gives_every_arm_and_seed_an_evaluated_curve(tmp_pat
     # the start is shared: every arm and seed evaluates the same model at step 0
     assert len({r["accuracy"] for r in rows if r["step"] == 0}) == 1
     # a second call loads the saved seeds instead of re-running them
-    again = runner.run("grpo_variants", seeds=2, quick=True, out=tmp_path / "run", progress=False)
+    again = runner.run("grpo_variants", seeds=2, quick=True, out=out, progress=False)
     assert again["curves"] == rows and set(again["seconds"].values()) == {None}
 
 
@@ -45,3 +56,47 @@ def test_grpo_variants_is_listed_once_for_notebook_09():
     exps = runner.load_all()
     assert exps["grpo_variants"].notebook == "09"
     assert exps["grpo_variants"].config is GRPOChainConfig
+
+
+# ---------------------------------------------------------------- the figure: draws the result, and only this one
+
+def test_plot_grpo_variants_draws_every_variant_and_refuses_another_experiments_result(quick_run, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlcourse.plots import BUILDERS, load_all
+    from rlcourse.plots.experiments import plot_grpo_variants
+
+    res, _ = quick_run
+    variants = res["config"]["variants"]
+    fig = plot_grpo_variants(res)
+    acc, length, entropy, clip = fig.axes
+    assert len(acc.get_lines()) == len(entropy.get_lines()) == len(clip.get_lines()) == len(variants)
+    assert len(length.get_lines()) == 2 * len(variants)          # correct and incorrect, per variant
+    assert clip.get_yscale() == "log"
+    # the accuracy line of each variant is its mean over seeds at every evaluation
+    steps = sorted({r["step"] for r in res["curves"]})
+    for line, v in zip(acc.get_lines(), variants):
+        mean = [sum(r["accuracy"] for r in res["curves"] if r["arm"] == v and r["step"] == s) / 2 for s in steps]
+        assert list(line.get_xdata()) == steps and list(line.get_ydata()) == pytest.approx(mean)
+    plt.close(fig)
+    other = runner.run("ppo_toy", seeds=2, quick=True, progress=False)
+    with pytest.raises(ValueError, match="grpo_variants"):
+        plot_grpo_variants(other)
+    with pytest.raises(ValueError, match="grpo_variants"):
+        plot_grpo_variants({"curves": res["curves"]})                # not a runner result at all
+
+    # the figure builder draws the notebook's saved run (results_dir), not a run of its own making
+    calls = []
+
+    def fake_run(name, seeds, **kw):
+        calls.append((name, seeds, kw.get("out")))
+        return res
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    load_all()
+    fig = BUILDERS["09_grpo_variants"]()
+    assert calls == [("grpo_variants", 3, runner.results_dir("grpo_variants"))]
+    plt.close(fig)

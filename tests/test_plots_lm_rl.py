@@ -1,4 +1,4 @@
-"""Figures of notebooks 04 and 09 (rlcourse.plots.lm_rl): plot functions and builders return figures
+"""Figures of notebook 04 (rlcourse.plots.lm_rl): plot functions and builders return figures
 from small synthetic histories; the experiments call the trainers and return plain data.
 
 Nothing here trains the course's SFT start: the builders are fed synthetic experiment results
@@ -30,7 +30,7 @@ from rlcourse.plots import BUILDERS, load_all, save  # noqa: E402
 from rlcourse.experiments import lm_rl as X  # noqa: E402
 from rlcourse.plots import lm_rl as L  # noqa: E402
 
-NAMES = ("04_reinforce_baselines", "04_pass_at_k", "04_gradient_noise", "09_grpo_variants")
+NAMES = ("04_reinforce_baselines", "04_pass_at_k", "04_gradient_noise")
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -58,12 +58,9 @@ def fake_reinforce(*args, **kwargs) -> dict:
             "runs": {b: fake_run(i) for i, b in enumerate(("none", "mean", "rloo"))}}
 
 
-def fake_grpo(*args, **kwargs) -> dict:
-    return {"config": dict(steps=12, lr=1e-4, prompts_per_step=4, group_size=4, num_iterations=2, eval_n=10,
-                           eval_every=4),
-            "start": {"accuracy": 0.3, "mean_reward": 0.3, "pass_at_k": {1: 0.32, 2: 0.5, 4: 0.7, 8: 0.9}},
-            "runs": {v: fake_run(i, samples=192 * (2 if v == "dapo" else 1))
-                     for i, v in enumerate(("grpo", "dr_grpo", "dapo", "gspo"))}}
+def fake_runs_with_samples() -> dict:
+    """Four runs, the third of which generated twice the samples (as a trainer with extra sampling rounds does)."""
+    return {name: fake_run(i, samples=192 * (2 if i == 2 else 1)) for i, name in enumerate(("a", "b", "c", "d"))}
 
 
 def fake_noise(*args, **kwargs) -> dict:
@@ -92,14 +89,14 @@ def test_eval_curve_starts_at_the_start_and_counts_steps_done():
 
 
 def test_learning_curves_has_two_panels_one_line_per_run_and_wall_time_in_the_legend():
-    runs = fake_grpo()["runs"]
-    fig = L.plot_learning_curves(runs, L.VARIANT_LABELS, show_samples=True, title="t")
+    runs = fake_runs_with_samples()
+    fig = L.plot_learning_curves(runs, {"a": "A"}, show_samples=True, title="t")
     ax_r, ax_a = fig.axes
     assert len(ax_a.get_lines()) == 4
     legend = [t.get_text() for t in ax_r.get_legend().get_texts()]
     assert len(legend) == 4 and all(" s" in t for t in legend)
-    assert any("384 samples" in t for t in legend)            # DAPO's extra rounds are shown
-    assert legend[0].startswith("GRPO (12 s")
+    assert any("384 samples" in t for t in legend)            # the extra samples are shown
+    assert legend[0].startswith("A (12 s")
     plt.close(fig)
     fig = L.plot_learning_curves(runs, show_raw=False)
     assert len(fig.axes[0].get_lines()) == 4                 # only the moving averages
@@ -123,11 +120,12 @@ def test_gradient_noise_plot_has_one_bar_per_baseline_and_shift():
 
 
 def test_summary_table_lists_every_run_and_the_start():
-    data = fake_grpo()
-    table = L.summary_table(data["runs"], L.VARIANT_LABELS, data["start"])
+    data = fake_reinforce()
+    data["runs"]["rloo"]["samples"] = 384
+    table = L.summary_table(data["runs"], L.BASELINE_LABELS, data["start"])
     lines = table.splitlines()
-    assert len(lines) == 2 + 1 + 4
-    assert "start (SFT)" in lines[2] and "DAPO" in table and "384" in table
+    assert len(lines) == 2 + 1 + 3
+    assert "start (SFT)" in lines[2] and "RLOO" in table and "384" in table
 
 
 # --------------------------------------------------------------------------- builders
@@ -135,7 +133,6 @@ def test_summary_table_lists_every_run_and_the_start():
 @pytest.fixture
 def synthetic(monkeypatch):
     monkeypatch.setattr(X, "reinforce_baselines_experiment", fake_reinforce)
-    monkeypatch.setattr(X, "grpo_variants_experiment", fake_grpo)
     monkeypatch.setattr(X, "gradient_noise_experiment", fake_noise)
 
 
@@ -182,19 +179,6 @@ def test_reinforce_experiment_runs_the_trainer_for_each_baseline(start):
         assert len(L.eval_curve(run)[0]) == 3
     fig = L.plot_learning_curves(data["runs"], L.BASELINE_LABELS)
     plt.close(fig)
-
-
-def test_grpo_experiment_runs_the_trainer_for_each_variant(start):
-    model, tok = start
-    data = X.grpo_variants_experiment(steps=2, seed=0, prompts_per_step=4, group_size=4, num_iterations=2, eval_n=4,
-                                      eval_every=2, ks=(1, 2), model=model, tokenizer=tok, task=TASK)
-    assert list(data["runs"]) == ["grpo", "dr_grpo", "dapo", "gspo"]
-    assert _is_plain(data)
-    for v, run in data["runs"].items():
-        assert len(run["history"]) == 2
-        assert run["samples"] >= 2 * 4 * 4
-        if v != "dapo":                                             # only DAPO samples extra rounds
-            assert run["samples"] == 2 * 4 * 4
 
 
 def test_gradient_noise_mean_and_rloo_are_proportional_and_shift_invariant(start):
@@ -268,4 +252,3 @@ def test_run_of_a_config_is_the_keyword_form_and_memoised(stub_reinforce_trainer
 
 def test_settings_the_notebooks_print_are_the_configs_defaults():
     assert X.REINFORCE_SETTINGS["steps"] == X.ReinforceBaselinesConfig().steps == 60
-    assert X.GRPO_SETTINGS["num_iterations"] == X.GRPOVariantsConfig().num_iterations == 2

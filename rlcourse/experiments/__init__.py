@@ -7,19 +7,22 @@ module                     what
 ``cache``                  the one cache of trained starts: the SFT start and the reward models
 ``registry``               the trainers by name, with their recipes (``rlcourse train``)
 ``toy``                    notebook 02: exact gradient ascent and REINFORCE on the toy MDP
-``lm_rl``                  notebook 04 (REINFORCE baselines, gradient noise, pass@k) and 09 (GRPO variants)
-``rlhf``                   notebooks 07 (reward models and judges), 08 (reward hacking)
+``lm_rl``                  notebook 04 (REINFORCE baselines, gradient noise, pass@k)
+``rlhf``                   notebooks 07 (reward models and judges), 08 (reward hacking, one seed)
 ``memo``, ``settings``     the memoisation, and the preset (``$RLCOURSE_PRESET``)
 ``runner``                 experiments by name over seeds, saved and resumed per seed (``rlcourse experiment``)
 ``summary``                means and Student-t intervals over seeds (the runner's ``summary``, the plots' bands)
 ``ppo_toy``                notebook 06: K epochs on one batch, vanilla PG vs PPO-clip vs PPO-penalty (toy MDP)
 ``critic_gae``             notebook 05: a critic on λ-returns and the best GAE λ as it learns (toy MDP)
+``grpo_chain``             notebook 09 (``grpo_variants``): GRPO, Dr. GRPO, DAPO, GSPO on the chain task
+``overoptimization``       notebook 08: PPO against a weak and a strong reward model at fixed β, and best-of-N
+``kl_placement``           notebook 08: where the KL term goes (reward, per-token loss k2/k3, sequence k2)
 ``method_comparison``      notebook 10: DPO offline / online vs PPO vs GRPO on one sample budget, and where DPO
                            moves the probability (held-out pairs' log-probs, exact mass on nearby answers)
 =========================  ===================================================================
 
 An LM experiment is a function of a frozen config dataclass; each module's ``run(cfg)`` runs any of
-its experiments, e.g. ``lm_rl.run(lm_rl.GRPOVariantsConfig(steps=10))``. The figures of
+its experiments, e.g. ``lm_rl.run(lm_rl.ReinforceBaselinesConfig(steps=10))``. The figures of
 :mod:`rlcourse.plots` draw these results: a figure builder is ``plot(experiment(cfg))``.
 """
 

@@ -1,17 +1,17 @@
-r"""The experiments of notebooks 04 (REINFORCE on the small LM) and 09 (GRPO and its variants).
+r"""The experiments of notebook 04 (REINFORCE on the small LM).
 
 Every number comes from the course's trainers, run from the cached SFT start
 (:func:`rlcourse.experiments.sft_start`): :func:`rlcourse.train.reinforce.train_reinforce` with
-``baseline`` in ``{"none", "mean", "rloo"}`` and :func:`rlcourse.train.grpo.train_grpo` with
-``variant`` in ``{"grpo", "dr_grpo", "dapo", "gspo"}``; the gradient-noise measurement uses the
+``baseline`` in ``{"none", "mean", "rloo"}``; the gradient-noise measurement uses the
 same package functions a trainer step uses (:func:`rlcourse.train.common.sample_groups`,
 :func:`rlcourse.train.reinforce.reinforce_advantages`, :func:`rlcourse.losses.policy_gradient_loss`).
 Each experiment is a function of a frozen config (:class:`ReinforceBaselinesConfig`,
-:class:`GradientNoiseConfig`, :class:`GRPOVariantsConfig`; :func:`run` runs any of them) that
+:class:`GradientNoiseConfig`; :func:`run` runs either) that
 returns plain data (histories and evaluations, no models: ``json.dumps`` takes it), memoised per
 process and config (:mod:`rlcourse.experiments.memo`); the notebooks call the keyword forms
 (``reinforce_baselines_experiment(preset, seed=0, ...)``). The figures are drawn by
-:mod:`rlcourse.plots.lm_rl`.
+:mod:`rlcourse.plots.lm_rl`. (Notebook 09's GRPO variants run on the chain task:
+:mod:`rlcourse.experiments.grpo_chain`.)
 
 Speed: the tiny model's tensors are small, and on a busy 2-core CPU several intra-op threads
 cost far more than they save (a REINFORCE step was measured 20x slower with 2 threads than
@@ -35,13 +35,11 @@ from rlcourse.experiments.memo import clear_memo, memoised
 from rlcourse.lm import cpu_threads, default_max_new_tokens, default_task, evaluate, sequence_logprobs
 from rlcourse.losses import policy_gradient_loss
 from rlcourse.train.common import sample_groups
-from rlcourse.train.grpo import GRPOConfig, train_grpo
 from rlcourse.train.reinforce import ReinforceConfig, reinforce_advantages, train_reinforce
 
-__all__ = ["ComparisonConfig", "ReinforceBaselinesConfig", "GradientNoiseConfig", "GRPOVariantsConfig", "run", "reinforce_baselines",
-           "gradient_noise", "grpo_variants", "REINFORCE_SETTINGS", "GRPO_SETTINGS", "PASS_KS", "clear_memo",
-           "pass_at_k_curve", "run_summary", "reinforce_baselines_experiment", "gradient_noise_experiment",
-           "grpo_variants_experiment"]
+__all__ = ["ComparisonConfig", "ReinforceBaselinesConfig", "GradientNoiseConfig", "run", "reinforce_baselines",
+           "gradient_noise", "REINFORCE_SETTINGS", "PASS_KS", "clear_memo", "pass_at_k_curve", "run_summary",
+           "reinforce_baselines_experiment", "gradient_noise_experiment"]
 
 #: The k of the pass@k curves (one set of max(PASS_KS) samples per problem).
 PASS_KS = (1, 2, 4, 8)
@@ -105,30 +103,9 @@ class GradientNoiseConfig:
         object.__setattr__(self, "shifts", tuple(float(c) for c in self.shifts))
 
 
-@dataclass(frozen=True)
-class GRPOVariantsConfig(ComparisonConfig):
-    """Notebook 09: GRPO, Dr. GRPO, DAPO and GSPO (``variants``) under one :class:`ComparisonConfig` budget.
-
-    ``num_iterations = 2``: the second optimizer step on each batch is off-policy, so the ratios, the
-    clipping and GSPO's sequence ratio actually act.
-    """
-
-    steps: int = 40
-    variants: tuple = ("grpo", "dr_grpo", "dapo", "gspo")
-    num_iterations: int = 2
-
-    def __post_init__(self):
-        super().__post_init__()
-        _tuples(self, "variants")
-
-
 #: The budget of notebook 04: every baseline gets the same steps, prompts and samples.
 REINFORCE_SETTINGS = {k: getattr(ReinforceBaselinesConfig(), k)
                       for k in ("steps", "lr", "prompts_per_step", "group_size", "eval_n", "eval_every")}
-#: The budget of notebook 09: every variant gets the same steps, prompts, samples per prompt and
-#: optimizer steps per batch.
-GRPO_SETTINGS = {k: getattr(GRPOVariantsConfig(), k)
-                 for k in ("steps", "lr", "prompts_per_step", "group_size", "num_iterations", "eval_n", "eval_every")}
 
 
 def _start(preset: str, seed: int, model, tokenizer, progress: bool):
@@ -192,23 +169,6 @@ def reinforce_baselines(cfg: ReinforceBaselinesConfig, *, model=None, tokenizer=
                                eval_every=cfg.eval_every)
 
     return _compare(cfg, cfg.baselines, train_reinforce, trainer_config, model=model, tokenizer=tokenizer, task=task,
-                    progress=progress)
-
-
-@memoised
-def grpo_variants(cfg: GRPOVariantsConfig, *, model=None, tokenizer=None, task=None, progress: bool = False) -> dict:
-    """GRPO, Dr. GRPO, DAPO and GSPO (:func:`rlcourse.train.grpo.train_grpo`, each variant with its own
-    defaults: advantage, aggregation, clip range, DAPO's dynamic sampling and overlong shaping) from fresh
-    copies of the same start, with the same steps, prompts per step, G, learning rate and
-    ``num_iterations``. Returns :func:`_compare`'s ``{"config", "start", "runs": {variant: run}}``.
-    """
-    def trainer_config(variant):
-        return GRPOConfig(variant=variant, preset=cfg.preset, seed=cfg.seed, steps=cfg.steps, lr=cfg.lr,
-                          group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step,
-                          num_iterations=cfg.num_iterations, eval_n=cfg.eval_n, eval_every=cfg.eval_every,
-                          distinct_rows=True)  # exact, and faster (notebook 09)
-
-    return _compare(cfg, cfg.variants, train_grpo, trainer_config, model=model, tokenizer=tokenizer, task=task,
                     progress=progress)
 
 
@@ -277,8 +237,7 @@ def gradient_noise(cfg: GradientNoiseConfig, *, model=None, tokenizer=None, task
             "reward_mean": float(np.mean(rewards))}
 
 
-_EXPERIMENTS = {ReinforceBaselinesConfig: reinforce_baselines, GradientNoiseConfig: gradient_noise,
-                GRPOVariantsConfig: grpo_variants}
+_EXPERIMENTS = {ReinforceBaselinesConfig: reinforce_baselines, GradientNoiseConfig: gradient_noise}
 
 
 def run(cfg, *, model=None, tokenizer=None, task=None, progress: bool = False) -> dict:
@@ -304,9 +263,3 @@ def gradient_noise_experiment(preset: str = "tiny", seed: int = 0, *, model=None
     return gradient_noise(GradientNoiseConfig(preset=preset, seed=seed, **fields), model=model, tokenizer=tokenizer,
                           task=task, progress=progress)
 
-
-def grpo_variants_experiment(preset: str = "tiny", steps: int = GRPOVariantsConfig.steps, seed: int = 0, *,
-                             model=None, tokenizer=None, task=None, progress: bool = False, **fields) -> dict:
-    """:func:`grpo_variants` of ``GRPOVariantsConfig(preset, steps, seed, **fields)``."""
-    return grpo_variants(GRPOVariantsConfig(preset=preset, steps=steps, seed=seed, **fields), model=model,
-                         tokenizer=tokenizer, task=task, progress=progress)

@@ -1,10 +1,12 @@
-r"""Figures of the runner's toy-MDP experiments (:mod:`rlcourse.experiments.runner`): ``ppo_toy`` (notebook 06)
-and ``critic_gae`` (notebook 05).
+r"""Figures of the runner's experiments (:mod:`rlcourse.experiments.runner`): ``ppo_toy`` (notebook 06) and
+``critic_gae`` (notebook 05) on the toy MDP, and ``grpo_variants`` (notebook 09) on the small LM's chain task.
 
 A *plot* function takes the plain-data result of :func:`rlcourse.experiments.runner.run` (or the object
 printed by ``rlcourse experiment run NAME --json``) and draws the mean over seeds with its interval
 shaded (:func:`rlcourse.experiments.summary.curve`: Student-t 95 % over seeds). Nothing here trains:
-the builders ``06_ppo_toy`` and ``05_critic_gae`` are ``plot(run(NAME, seeds=3))`` with the default config.
+the builders ``06_ppo_toy`` and ``05_critic_gae`` are ``plot(run(NAME, seeds=3))`` with the default config;
+``09_grpo_variants`` draws the full run the notebook saved (:func:`rlcourse.experiments.runner.results_dir`), and
+runs it there first (about 20 minutes on one core) only if it has not been saved.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from rlcourse.experiments.summary import curve, result_summary
 from rlcourse.plots import figure
 
-__all__ = ["plot_ppo_toy", "plot_critic_gae", "SEEDS"]
+__all__ = ["plot_ppo_toy", "plot_critic_gae", "plot_grpo_variants", "GRPO_VARIANT_LABELS", "SEEDS"]
 
 #: Seeds of the figures' runs.
 SEEDS = 3
@@ -132,3 +134,54 @@ def build_ppo_toy() -> plt.Figure:
 @figure("05_critic_gae")
 def build_critic_gae() -> plt.Figure:
     return plot_critic_gae(_run("critic_gae"))
+
+
+#: Display names of the GRPO variants (the arms of ``grpo_variants``).
+GRPO_VARIANT_LABELS = {"grpo": "GRPO", "dr_grpo": "Dr. GRPO", "dapo": "DAPO", "gspo": "GSPO"}
+_VARIANT_COLORS = {"grpo": "tab:blue", "dr_grpo": "tab:orange", "dapo": "tab:green", "gspo": "tab:red"}
+
+
+def plot_grpo_variants(result: dict) -> plt.Figure:
+    """The four panels of notebook 09 for the ``grpo_variants`` result: greedy held-out accuracy; the mean greedy
+    length of the correct (solid) and of the incorrect (dashed) responses; the per-token entropy of the sampling
+    policy; the clip fraction of the second update on each batch (log scale: GSPO's is near 1, the token-level
+    variants' a few per cent). Mean over seeds with its 95 % t-interval shaded, against training steps."""
+    summary = _check_result(result, "grpo_variants")
+    cfg = result["config"]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.5))
+    for v in cfg["variants"]:
+        style = {"color": _VARIANT_COLORS.get(v), "marker": "o", "markersize": 3}
+        label = GRPO_VARIANT_LABELS.get(v, v)
+        _band(axes[0], summary, v, "accuracy", label=label, **style)
+        _band(axes[1], summary, v, "length_correct", label=label, **style)
+        _band(axes[1], summary, v, "length_incorrect", linestyle="--", **{**style, "marker": "s"})
+        _band(axes[2], summary, v, "entropy", label=label, **style)
+        _band(axes[3], summary, v, "clipfrac", label=label, **style)
+    axes[0].set(xlabel="training step", ylabel="greedy held-out accuracy",
+                title=f"accuracy ({cfg['eval_n']} held-out problems)")
+    axes[0].legend(fontsize=7, loc="lower right")
+    axes[1].set(xlabel="training step", ylabel="mean greedy length (tokens)",
+                title="length: correct (—) / incorrect (- -)")
+    axes[1].legend(fontsize=7, ncol=2)
+    axes[2].set(xlabel="training step", ylabel="entropy per token (nats, sampled)",
+                title="entropy of the sampling policy")
+    axes[2].legend(fontsize=7)
+    axes[3].set(xlabel="training step", ylabel="tokens whose ratio left the range",
+                yscale="log", title=f"clip fraction, update {cfg['num_iterations']} of a batch")
+    axes[3].legend(fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"GRPO variants on the chain task ({cfg['steps']} steps x {cfg['prompts_per_step']} prompts x "
+                 f"{cfg['group_size']} samples, {cfg['num_iterations']} updates per batch, lr {cfg['lr']:g}): "
+                 f"mean and 95% t-interval over {_n_seeds(result)} seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+@figure("09_grpo_variants")
+def build_grpo_variants() -> plt.Figure:
+    """The saved full run of the notebook (``runner.results_dir``), computed there first if it is not saved."""
+    from rlcourse.experiments import runner
+
+    return plot_grpo_variants(runner.run("grpo_variants", SEEDS, out=runner.results_dir("grpo_variants"),
+                                         progress=False))

@@ -1,9 +1,10 @@
-r"""Figures of notebooks 04 (REINFORCE on the small LM) and 09 (GRPO and its variants).
+r"""Figures of notebook 04 (REINFORCE on the small LM).
 
 *Plot* functions (``plot_*``) take the results of the experiments of
 :mod:`rlcourse.experiments.lm_rl` and return a matplotlib ``Figure``; the *builders* registered
-with :func:`rlcourse.plots.figure` (``04_…``, ``09_…``) are ``plot(experiment(settings))`` with
-the notebook's settings (preset from ``$RLCOURSE_PRESET``). Nothing here trains.
+with :func:`rlcourse.plots.figure` (``04_…``) are ``plot(experiment(settings))`` with
+the notebook's settings (preset from ``$RLCOURSE_PRESET``). Nothing here trains. (Notebook 09's figure,
+``09_grpo_variants``, is :func:`rlcourse.plots.experiments.plot_grpo_variants`.)
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from rlcourse.experiments.settings import preset as _preset
 from rlcourse.plots import figure
 
 __all__ = [
-    "BASELINE_LABELS", "VARIANT_LABELS", "eval_curve", "smoothed", "summary_table",
+    "BASELINE_LABELS", "eval_curve", "smoothed", "summary_table",
     "plot_learning_curves", "plot_pass_at_k", "plot_gradient_noise",
 ]
 
 BASELINE_LABELS = {"none": "no baseline", "mean": "group-mean baseline", "rloo": "RLOO (leave-one-out)"}
-VARIANT_LABELS = {"grpo": "GRPO", "dr_grpo": "Dr. GRPO", "dapo": "DAPO", "gspo": "GSPO"}
 _STYLES = ["-", "--", ":", "-."]
 _COLORS = ["C0", "C1", "C2", "C3", "C4", "C5"]
 FIGSIZE = (10, 3.6)
@@ -196,13 +196,3 @@ def build_gradient_noise() -> plt.Figure:
     """Noise-to-signal ratio of the REINFORCE gradient at the start, per baseline and reward shift."""
     return plot_gradient_noise(X.gradient_noise_experiment(_preset(), seed=0))
 
-
-@figure("09_grpo_variants")
-def build_grpo_variants() -> plt.Figure:
-    """GRPO vs Dr. GRPO vs DAPO vs GSPO on the same task, seed and budget."""
-    data = X.grpo_variants_experiment(_preset(), seed=0)
-    c = data["config"]
-    return plot_learning_curves(data["runs"], VARIANT_LABELS, show_samples=True,
-                                title=f"GRPO variants ({c['steps']} steps x {c['prompts_per_step']} prompts x "
-                                      f"{c['group_size']} samples, {c['num_iterations']} updates per batch, "
-                                      f"lr {c['lr']:g})")
