@@ -146,7 +146,7 @@ def plot_grpo_variants(result: dict) -> plt.Figure:
     length of the correct (solid) and of the incorrect (dashed) responses; the per-token entropy of the sampling
     policy; the clip fraction of the second update on each batch (log scale: GSPO's is near 1, the token-level
     variants' a few per cent). Mean over seeds with its 95 % t-interval shaded, against training steps."""
-    summary = _check_result(result, "grpo_variants")
+    summary = result_summary(result, "grpo_variants")
     cfg = result["config"]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.5))
     for v in cfg["variants"]:
