@@ -28,7 +28,7 @@ from rlcourse.plots import rlhf  # noqa: E402
 # cheap builders (toy MDP / tensors only) -> number of axes (twin axes included)
 CHEAP = {"07_bradley_terry": 3, "08_kl_estimators": 2, "10_kl_optimum": 2, "10_dpo_ipo": 2}
 # builders that train models: registered, but not run in the tests
-HEAVY = {"07_reward_model", "08_reward_hacking", "10_dpo_vs_rl", "10_dpo_displacement"}
+HEAVY = {"07_reward_model", "08_overoptimization", "08_kl_placement", "10_dpo_vs_rl", "10_dpo_displacement"}
 
 
 def test_every_figure_of_notebooks_07_08_10_is_registered():
@@ -164,17 +164,6 @@ def test_plot_kl_estimators_on_synthetic_data():
     plt.close(fig)
 
 
-def test_plot_reward_hacking_on_synthetic_histories():
-    def hist(slope):
-        return [{"step": i, "score_mean": slope * i, "rule_reward_mean": 0.3 - 0.01 * slope * i, "kl": slope * i}
-                for i in range(20)]
-
-    fig = rlhf.plot_reward_hacking({0.1: {"history": hist(1.0)}, 3.0: {"history": hist(0.1)}})
-    assert len(fig.axes) == 3
-    assert len(fig.axes[0].lines) >= 4, "raw and smoothed line per beta"
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------- 10: optimum, DPO/IPO
 
 def test_kl_optimum_table_interpolates_between_greedy_and_reference():
@@ -199,12 +188,11 @@ def test_dpo_ipo_curves_match_their_closed_forms():
     assert c["dpo"][1] == pytest.approx(math.log(2))
 
 
-def test_textbook_and_hacking_reward_models_are_valid_configs():
+def test_textbook_reward_model_is_a_valid_config_with_its_own_cache_dir():
     from rlcourse.train.reward_model import RewardModelConfig
 
     cfg = cache.rm_config("tiny", 0, **cache.TEXTBOOK_RM)
     assert isinstance(cfg, RewardModelConfig) and cfg.sft_coef == 0 and cfg.extra_layers == 0
-    assert X.HACKING["reward_model"] == cache.TEXTBOOK_RM
     assert cache.reward_model_start_dir("tiny", 0, cfg) != cache.reward_model_start_dir("tiny", 0)
 
 
@@ -217,17 +205,13 @@ def test_reward_model_cache_dir_depends_on_the_config():
     assert a.name.startswith("rm-tiny-seed0-")
 
 
-def test_rlhf_experiment_configs_are_hashable_and_take_the_preset_from_the_environment(monkeypatch):
+def test_rlhf_experiment_config_is_hashable_and_takes_the_preset_from_the_environment(monkeypatch):
     monkeypatch.setenv("RLCOURSE_PRESET", "small")
     assert X.RewardModelsConfig().preset == "small"
     assert X.RewardModelsConfig("tiny").preset == "tiny"
-    c = X.RewardHackingConfig(reward_model={"steps": 5, "n_prompts": 10}, betas=[1, 2])
-    assert c.reward_model == (("n_prompts", 10), ("steps", 5)) and c.betas == (1.0, 2.0)
-    assert hash(c) == hash(X.RewardHackingConfig(reward_model=(("steps", 5), ("n_prompts", 10)), betas=(1.0, 2.0)))
-    assert X.RewardHackingConfig().reward_model == tuple(sorted(X.HACKING["reward_model"].items()))
-    assert X.RewardHackingConfig(reward_model={}).reward_model == ()  # the course's reward model
+    assert hash(X.RewardModelsConfig("tiny")) == hash(X.RewardModelsConfig("tiny"))
     with pytest.raises(TypeError, match="cfg must be one of"):
-        X.run(X.HACKING)
+        X.run({"steps": 5})
 
 
 # ----------------------------------------------------------------------------- 08: the runner's experiments

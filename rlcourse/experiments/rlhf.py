@@ -1,4 +1,4 @@
-r"""The experiments of notebooks 07 (reward models) and 08 (RLHF with PPO).
+r"""The experiment of notebook 07 (reward models), and the pieces notebook 10's experiment shares.
 
 Each calls the trainers of :mod:`rlcourse.train` (never a private copy of a loss) on the
 course's small LM, from the cached starts of :mod:`rlcourse.experiments.cache`, and returns plain
@@ -8,14 +8,14 @@ notebook that runs it and then calls the figure builder pays once. The figures a
 
 * :func:`reward_models` (07, :class:`RewardModelsConfig`): the course's and the textbook reward
   model, and three other judges, on held-out pairs; :func:`score_by_kind` of the policy's own samples;
-* :func:`reward_hacking` (08, :class:`RewardHackingConfig`): PPO against the learned reward model,
-  one run per fixed beta.
 
+Notebook 08's experiments are the runner experiments ``overoptimization`` and ``kl_placement``
+(:mod:`rlcourse.experiments.overoptimization`, :mod:`rlcourse.experiments.kl_placement`), over seeds.
 Notebook 10's comparison of DPO, PPO and GRPO is the runner experiment ``method_comparison``
 (:mod:`rlcourse.experiments.method_comparison`), which uses :func:`completion_logprobs` from here.
 
 :func:`run` runs any of them from its config; the notebooks call the keyword forms
-(:func:`reward_model_experiment`, :func:`reward_hacking_runs`). The preset
+(:func:`reward_model_experiment`). The preset
 of a config is ``$RLCOURSE_PRESET`` (default ``"tiny"``) when it is built, as in the notebooks.
 """
 
@@ -34,12 +34,10 @@ from rlcourse.lm import (batch_rewards, default_max_new_tokens, default_task, en
                          sequence_logprobs)
 from rlcourse.lm.pairs import encode_pairs, pair_kind, pair_logprobs
 from rlcourse.lm.rollout import encode_prompts, position_ids_from_mask
-from rlcourse.train.ppo import PPOConfig, train_ppo
 
-__all__ = ["StartConfig", "RewardModelsConfig", "RewardHackingConfig", "run", "reward_models",
-           "reward_hacking", "score_by_kind", "pair_groups", "rm_margins", "likelihood_margins",
-           "verdict_margins", "completion_logprobs", "pair_accuracy_by_group", "reward_model_experiment", "HACKING",
-           "reward_hacking_runs", "policy"]
+__all__ = ["StartConfig", "RewardModelsConfig", "run", "reward_models", "score_by_kind", "pair_groups", "rm_margins",
+           "likelihood_margins", "verdict_margins", "completion_logprobs", "pair_accuracy_by_group",
+           "reward_model_experiment", "policy"]
 
 
 def policy(preset: str, seed: int, progress: bool = False):
@@ -220,74 +218,7 @@ def reward_models(cfg: RewardModelsConfig) -> dict:
             "groups": {g: len(v) for g, v in groups.items()}, "judges": judges, "verdict_mass": mass}
 
 
-#: Notebook 08's experiment: PPO against the learned reward model of :func:`reward_model_start`
-#: with a fixed KL coefficient (no adaptive controller), one run per beta, everything else equal.
-#: The reward model is the textbook one of notebook 07 (:data:`TEXTBOOK_RM`), whose errors are easy to find.
-HACKING = dict(betas=(0.1, 3.0), steps=60, eval_n=200, n_examples=8, reward_model=TEXTBOOK_RM)
-
-
-@torch.no_grad()
-def _examples(model, tokenizer, rm, task, n: int) -> list[dict]:
-    """Greedy answers of ``model`` to the first ``n`` held-out problems, with their learned and true rewards."""
-
-    problems = task.held_out(n, seed=0)
-    ro = generate(model, tokenizer, [p.prompt for p in problems], 1, default_max_new_tokens(task), 1.0, greedy=True)
-    rule = batch_rewards(ro.completions, [p.answer for p in problems], ro.finished)
-    learned = rm.score(ro.to(rm.device)).cpu()
-    return [{"prompt": p.prompt, "answer": p.answer, "completion": c + ("" if f else " (no <eos>)"),
-             "learned": float(s), "true": float(r)}
-            for p, c, f, s, r in zip(problems, ro.completions, ro.finished.tolist(), learned, rule)]
-
-
-@dataclass(frozen=True)
-class RewardHackingConfig(StartConfig):
-    """Notebook 08: PPO against a cached reward model, one run per fixed ``beta`` in ``betas``, ``steps`` each.
-
-    ``reward_model``: the changes to :data:`RM_CONFIG` that define the reward model, as a dict or as
-    ``(field, value)`` pairs (stored sorted, so that the config is hashable); None: ``HACKING["reward_model"]``
-    (the textbook one of notebook 07); ``{}``: the course's reward model.
-    """
-
-    betas: tuple = HACKING["betas"]
-    steps: int = HACKING["steps"]
-    reward_model: tuple | None = None
-
-    def __post_init__(self):
-        rm = HACKING["reward_model"] if self.reward_model is None else dict(self.reward_model)
-        object.__setattr__(self, "reward_model", tuple(sorted(rm.items())))
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        object.__setattr__(self, "steps", int(self.steps))
-
-
-@memoised
-def reward_hacking(cfg: RewardHackingConfig) -> dict:
-    """PPO (:func:`rlcourse.train.ppo.train_ppo`, ``reward="model"``) against the cached reward model of
-    ``cfg.reward_model``, from the same SFT start and seed, once per fixed ``beta``.
-
-    Returns ``{"reward_model": info of reward_model_start (without its pairs and history), "start":
-    greedy examples of the SFT start, "runs": {beta: {"history", "before", "after", "seconds",
-    "examples"}}}``. History rows carry ``score_mean`` (the learned reward of the batch),
-    ``rule_reward_mean`` (the true, rule-based reward of the same samples) and ``kl``. Memoised in the
-    process: a second call with the same config returns the same runs.
-    """
-    preset, seed = cfg.preset, cfg.seed
-    task = default_task()
-    rm, info = reward_model_start(preset, seed, cfg=rm_config(preset, seed, **dict(cfg.reward_model)), progress=False)
-    model, tok = policy(preset, seed)
-    out = {"reward_model": {k: v for k, v in info.items() if k not in ("pairs", "history")},
-           "start": _examples(model, tok, rm, task, HACKING["n_examples"]), "runs": {}}
-    for beta in cfg.betas:
-        model, tok = policy(preset, seed)
-        ppo_cfg = PPOConfig(reward="model", preset=preset, seed=seed, steps=cfg.steps, init_kl_coef=beta,
-                            adaptive_kl=False, eval_n=HACKING["eval_n"])
-        res = train_ppo(ppo_cfg, model, tok, task=task, reward_model=rm, progress=False)
-        out["runs"][beta] = {"history": res.history, "before": res.before, "after": res.after,
-                             "seconds": res.seconds,
-                             "examples": _examples(res.model.eval(), tok, rm, task, HACKING["n_examples"])}
-    return out
-
-
-_EXPERIMENTS = {RewardModelsConfig: reward_models, RewardHackingConfig: reward_hacking}
+_EXPERIMENTS = {RewardModelsConfig: reward_models}
 
 
 def run(cfg) -> dict:
@@ -302,10 +233,3 @@ def run(cfg) -> dict:
 def reward_model_experiment(preset: str | None = None, seed: int = 0) -> dict:
     """:func:`reward_models` of ``RewardModelsConfig(preset, seed)`` (preset None: ``$RLCOURSE_PRESET``)."""
     return reward_models(RewardModelsConfig(preset=preset or settings.preset(), seed=seed))
-
-
-def reward_hacking_runs(preset: str | None = None, seed: int = 0, betas: tuple = HACKING["betas"],
-                        steps: int = HACKING["steps"], reward_model: dict | None = None) -> dict:
-    """:func:`reward_hacking` of ``RewardHackingConfig(...)`` (preset None: ``$RLCOURSE_PRESET``)."""
-    return reward_hacking(RewardHackingConfig(preset=preset or settings.preset(), seed=seed, betas=betas, steps=steps,
-                                              reward_model=reward_model))

@@ -178,10 +178,16 @@ def plot_grpo_variants(result: dict) -> plt.Figure:
     return fig
 
 
-@figure("09_grpo_variants")
-def build_grpo_variants() -> plt.Figure:
-    """The saved full run of the notebook (``runner.results_dir``), computed there first if it is not saved."""
+def saved_run(name: str) -> dict:
+    """The full run of the experiment ``name`` over :data:`SEEDS` seeds that a notebook saved
+    (:func:`rlcourse.experiments.runner.results_dir`), computed and saved there first if it is missing (minutes:
+    the notebook says how long). What the figure builders of the LM experiments draw."""
     from rlcourse.experiments import runner
 
-    return plot_grpo_variants(runner.run("grpo_variants", SEEDS, out=runner.results_dir("grpo_variants"),
-                                         progress=False))
+    return runner.run(name, SEEDS, out=runner.results_dir(name), progress=False)
+
+
+@figure("09_grpo_variants")
+def build_grpo_variants() -> plt.Figure:
+    """The saved full run of the notebook, computed there first if it is not saved."""
+    return plot_grpo_variants(saved_run("grpo_variants"))

@@ -26,6 +26,7 @@ from rlcourse.lm import Problem, is_correct, is_well_formed, math_verify_correct
 from rlcourse.experiments import rlhf as X
 from rlcourse.experiments.summary import curve, result_summary
 from rlcourse.plots import figure
+from rlcourse.plots.experiments import saved_run
 from rlcourse.plots.lm_rl import smoothed
 from rlcourse.preference import dpo_loss
 from rlcourse.toymdp import ToyMDP
@@ -36,7 +37,7 @@ __all__ = [
     "kl_estimator_table", "kl_gradient_directions", "per_prefix_kl_stats", "dpo_ipo_curves", "kl_optimum_course",
     "kl_optimum_table", "OPTIMUM_BETAS",
     # plots
-    "plot_bradley_terry", "plot_reward_model", "plot_kl_estimators", "plot_reward_hacking", "plot_overoptimization",
+    "plot_bradley_terry", "plot_reward_model", "plot_kl_estimators", "plot_overoptimization",
     "plot_kl_placement", "plot_dpo_ipo", "plot_method_comparison", "plot_dpo_displacement", "plot_kl_optimum",
 ]
 
@@ -447,39 +448,6 @@ def build_reward_model() -> plt.Figure:
 
 # ============================================================================ 08: reward hacking
 
-def plot_reward_hacking(runs: dict, window: int = 5) -> plt.Figure:
-    """Learned reward, true reward and KL to the reference over PPO steps, one line per beta.
-
-    ``runs`` maps beta -> ``{"history": [...]}`` with ``score_mean``, ``rule_reward_mean`` and ``kl``
-    per step (running mean over ``window`` steps; faint lines are the raw values).
-    """
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
-    keys = (("score_mean", "learned reward $r_\\phi$ (what PPO sees)"),
-            ("rule_reward_mean", "true reward (rule, never seen by PPO)"),
-            ("kl", "KL(π‖π_ref) per sequence (nats)"))
-    colors = plt.cm.coolwarm(np.linspace(0.95, 0.05, max(2, len(runs))))
-    for (beta, run), color in zip(sorted(runs.items()), colors):
-        h = run["history"]
-        steps = np.array([r["step"] for r in h]) + 1
-        for ax, (key, title) in zip(axes, keys):
-            y = [r[key] for r in h]
-            ax.plot(steps, y, color=color, alpha=0.25, lw=0.8)
-            ax.plot(steps, smoothed(y, window), color=color, lw=2, label=f"β = {beta:g}")
-            ax.set_title(title, fontsize=9.5)
-            ax.set_xlabel("PPO step")
-    for ax in axes:
-        ax.axhline(0, color="k", lw=0.5)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-@figure("08_reward_hacking")
-def build_reward_hacking() -> plt.Figure:
-    """PPO against the learned reward model with a too-small and a sensible beta: learned vs true reward."""
-    return plot_reward_hacking(X.reward_hacking_runs()["runs"])
-
-
 # ============================================================================ 10: method_comparison (runner)
 
 #: Colour and label of each arm of the ``method_comparison`` experiment.
@@ -565,23 +533,16 @@ def plot_dpo_displacement(result: dict) -> plt.Figure:
     return fig
 
 
-def _method_comparison_result() -> dict:
-    """The saved full run of notebook 10 (``runner.results_dir``), computed there first if it is missing."""
-    from rlcourse.experiments import runner
-
-    return runner.run("method_comparison", 3, out=runner.results_dir("method_comparison"), progress=False)
-
-
 @figure("10_dpo_vs_rl")
 def build_dpo_vs_rl() -> plt.Figure:
     """DPO offline / online vs PPO vs GRPO on one sample budget: accuracy against samples, updates, seconds."""
-    return plot_method_comparison(_method_comparison_result())
+    return plot_method_comparison(saved_run("method_comparison"))
 
 
 @figure("10_dpo_displacement")
 def build_dpo_displacement() -> plt.Figure:
     """The held-out pairs' log-probs and the exact mass on the correct answer and on its one-digit neighbours."""
-    return plot_dpo_displacement(_method_comparison_result())
+    return plot_dpo_displacement(saved_run("method_comparison"))
 
 
 # ============================================================================ 08: the runner's experiments
@@ -653,3 +614,15 @@ def plot_kl_placement(result: dict) -> plt.Figure:
                  f"95% t-interval over {len(summary['seeds'])} seeds", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+@figure("08_overoptimization")
+def build_overoptimization() -> plt.Figure:
+    """Gold reward and proxy score against √KL: PPO at fixed β and best-of-N, weak and strong reward model."""
+    return plot_overoptimization(saved_run("overoptimization"))
+
+
+@figure("08_kl_placement")
+def build_kl_placement() -> plt.Figure:
+    """The KL each placement of the KL term reaches, and the reward."""
+    return plot_kl_placement(saved_run("kl_placement"))
