@@ -15,7 +15,7 @@ import numpy as np
 from rlcourse.experiments.summary import curve
 from rlcourse.plots import figure
 
-__all__ = ["plot_ppo_toy", "plot_critic_gae", "SEEDS"]
+__all__ = ["plot_ppo_toy", "plot_critic_gae", "plot_reinforce_baselines", "SEEDS"]
 
 #: Seeds of the figures' runs.
 SEEDS = 3
@@ -139,3 +139,48 @@ def build_ppo_toy() -> plt.Figure:
 @figure("05_critic_gae")
 def build_critic_gae() -> plt.Figure:
     return plot_critic_gae(_run("critic_gae"))
+
+
+#: The panels of :func:`plot_reinforce_baselines`: (title, arms, metric of the lower panel, its label).
+_REINFORCE_PANELS = (
+    ("baselines (AdamW)", ("none", "batch_mean", "group_mean", "rloo"), "reward",
+     "mean sampled reward (training steps)"),
+    ("reward offset c (AdamW)", ("none", "none_offset", "rloo", "rloo_offset"), "grad_norm",
+     "mean ‖ĝ‖ per step (no clipping)"),
+    ("SGD vs AdamW, group mean vs RLOO", ("sgd_group_mean", "sgd_rloo", "group_mean", "rloo"),
+     "update_norm", "mean ‖θ_{t+1} − θ_t‖ per step"),
+)
+
+
+def plot_reinforce_baselines(result: dict) -> plt.Figure:
+    """The ``reinforce_baselines`` experiment (notebook 04), mean and 95% t-interval over seeds: held-out greedy
+    accuracy (top) and, below, the quantity each comparison turns on: the sampled reward for the baselines, the
+    gradient norm for the reward offset, the length of a step for SGD against AdamW. Arms absent from the
+    result are left out; a panel with none of its arms is left empty."""
+    from rlcourse.experiments.reinforce_baselines import ARM_LABELS
+
+    summary = _check_result(result, "reinforce_baselines")
+    cfg = result["config"]
+    arms = set(cfg["arms"])
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.6), sharex=True)
+    colors = {"none": "tab:red", "batch_mean": "tab:orange", "group_mean": "tab:green", "rloo": "tab:blue",
+              "none_offset": "tab:purple", "rloo_offset": "tab:cyan", "sgd_group_mean": "tab:olive",
+              "sgd_rloo": "tab:brown"}
+    dashed = {"none_offset", "rloo_offset", "sgd_group_mean", "sgd_rloo"}
+    for col, (title, panel_arms, metric, label) in enumerate(_REINFORCE_PANELS):
+        shown = [a for a in panel_arms if a in arms]
+        for a in shown:
+            style = dict(color=colors[a], linestyle="--" if a in dashed else "-", linewidth=1.5)
+            _band(axes[0, col], summary, a, "accuracy", label=ARM_LABELS[a], **style)
+            _band(axes[1, col], summary, a, metric, label=ARM_LABELS[a], marker="o", markersize=2.5, **style)
+        axes[0, col].set(title=title, ylabel="held-out greedy accuracy" if col == 0 else None)
+        axes[1, col].set(xlabel="REINFORCE step", ylabel=label)
+        if shown:
+            axes[0, col].legend(fontsize=7, loc="lower right")
+    if {"sgd_group_mean", "sgd_rloo"} & arms:
+        axes[1, 2].set_yscale("log")
+    fig.suptitle(f"REINFORCE on the chain task, {cfg['steps']} steps of {cfg['prompts_per_step'] * cfg['group_size']} "
+                 f"samples (AdamW lr {cfg['lr']:g}, SGD lr {cfg['sgd_lr']:g}, c = {cfg['offset']:+g}): mean and 95% "
+                 f"t-interval over {_n_seeds(result)} seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
