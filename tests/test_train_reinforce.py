@@ -172,3 +172,14 @@ def test_an_sgd_step_is_minus_lr_times_the_gradient_and_rloo_steps_g_over_g_minu
     assert (a_rloo - a_mean).norm() < 3e-3 * a_mean.norm()  # Adam: the constant factor is gone
     # negative control: SGD's two steps are not equal (the check above could tell them apart)
     assert (d_rloo - d_mean).norm() > 0.2 * d_mean.norm()
+
+
+def test_new_options_at_their_defaults_leave_the_recorded_config_as_before():
+    """``reward_offset`` and ``optimizer`` came after REINFORCE run directories existed: at their defaults they
+    are not recorded (an older run still resumes); set, they are (a run with another offset is refused)."""
+    from rlcourse.train.common import config_dict
+
+    plain = config_dict(ReinforceConfig())
+    assert "reward_offset" not in plain and "optimizer" not in plain
+    changed = config_dict(ReinforceConfig(reward_offset=1.0, optimizer="sgd"))
+    assert changed["reward_offset"] == 1.0 and changed["optimizer"] == "sgd"
