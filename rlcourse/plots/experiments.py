@@ -1,5 +1,5 @@
-r"""Figures of the runner's toy-MDP experiments (:mod:`rlcourse.experiments.runner`): ``ppo_toy`` (notebook 06)
-and ``critic_gae`` (notebook 05).
+r"""Figures of the runner's experiments (:mod:`rlcourse.experiments.runner`): ``ppo_toy`` (notebook 06) and
+``critic_gae`` (notebook 05) on the toy MDP; ``reinforce_baselines`` (notebook 04) on the small LM.
 
 A *plot* function takes the plain-data result of :func:`rlcourse.experiments.runner.run` (or the object
 printed by ``rlcourse experiment run NAME --json``) and draws the mean over seeds with its interval
@@ -148,15 +148,16 @@ _REINFORCE_PANELS = (
     ("reward offset c (AdamW)", ("none", "none_offset", "rloo", "rloo_offset"), "grad_norm",
      "mean ‖ĝ‖ per step (no clipping)"),
     ("SGD vs AdamW, group mean vs RLOO", ("sgd_group_mean", "sgd_rloo", "group_mean", "rloo"),
-     "update_norm", "mean ‖θ_{t+1} − θ_t‖ per step"),
+     "update_norm", r"mean $\|\theta_{t+1} - \theta_t\|$ per step"),
 )
 
 
 def plot_reinforce_baselines(result: dict) -> plt.Figure:
     """The ``reinforce_baselines`` experiment (notebook 04), mean and 95% t-interval over seeds: held-out greedy
     accuracy (top) and, below, the quantity each comparison turns on: the sampled reward for the baselines, the
-    gradient norm for the reward offset, the length of a step for SGD against AdamW. Arms absent from the
-    result are left out; a panel with none of its arms is left empty."""
+    gradient norm for the reward offset, the length of a step for SGD against AdamW (the AdamW arms of that
+    panel are the group-mean and RLOO arms of the first). Arms absent from the result are left out; a panel
+    with none of its arms is left empty."""
     from rlcourse.experiments.reinforce_baselines import ARM_LABELS
 
     summary = _check_result(result, "reinforce_baselines")
@@ -170,7 +171,9 @@ def plot_reinforce_baselines(result: dict) -> plt.Figure:
     for col, (title, panel_arms, metric, label) in enumerate(_REINFORCE_PANELS):
         shown = [a for a in panel_arms if a in arms]
         for a in shown:
-            style = dict(color=colors[a], linestyle="--" if a in dashed else "-", linewidth=1.5)
+            # the group mean is drawn wide, so that RLOO on top of it (the same run under AdamW) leaves it visible
+            style = dict(color=colors[a], linestyle="--" if a in dashed else "-",
+                         linewidth=3.5 if a == "group_mean" else 1.5)
             _band(axes[0, col], summary, a, "accuracy", label=ARM_LABELS[a], **style)
             _band(axes[1, col], summary, a, metric, label=ARM_LABELS[a], marker="o", markersize=2.5, **style)
         axes[0, col].set(title=title, ylabel="held-out greedy accuracy" if col == 0 else None)
