@@ -87,7 +87,99 @@ def test_non_finite_loss_stops_training(start, monkeypatch):
                                                                              "group_size"),
                                        ({"group_size": 0}, "group_size"), ({"lr": -1.0}, "lr"),
                                        ({"temperature": -1.0}, "temperature"), ({"aggregation": "sum"}, "aggregation"),
-                                       ({"prompts_per_step": 0}, "prompts_per_step"), ({"steps": -2}, "steps")])
+                                       ({"prompts_per_step": 0}, "prompts_per_step"), ({"steps": -2}, "steps"),
+                                       ({"reward_offset": float("nan")}, "reward_offset"),
+                                       ({"reward_offset": "1"}, "reward_offset"), ({"optimizer": "adam"}, "optimizer"),
+                                       ({"baseline": "batch_mean", "group_size": 1, "prompts_per_step": 1},
+                                        "batch_mean")])
 def test_bad_config_is_rejected_naming_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
         ReinforceConfig(**kw)
+
+
+def test_batch_mean_advantages_are_the_reward_minus_the_mean_of_the_whole_batch():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.5], dtype=torch.float64)
+    adv = reinforce_advantages(r, "batch_mean", 4)
+    assert torch.allclose(adv, r - r.mean(), atol=1e-15)
+    # negative control: the group mean (a baseline per prompt) is a different vector on these rewards
+    group = reinforce_advantages(r, "mean", 4)
+    assert (group - adv).abs().max() > 0.1
+    # the batch mean does not depend on how the rows are grouped
+    assert torch.equal(reinforce_advantages(r, "batch_mean", 2), adv)
+
+
+@pytest.mark.parametrize("c", [1.0, -0.5, 3.0])
+def test_a_reward_offset_cancels_in_rloo_and_the_group_mean_but_not_without_a_baseline(c):
+    g = torch.Generator().manual_seed(0)
+    r = torch.randint(0, 3, (24,), generator=g).double() / 2 - 0.5  # rewards in {-0.5, 0, 0.5}
+    for baseline in ("rloo", "mean", "batch_mean"):
+        assert torch.allclose(reinforce_advantages(r + c, baseline, 4), reinforce_advantages(r, baseline, 4),
+                              rtol=0, atol=1e-12), baseline
+    # negative control: with no baseline the offset goes straight into every advantage
+    plain, shifted = reinforce_advantages(r, "none", 4), reinforce_advantages(r + c, "none", 4)
+    assert torch.allclose(shifted - plain, torch.full_like(r, c))
+
+
+def test_reward_offset_moves_the_advantages_by_c_without_a_baseline_and_not_with_rloo(start, monkeypatch):
+    """The trainer applies ``reward_offset`` to the rewards its advantages are computed from (seen by spying
+    on ``reinforce_advantages``); the logged reward stays the task's."""
+    seen = []
+    real = reinforce_mod.reinforce_advantages
+
+    def spy(rewards, baseline, group_size):
+        seen.append(rewards.clone())
+        return real(rewards, baseline, group_size)
+
+    monkeypatch.setattr(reinforce_mod, "reinforce_advantages", spy)
+    hist = {}
+    for c in (0.0, 1.0):
+        res = train_reinforce(tiny(baseline="none", steps=1, reward_offset=c), *fresh(start), task=TASK, progress=False)
+        hist[c] = res.history[0]
+    assert torch.allclose(seen[1] - seen[0], torch.ones_like(seen[0]))  # same batch (same seed), shifted by c
+    assert hist[1.0]["reward_mean"] == pytest.approx(hist[0.0]["reward_mean"])  # logged: the task's reward
+    assert hist[1.0]["advantage_abs_mean"] > hist[0.0]["advantage_abs_mean"] + 0.5
+
+
+def test_optimizer_option_builds_sgd_or_adamw():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    sgd = reinforce_mod.reinforce_optimizer(ReinforceConfig(optimizer="sgd", lr=0.1), params)
+    assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["lr"] == 0.1 and sgd.param_groups[0]["momentum"] == 0
+    adam = reinforce_mod.reinforce_optimizer(ReinforceConfig(lr=0.1), params)
+    assert type(adam) is torch.optim.AdamW and not isinstance(adam, torch.optim.SGD)  # the default is not SGD
+
+
+def test_an_sgd_step_is_minus_lr_times_the_gradient_and_rloo_steps_g_over_g_minus_1_further(start, monkeypatch):
+    """Under plain SGD the first step is exactly -lr x gradient, so RLOO's step is G/(G-1) times the group
+    mean's (same batch); under AdamW the two first steps are equal (Adam's first step is lr x sign)."""
+    G = 4
+
+    def first_step(baseline, optimizer):
+        model, tok = fresh(start)
+        before = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+        cfg = tiny(baseline=baseline, steps=1, group_size=G, optimizer=optimizer, lr=1e-3, grad_clip=None)
+        res = train_reinforce(cfg, model, tok, task=TASK, progress=False)
+        after = torch.cat([p.detach().reshape(-1) for p in res.model.parameters()])
+        return after - before, res.history[0]["grad_norm"]
+
+    d_mean, g_mean = first_step("mean", "sgd")
+    d_rloo, g_rloo = first_step("rloo", "sgd")
+    # (float32 parameters: adding a 1e-5 step to weights of order 0.1 rounds it at about 1e-3 relative)
+    assert float(d_mean.norm()) == pytest.approx(1e-3 * g_mean, rel=3e-3)  # SGD: |step| = lr |gradient|
+    assert float(g_rloo) == pytest.approx(g_mean * G / (G - 1), rel=1e-5)
+    assert (d_rloo - d_mean * G / (G - 1)).norm() < 3e-3 * d_rloo.norm()
+    a_mean, _ = first_step("mean", "adamw")
+    a_rloo, _ = first_step("rloo", "adamw")
+    assert (a_rloo - a_mean).norm() < 3e-3 * a_mean.norm()  # Adam: the constant factor is gone
+    # negative control: SGD's two steps are not equal (the check above could tell them apart)
+    assert (d_rloo - d_mean).norm() > 0.2 * d_mean.norm()
+
+
+def test_new_options_at_their_defaults_leave_the_recorded_config_as_before():
+    """``reward_offset`` and ``optimizer`` came after REINFORCE run directories existed: at their defaults they
+    are not recorded (an older run still resumes); set, they are (a run with another offset is refused)."""
+    from rlcourse.train.common import config_dict
+
+    plain = config_dict(ReinforceConfig())
+    assert "reward_offset" not in plain and "optimizer" not in plain
+    changed = config_dict(ReinforceConfig(reward_offset=1.0, optimizer="sgd"))
+    assert changed["reward_offset"] == 1.0 and changed["optimizer"] == "sgd"

@@ -7,7 +7,8 @@ module                     what
 ``cache``                  the one cache of trained starts: the SFT start and the reward models
 ``registry``               the trainers by name, with their recipes (``rlcourse train``)
 ``toy``                    notebook 02: exact gradient ascent and REINFORCE on the toy MDP
-``lm_rl``                  notebook 04 (REINFORCE baselines, gradient noise, pass@k)
+``lm_rl``                  notebook 04: the REINFORCE gradient's noise at the start, pass@k of a policy
+``reinforce_baselines``    notebook 04: REINFORCE baselines, a reward offset, SGD vs AdamW on the chain task
 ``rlhf``                   notebooks 07 (reward models and judges), 08 (reward hacking, one seed)
 ``memo``, ``settings``     the memoisation, and the preset (``$RLCOURSE_PRESET``)
 ``runner``                 experiments by name over seeds, saved and resumed per seed (``rlcourse experiment``)
@@ -22,7 +23,7 @@ module                     what
 =========================  ===================================================================
 
 An LM experiment is a function of a frozen config dataclass; each module's ``run(cfg)`` runs any of
-its experiments, e.g. ``lm_rl.run(lm_rl.ReinforceBaselinesConfig(steps=10))``. The figures of
+its experiments, e.g. ``lm_rl.run(lm_rl.GradientNoiseConfig(n_batches=4))``. The figures of
 :mod:`rlcourse.plots` draw these results: a figure builder is ``plot(experiment(cfg))``.
 """
 

@@ -1,17 +1,14 @@
-r"""The experiments of notebook 04 (REINFORCE on the small LM).
+r"""The gradient-noise measurement of notebook 04, and the pass@k of a policy (on the arithmetic task).
 
-Every number comes from the course's trainers, run from the cached SFT start
-(:func:`rlcourse.experiments.sft_start`): :func:`rlcourse.train.reinforce.train_reinforce` with
-``baseline`` in ``{"none", "mean", "rloo"}``; the gradient-noise measurement uses the
-same package functions a trainer step uses (:func:`rlcourse.train.common.sample_groups`,
-:func:`rlcourse.train.reinforce.reinforce_advantages`, :func:`rlcourse.losses.policy_gradient_loss`).
-Each experiment is a function of a frozen config (:class:`ReinforceBaselinesConfig`,
-:class:`GradientNoiseConfig`; :func:`run` runs either) that
-returns plain data (histories and evaluations, no models: ``json.dumps`` takes it), memoised per
-process and config (:mod:`rlcourse.experiments.memo`); the notebooks call the keyword forms
-(``reinforce_baselines_experiment(preset, seed=0, ...)``). The figures are drawn by
-:mod:`rlcourse.plots.lm_rl`. (Notebook 09's GRPO variants run on the chain task:
-:mod:`rlcourse.experiments.grpo_chain`.)
+:func:`gradient_noise` (config :class:`GradientNoiseConfig`; :func:`run` runs it) measures the noise of the
+REINFORCE gradient at the cached SFT start (:func:`rlcourse.experiments.sft_start`) with the same package
+functions a trainer step uses (:func:`rlcourse.train.common.sample_groups`,
+:func:`rlcourse.train.reinforce.reinforce_advantages`, :func:`rlcourse.losses.policy_gradient_loss`), and
+returns plain data (no models: ``json.dumps`` takes it), memoised per process and config
+(:mod:`rlcourse.experiments.memo`); the notebook calls the keyword form ``gradient_noise_experiment(preset,
+seed=0)``; :mod:`rlcourse.plots.lm_rl` draws it. Notebook 04's REINFORCE training runs, over seeds, are the
+runner experiment ``reinforce_baselines`` (:mod:`rlcourse.experiments.reinforce_baselines`); notebook 09's are
+``grpo_variants`` (:mod:`rlcourse.experiments.grpo_chain`).
 
 Speed: the tiny model's tensors are small, and on a busy 2-core CPU several intra-op threads
 cost far more than they save (a REINFORCE step was measured 20x slower with 2 threads than
@@ -25,7 +22,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,11 +32,10 @@ from rlcourse.experiments.memo import clear_memo, memoised
 from rlcourse.lm import cpu_threads, default_max_new_tokens, default_task, evaluate, sequence_logprobs
 from rlcourse.losses import policy_gradient_loss
 from rlcourse.train.common import sample_groups
-from rlcourse.train.reinforce import ReinforceConfig, reinforce_advantages, train_reinforce
+from rlcourse.train.reinforce import reinforce_advantages
 
-__all__ = ["ComparisonConfig", "ReinforceBaselinesConfig", "GradientNoiseConfig", "run", "reinforce_baselines",
-           "gradient_noise", "REINFORCE_SETTINGS", "PASS_KS", "clear_memo", "pass_at_k_curve", "run_summary",
-           "reinforce_baselines_experiment", "gradient_noise_experiment"]
+__all__ = ["GradientNoiseConfig", "run", "gradient_noise", "PASS_KS", "clear_memo", "pass_at_k_curve",
+           "gradient_noise_experiment"]
 
 #: The k of the pass@k curves (one set of max(PASS_KS) samples per problem).
 PASS_KS = (1, 2, 4, 8)
@@ -49,38 +45,6 @@ def _tuples(cfg, *names: str) -> None:
     """Store the sequence fields ``names`` of a frozen config as tuples (so that it is hashable: memoised)."""
     for name in names:
         object.__setattr__(cfg, name, tuple(getattr(cfg, name)))
-
-
-@dataclass(frozen=True)
-class ComparisonConfig:
-    """The budget every run of a comparison shares: from fresh copies of the same start (the cached SFT
-    start of ``(preset, seed)``), ``steps`` optimizer steps of ``prompts_per_step`` x ``group_size``
-    samples at learning rate ``lr``; held-out greedy accuracy on ``eval_n`` problems every
-    ``eval_every`` steps; pass@k for k in ``ks`` before and after."""
-
-    preset: str = "tiny"
-    steps: int = 60
-    seed: int = 0
-    lr: float = 1e-4
-    prompts_per_step: int = 16
-    group_size: int = 8
-    eval_n: int = 200
-    eval_every: int = 10
-    ks: tuple = PASS_KS
-
-    def __post_init__(self):
-        _tuples(self, "ks")
-
-
-@dataclass(frozen=True)
-class ReinforceBaselinesConfig(ComparisonConfig):
-    """Notebook 04: REINFORCE once per baseline in ``baselines``, under one :class:`ComparisonConfig` budget."""
-
-    baselines: tuple = ("none", "mean", "rloo")
-
-    def __post_init__(self):
-        super().__post_init__()
-        _tuples(self, "baselines")
 
 
 @dataclass(frozen=True)
@@ -103,11 +67,6 @@ class GradientNoiseConfig:
         object.__setattr__(self, "shifts", tuple(float(c) for c in self.shifts))
 
 
-#: The budget of notebook 04: every baseline gets the same steps, prompts and samples.
-REINFORCE_SETTINGS = {k: getattr(ReinforceBaselinesConfig(), k)
-                      for k in ("steps", "lr", "prompts_per_step", "group_size", "eval_n", "eval_every")}
-
-
 def _start(preset: str, seed: int, model, tokenizer, progress: bool):
     """A fresh copy of the starting policy: the given model, or the cached SFT start."""
     if model is not None:
@@ -124,52 +83,6 @@ def pass_at_k_curve(model, tokenizer, task, n_eval: int, ks: Sequence[int] = PAS
     out = evaluate(model, tokenizer, task.held_out(n_eval, seed=seed), ks=ks, n=max(ks), seed=seed, batch_size=512)
     return {"accuracy": out["accuracy"], "mean_reward": out["mean_reward"],
             "pass_at_k": {k: out[f"pass@{k}"] for k in ks}}
-
-
-def run_summary(result, **extra) -> dict:
-    """The plain data of a :class:`~rlcourse.train.common.TrainResult` (no model): history, evaluations, seconds."""
-    return {"history": [dict(r) for r in result.history], "before": dict(result.before), "after": dict(result.after),
-            "seconds": float(result.seconds), **extra}
-
-
-def _compare(cfg: ComparisonConfig, labels: Sequence[str], train: Callable, trainer_config: Callable, *, model,
-             tokenizer, task, progress: bool) -> dict:
-    """One run per label from fresh copies of the same start: ``train(trainer_config(label), model, tokenizer)``.
-
-    Returns ``{"config": cfg as a dict, "start": pass@k curve of the start, "runs": {label: run}}`` where a
-    run is :func:`run_summary` plus ``"pass_at_k"`` (after training) and ``"samples"``: the completions
-    generated (DAPO's dynamic sampling may generate more than one round per step).
-    """
-    task = task or default_task()
-    out = {"config": dataclasses.asdict(cfg), "runs": {}}
-    with cpu_threads(1):
-        m0, tok = _start(cfg.preset, cfg.seed, model, tokenizer, progress)
-        out["start"] = pass_at_k_curve(m0, tok, task, cfg.eval_n, cfg.ks, seed=cfg.seed)
-        for label in labels:
-            m, tok = _start(cfg.preset, cfg.seed, model, tokenizer, progress)
-            res = train(trainer_config(label), m, tok, task=task, progress=progress)
-            rounds = sum(float(r.get("sampling_rounds", 1.0)) for r in res.history)
-            out["runs"][label] = run_summary(
-                res, pass_at_k=pass_at_k_curve(res.model, tok, task, cfg.eval_n, cfg.ks, seed=cfg.seed)["pass_at_k"],
-                samples=int(round(rounds * cfg.prompts_per_step * cfg.group_size)))
-    return out
-
-
-@memoised
-def reinforce_baselines(cfg: ReinforceBaselinesConfig, *, model=None, tokenizer=None, task=None,
-                        progress: bool = False) -> dict:
-    """REINFORCE (:func:`rlcourse.train.reinforce.train_reinforce`) from the same start, seed and budget, for
-    each baseline: every run trains a fresh copy of the start (``model``/``tokenizer`` if given, else the
-    cached SFT start of ``cfg.preset``); with the same seed every run sees the same training problems at
-    every step. Returns :func:`_compare`'s ``{"config", "start", "runs": {baseline: run}}``.
-    """
-    def trainer_config(baseline):
-        return ReinforceConfig(baseline=baseline, preset=cfg.preset, seed=cfg.seed, steps=cfg.steps, lr=cfg.lr,
-                               group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, eval_n=cfg.eval_n,
-                               eval_every=cfg.eval_every)
-
-    return _compare(cfg, cfg.baselines, train_reinforce, trainer_config, model=model, tokenizer=tokenizer, task=task,
-                    progress=progress)
 
 
 @memoised
@@ -237,7 +150,7 @@ def gradient_noise(cfg: GradientNoiseConfig, *, model=None, tokenizer=None, task
             "reward_mean": float(np.mean(rewards))}
 
 
-_EXPERIMENTS = {ReinforceBaselinesConfig: reinforce_baselines, GradientNoiseConfig: gradient_noise}
+_EXPERIMENTS = {GradientNoiseConfig: gradient_noise}
 
 
 def run(cfg, *, model=None, tokenizer=None, task=None, progress: bool = False) -> dict:
@@ -249,13 +162,6 @@ def run(cfg, *, model=None, tokenizer=None, task=None, progress: bool = False) -
 
 
 # -- the keyword forms the notebooks call ----------------------------------------------------------
-
-def reinforce_baselines_experiment(preset: str = "tiny", steps: int = ReinforceBaselinesConfig.steps, seed: int = 0, *,
-                                   model=None, tokenizer=None, task=None, progress: bool = False, **fields) -> dict:
-    """:func:`reinforce_baselines` of ``ReinforceBaselinesConfig(preset, steps, seed, **fields)``."""
-    return reinforce_baselines(ReinforceBaselinesConfig(preset=preset, steps=steps, seed=seed, **fields), model=model,
-                               tokenizer=tokenizer, task=task, progress=progress)
-
 
 def gradient_noise_experiment(preset: str = "tiny", seed: int = 0, *, model=None, tokenizer=None, task=None,
                               progress: bool = False, **fields) -> dict:

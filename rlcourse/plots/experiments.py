@@ -1,5 +1,6 @@
 r"""Figures of the runner's experiments (:mod:`rlcourse.experiments.runner`): ``ppo_toy`` (notebook 06) and
-``critic_gae`` (notebook 05) on the toy MDP, and ``grpo_variants`` (notebook 09) on the small LM's chain task.
+``critic_gae`` (notebook 05) on the toy MDP; ``reinforce_baselines`` (notebook 04) and ``grpo_variants``
+(notebook 09) on the small LM's chain task.
 
 A *plot* function takes the plain-data result of :func:`rlcourse.experiments.runner.run` (or the object
 printed by ``rlcourse experiment run NAME --json``) and draws the mean over seeds with its interval
@@ -17,7 +18,8 @@ import numpy as np
 from rlcourse.experiments.summary import curve, result_summary
 from rlcourse.plots import figure
 
-__all__ = ["plot_ppo_toy", "plot_critic_gae", "plot_grpo_variants", "GRPO_VARIANT_LABELS", "SEEDS"]
+__all__ = ["plot_ppo_toy", "plot_critic_gae", "plot_reinforce_baselines", "plot_grpo_variants", "GRPO_VARIANT_LABELS",
+           "saved_run", "SEEDS"]
 
 #: Seeds of the figures' runs.
 SEEDS = 3
@@ -191,3 +193,57 @@ def saved_run(name: str) -> dict:
 def build_grpo_variants() -> plt.Figure:
     """The saved full run of the notebook, computed there first if it is not saved."""
     return plot_grpo_variants(saved_run("grpo_variants"))
+
+
+#: The panels of :func:`plot_reinforce_baselines`: (title, arms, metric of the lower panel, its label).
+_REINFORCE_PANELS = (
+    ("baselines (AdamW)", ("none", "batch_mean", "group_mean", "rloo"), "reward",
+     "mean sampled reward (training steps)"),
+    ("reward offset c (AdamW)", ("none", "none_offset", "rloo", "rloo_offset"), "grad_norm",
+     "mean ‖ĝ‖ per step (no clipping)"),
+    ("SGD vs AdamW, group mean vs RLOO", ("sgd_group_mean", "sgd_rloo", "group_mean", "rloo"),
+     "update_norm", r"mean $\|\theta_{t+1} - \theta_t\|$ per step"),
+)
+
+
+def plot_reinforce_baselines(result: dict) -> plt.Figure:
+    """The ``reinforce_baselines`` experiment (notebook 04), mean and 95% t-interval over seeds: held-out greedy
+    accuracy (top) and, below, the quantity each comparison turns on: the sampled reward for the baselines, the
+    gradient norm for the reward offset, the length of a step for SGD against AdamW (the AdamW arms of that
+    panel are the group-mean and RLOO arms of the first). Arms absent from the result are left out; a panel
+    with none of its arms is left empty."""
+    from rlcourse.experiments.reinforce_baselines import ARM_LABELS
+
+    summary = result_summary(result, "reinforce_baselines")
+    cfg = result["config"]
+    arms = set(cfg["arms"])
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.6), sharex=True)
+    colors = {"none": "tab:red", "batch_mean": "tab:orange", "group_mean": "tab:green", "rloo": "tab:blue",
+              "none_offset": "tab:purple", "rloo_offset": "tab:cyan", "sgd_group_mean": "tab:olive",
+              "sgd_rloo": "tab:brown"}
+    dashed = {"none_offset", "rloo_offset", "sgd_group_mean", "sgd_rloo"}
+    for col, (title, panel_arms, metric, label) in enumerate(_REINFORCE_PANELS):
+        shown = [a for a in panel_arms if a in arms]
+        for a in shown:
+            # the group mean is drawn wide, so that RLOO on top of it (the same run under AdamW) leaves it visible
+            style = dict(color=colors[a], linestyle="--" if a in dashed else "-",
+                         linewidth=3.5 if a == "group_mean" else 1.5)
+            _band(axes[0, col], summary, a, "accuracy", label=ARM_LABELS[a], **style)
+            _band(axes[1, col], summary, a, metric, label=ARM_LABELS[a], marker="o", markersize=2.5, **style)
+        axes[0, col].set(title=title, ylabel="held-out greedy accuracy" if col == 0 else None)
+        axes[1, col].set(xlabel="REINFORCE step", ylabel=label)
+        if shown:
+            axes[0, col].legend(fontsize=7, loc="lower right")
+    if {"sgd_group_mean", "sgd_rloo"} & arms:
+        axes[1, 2].set_yscale("log")
+    fig.suptitle(f"REINFORCE on the chain task, {cfg['steps']} steps of {cfg['prompts_per_step'] * cfg['group_size']} "
+                 f"samples (AdamW lr {cfg['lr']:g}, SGD lr {cfg['sgd_lr']:g}, c = {cfg['offset']:+g}): mean and 95% "
+                 f"t-interval over {_n_seeds(result)} seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+@figure("04_reinforce_baselines")
+def build_reinforce_baselines() -> plt.Figure:
+    """The saved full run of notebook 04, computed there first if it is not saved."""
+    return plot_reinforce_baselines(saved_run("reinforce_baselines"))

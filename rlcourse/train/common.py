@@ -311,7 +311,7 @@ RESUMABLE_CHANGES = ("out", "device", "threads", "checkpoint_every")
 
 #: Fields recorded only when they differ from these defaults: they came after runs and cached starts
 #: existed, so a config that does not set them is the same config as before (resume, cache keys).
-SET_ONLY_FIELDS = {"model_dir": None, "chat_template": True}
+SET_ONLY_FIELDS = {"model_dir": None, "chat_template": True, "reward_offset": 0.0, "optimizer": "adamw"}
 
 
 def config_dict(cfg) -> dict:

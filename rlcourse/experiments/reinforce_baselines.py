@@ -1,0 +1,215 @@
+r"""``reinforce_baselines`` (notebook 04): REINFORCE's baselines, a reward offset, and SGD against AdamW.
+
+Every arm trains a fresh copy of the same cached SFT start of the chain task
+(:func:`rlcourse.experiments.cache.chain_sft_start` on :data:`~rlcourse.experiments.cache.CHAIN_TASK`:
+multi-term sums written as running sums; greedy accuracy about 0.55 at the start) with
+:func:`rlcourse.train.reinforce.train_reinforce`, for ``steps`` steps of ``prompts_per_step`` x ``group_size``
+samples. The seed is REINFORCE's (the problems of every step and the sampling): for one seed every arm
+sees the same problems at every step. No gradient clipping in any arm (``grad_clip=None``): clipping
+would rescale every step to the same length and hide what the arms differ in.
+
+The arms (:data:`ARMS`; :data:`ARM_LABELS` names them in figures and tables):
+
+====================  ==========================================================================
+``none``              no baseline, :math:`A_i = R_i`; AdamW
+``batch_mean``        :math:`A_i = R_i - \bar R` over the whole batch (every prompt's samples); AdamW
+``group_mean``        :math:`A_i = R_i - \bar R_{g(i)}`, the mean of the prompt's own group; AdamW
+``rloo``              leave-one-out, :math:`A_i = R_i - \frac{1}{G-1}\sum_{j\ne i} R_j`; AdamW
+``none_offset``       no baseline on :math:`R_i + c` (``offset``, default +1): the same expected gradient
+                      (EGLP), more variance; AdamW
+``rloo_offset``       RLOO on :math:`R_i + c`: the offset cancels in every advantage, so the run is
+                      ``rloo``'s up to float rounding; AdamW
+``sgd_group_mean``    group mean with plain SGD (``sgd_lr``)
+``sgd_rloo``          RLOO with plain SGD: its advantages are :math:`\frac{G}{G-1}` times the group mean's on
+                      every group, so its step is :math:`\frac{G}{G-1}` times as long (twice at the default
+                      :math:`G = 2`); with AdamW (``group_mean`` vs ``rloo``) the per-parameter normalisation
+                      removes the constant factor: nearly the same trajectory
+====================  ==========================================================================
+
+Every arm samples ``prompts_per_step`` x ``group_size`` completions per step.
+
+Rows (one per evaluation: the start, then every ``eval_every`` steps)::
+
+    {"arm", "seed", "step", "accuracy", "reward", "grad_norm", "update_norm", "advantage_abs",
+     "pass_at_1", "pass_at_8"}
+
+``accuracy``: greedy accuracy (reward exactly 1) on ``eval_n`` held-out problems
+(:func:`rlcourse.experiments.grpo_chain.greedy_eval`). Means over the training steps since the previous
+evaluation (None at the start): ``reward``, the task's mean sampled reward (without the offset);
+``grad_norm``, the norm of the REINFORCE gradient :math:`\lVert\hat g\rVert` (for arms with the same expected
+gradient, a larger mean :math:`\lVert\hat g\rVert^2 = \lVert\nabla J\rVert^2 + \operatorname{tr}\operatorname{Cov}\hat g`
+is more variance); ``update_norm``, the length of the parameter change of one step,
+:math:`\lVert\theta_{t+1} - \theta_t\rVert` (what the optimizer made of the gradient); ``advantage_abs``, the
+mean :math:`|A_i|`. ``pass_at_1`` and ``pass_at_8`` (8 samples per held-out problem at temperature 1,
+:func:`rlcourse.lm.evaluate_policy`): at the start and at the last step only (None elsewhere).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import torch
+
+from rlcourse.experiments.cache import CHAIN_SFT, CHAIN_TASK, chain_sft_config, chain_sft_start
+from rlcourse.experiments.grpo_chain import greedy_eval
+from rlcourse.experiments.runner import experiment
+from rlcourse.train.common import integer, number
+from rlcourse.train.reinforce import ReinforceConfig, train_reinforce
+
+__all__ = ["ReinforceBaselinesConfig", "ARMS", "ARM_LABELS", "arm_config", "run_arm", "run_seed", "window_mean"]
+
+#: arm -> (baseline of :func:`~rlcourse.train.reinforce.reinforce_advantages`, reward offset on?, optimizer).
+ARMS = {
+    "none": ("none", False, "adamw"),
+    "batch_mean": ("batch_mean", False, "adamw"),
+    "group_mean": ("mean", False, "adamw"),
+    "rloo": ("rloo", False, "adamw"),
+    "none_offset": ("none", True, "adamw"),
+    "rloo_offset": ("rloo", True, "adamw"),
+    "sgd_group_mean": ("mean", False, "sgd"),
+    "sgd_rloo": ("rloo", False, "sgd"),
+}
+
+#: How figures and tables name the arms.
+ARM_LABELS = {
+    "none": "no baseline", "batch_mean": "batch-mean baseline", "group_mean": "group-mean baseline",
+    "rloo": "RLOO", "none_offset": "no baseline, reward + c", "rloo_offset": "RLOO, reward + c",
+    "sgd_group_mean": "SGD, group mean", "sgd_rloo": "SGD, RLOO",
+}
+
+KEYS = ("arm", "seed", "step", "accuracy", "reward", "grad_norm", "update_norm", "advantage_abs", "pass_at_1",
+        "pass_at_8")
+
+
+@dataclass(frozen=True)
+class ReinforceBaselinesConfig:
+    """The ``reinforce_baselines`` experiment (module doc).
+
+    Attributes:
+        arms: names from :data:`ARMS`, distinct.
+        steps, lr: REINFORCE steps of every arm; the AdamW learning rate.
+        prompts_per_step, group_size: the batch of every arm (``group_size`` >= 2: RLOO needs it).
+        sgd_lr: plain SGD's learning rate (the ``sgd_*`` arms).
+        offset: the constant ``c`` added to the rewards of the ``*_offset`` arms (finite, not 0).
+        eval_every, eval_n: greedy evaluation every this many steps, on this many held-out problems.
+        preset, sft_seed, sft_steps, sft_clean_steps, sft_warmup_steps: the chain SFT start
+            (:data:`~rlcourse.experiments.cache.CHAIN_SFT` with these step counts).
+        threads: torch threads while training.
+    """
+
+    arms: tuple = tuple(ARMS)
+    steps: int = 150
+    lr: float = 5e-5
+    prompts_per_step: int = 16
+    group_size: int = 2
+    sgd_lr: float = 6e-4
+    offset: float = 1.0
+    eval_every: int = 15
+    eval_n: int = 200
+    preset: str = "tiny"
+    sft_seed: int = 0
+    sft_steps: int = CHAIN_SFT["steps"]
+    sft_clean_steps: int = CHAIN_SFT["clean_steps"]
+    sft_warmup_steps: int = CHAIN_SFT["warmup_steps"]
+    threads: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "arms", tuple(self.arms) if isinstance(self.arms, (list, tuple)) else self.arms)
+        if not isinstance(self.arms, tuple) or not self.arms or any(a not in ARMS for a in self.arms) \
+                or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms must be distinct names from {list(ARMS)}, got {self.arms!r}")
+        for name in ("steps", "prompts_per_step", "eval_every", "eval_n", "sft_steps", "threads"):
+            integer(name, getattr(self, name))
+        integer("sft_clean_steps", self.sft_clean_steps, 0)
+        integer("sft_warmup_steps", self.sft_warmup_steps, 0)
+        integer("sft_seed", self.sft_seed, 0)
+        integer("group_size", self.group_size, 2)
+        if self.eval_every > self.steps:
+            raise ValueError(f"eval_every={self.eval_every} exceeds steps={self.steps}: no evaluation after the start")
+        number("lr", self.lr)
+        number("sgd_lr", self.sgd_lr)
+        number("offset", self.offset, minimum=None)
+        if self.offset == 0:
+            raise ValueError("offset must not be 0 (the *_offset arms would be copies of the others)")
+
+    def quick(self) -> "ReinforceBaselinesConfig":
+        """Seconds-long (tests, CI): a 30-step SFT start, 4 steps of 4 x 2 samples, 16 held-out problems."""
+        return replace(self, steps=4, prompts_per_step=4, group_size=2, eval_every=2, eval_n=16,
+                       sft_steps=30, sft_clean_steps=15, sft_warmup_steps=3)
+
+    def sft_config(self):
+        """The SFT start's config: :data:`~rlcourse.experiments.cache.CHAIN_SFT` with this config's step counts."""
+        return chain_sft_config(self.preset, self.sft_seed, steps=self.sft_steps, clean_steps=self.sft_clean_steps,
+                                warmup_steps=self.sft_warmup_steps, eval_n=min(CHAIN_SFT["eval_n"], self.eval_n))
+
+
+def arm_config(cfg: ReinforceBaselinesConfig, arm: str, seed: int) -> ReinforceConfig:
+    """The :class:`~rlcourse.train.reinforce.ReinforceConfig` of ``arm`` (module table) for ``seed``."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {list(ARMS)}, got {arm!r}")
+    baseline, offset, optimizer = ARMS[arm]
+    return ReinforceConfig(baseline=baseline, reward_offset=cfg.offset if offset else 0.0, optimizer=optimizer,
+                           lr=cfg.sgd_lr if optimizer == "sgd" else cfg.lr, grad_clip=None, preset=cfg.preset,
+                           seed=seed, steps=cfg.steps, group_size=cfg.group_size,
+                           prompts_per_step=cfg.prompts_per_step,
+                           eval_n=cfg.eval_n, threads=cfg.threads)
+
+
+def window_mean(rows: list[dict], key: str):
+    """The mean of ``key`` over ``rows`` (the training steps since the last evaluation); None if none has it."""
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+
+
+def run_arm(cfg: ReinforceBaselinesConfig, arm: str, seed: int, model, tokenizer, tick=None) -> list[dict]:
+    """One arm: ``train_reinforce`` of :func:`arm_config` from a copy of ``model``; its evaluation rows."""
+    task = CHAIN_TASK
+    policy = copy.deepcopy(model)
+    none = {k: None for k in KEYS[4:]}
+    rows = [{"arm": arm, "seed": seed, "step": 0, **none,
+             "accuracy": greedy_eval(policy, tokenizer, task, cfg.eval_n)["accuracy"]}]
+    window: list[dict] = []
+    last = {"theta": _flat(policy)}
+
+    def at_step(row):
+        theta = _flat(policy)  # the callback runs after the optimizer step
+        window.append({**row, "update_norm": float((theta - last["theta"]).norm())})
+        last["theta"] = theta
+        if tick is not None:
+            tick()
+        if (row["step"] + 1) % cfg.eval_every == 0:
+            rows.append({"arm": arm, "seed": seed, "step": row["step"] + 1, **none,
+                         "accuracy": greedy_eval(policy, tokenizer, task, cfg.eval_n)["accuracy"],
+                         "reward": window_mean(window, "reward_mean"), "grad_norm": window_mean(window, "grad_norm"),
+                         "update_norm": window_mean(window, "update_norm"),
+                         "advantage_abs": window_mean(window, "advantage_abs_mean")})
+            window.clear()
+
+    res = train_reinforce(arm_config(cfg, arm, seed), policy, tokenizer, task=task, progress=False,
+                          callback=at_step)
+    rows[0]["pass_at_1"], rows[0]["pass_at_8"] = res.before["pass@1"], res.before["pass@8"]
+    rows[-1]["pass_at_1"], rows[-1]["pass_at_8"] = res.after["pass@1"], res.after["pass@8"]
+    return rows
+
+
+@experiment("reinforce_baselines", notebook="04", config=ReinforceBaselinesConfig,
+            description="REINFORCE on the chain task: no baseline / batch mean / group mean / RLOO, a reward offset "
+                        "c=+1 (none, RLOO), and SGD vs AdamW (group mean vs RLOO): greedy accuracy, reward, "
+                        "gradient and update norms")
+def run_seed(cfg: ReinforceBaselinesConfig, seed: int, progress) -> list[dict]:
+    model, tokenizer = chain_sft_start(cfg.preset, cfg.sft_seed, progress=False, cfg=cfg.sft_config())
+    total, done = cfg.steps * len(cfg.arms), [0]
+
+    def tick():
+        done[0] += 1
+        progress(done[0], total)
+
+    rows = []
+    for arm in cfg.arms:
+        rows += run_arm(cfg, arm, seed, model, tokenizer, tick)
+    return rows
