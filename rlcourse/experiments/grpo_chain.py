@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from rlcourse.experiments.cache import CHAIN_SFT, CHAIN_TASK, chain_sft_config, chain_sft_start
-from rlcourse.experiments.runner import experiment
+from rlcourse.experiments.runner import check_arms, check_eval_every, experiment, over_arms
 from rlcourse.lm import generate
 from rlcourse.train.grpo import VARIANTS, GRPOConfig, train_grpo
 
@@ -57,17 +57,13 @@ class GRPOChainConfig:
     threads: int = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "variants", tuple(self.variants))
-        if not self.variants or any(v not in VARIANTS for v in self.variants) \
-                or len(set(self.variants)) != len(self.variants):
-            raise ValueError(f"variants must be distinct names from {sorted(VARIANTS)}, got {self.variants!r}")
+        check_arms(self, "variants", VARIANTS)
         for name in ("steps", "group_size", "prompts_per_step", "num_iterations", "eval_every", "eval_n",
                      "sft_steps", "threads"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.eval_every > self.steps:
-            raise ValueError(f"eval_every={self.eval_every} exceeds steps={self.steps}: no evaluation after the start")
+        check_eval_every(self)
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
 
@@ -142,16 +138,8 @@ def run_arm(cfg: GRPOChainConfig, variant: str, seed: int, model, tokenizer, tic
                         "greedy accuracy, length of correct / incorrect responses, entropy, clip fraction")
 def run_seed(cfg: GRPOChainConfig, seed: int, progress) -> list[dict]:
     model, tokenizer = chain_sft_start(cfg.preset, cfg.sft_seed, progress=False, cfg=cfg.sft_config())
-    total, done = cfg.steps * len(cfg.variants), [0]
-
-    def tick():
-        done[0] += 1
-        progress(done[0], total)
-
-    rows = []
-    for variant in cfg.variants:
-        rows += run_arm(cfg, variant, seed, model, tokenizer, tick)
-    return rows
+    return over_arms(cfg.variants, cfg.steps * len(cfg.variants), progress,
+                     lambda variant, tick: run_arm(cfg, variant, seed, model, tokenizer, tick))
 
 
 __all__ = ["GRPOChainConfig", "greedy_eval", "run_arm", "run_seed"]

@@ -43,12 +43,12 @@ summed along each (:func:`rlcourse.experiments.overoptimization.sequence_kl`: un
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, replace
 
 from rlcourse.experiments.cache import sft_start
 from rlcourse.experiments.overoptimization import policy_eval
-from rlcourse.experiments.runner import experiment
+from rlcourse.experiments.runner import check_arms, check_eval_every, experiment, over_arms
+from rlcourse.train.common import integer, number
 from rlcourse.lm import default_task
 from rlcourse.train.grpo import GRPOConfig, train_grpo
 
@@ -82,21 +82,13 @@ class KLPlacementConfig:
     threads: int = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "arms", tuple(self.arms))
-        if not self.arms or any(a not in ARMS for a in self.arms) or len(set(self.arms)) != len(self.arms):
-            raise ValueError(f"arms must be distinct names from {list(ARMS)}, got {self.arms!r}")
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 < self.beta < math.inf:
-            raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        check_arms(self, "arms", ARMS)
+        number("beta", self.beta)
+        number("lr", self.lr)
         for name in ("steps", "prompts_per_step", "eval_every", "eval_prompts", "eval_samples", "threads"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 2:
-            raise ValueError(f"group_size must be an integer >= 2, got {self.group_size!r}")
-        if self.eval_every > self.steps:
-            raise ValueError(f"eval_every={self.eval_every} exceeds steps={self.steps}: no evaluation after the start")
+            integer(name, getattr(self, name))
+        integer("group_size", self.group_size, 2)
+        check_eval_every(self)
 
     def quick(self) -> "KLPlacementConfig":
         """Seconds-long (tests, CI): every arm, 4 steps of 2 x 4 samples, 8 x 2 evaluation samples."""
@@ -112,8 +104,8 @@ def run_seed(cfg: KLPlacementConfig, seed: int, progress) -> list[dict]:
     start, tok = sft_start(cfg.preset, 0, progress=False)
     start.eval()
     problems = task.held_out(cfg.eval_prompts, seed=3000 + seed)
-    total, done, rows = len(cfg.arms) * cfg.steps, [0], []
-    for arm in cfg.arms:
+
+    def run_arm(arm, tick):
         policy = copy.deepcopy(start)
 
         def evaluate(step):
@@ -122,11 +114,10 @@ def run_seed(cfg: KLPlacementConfig, seed: int, progress) -> list[dict]:
             return {"arm": arm, "seed": seed, "step": step, "kl": r["kl"], "sqrt_kl": r["sqrt_kl"],
                     "gold": r["gold"], "accuracy": r["accuracy"]}
 
-        rows.append(evaluate(0))
+        rows = [evaluate(0)]
 
         def at_step(row):
-            done[0] += 1
-            progress(done[0], total)
+            tick()
             if (row["step"] + 1) % cfg.eval_every == 0:
                 rows.append(evaluate(row["step"] + 1))
 
@@ -135,4 +126,6 @@ def run_seed(cfg: KLPlacementConfig, seed: int, progress) -> list[dict]:
                           prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, eval_n=8,
                           threads=cfg.threads, **fields)
         train_grpo(gcfg, policy, tok, task=task, progress=False, callback=at_step)
-    return rows
+        return rows
+
+    return over_arms(cfg.arms, len(cfg.arms) * cfg.steps, progress, run_arm)

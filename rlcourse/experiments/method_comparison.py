@@ -48,9 +48,10 @@ import torch
 
 from rlcourse.experiments.cache import sft_start
 from rlcourse.experiments.rlhf import completion_logprobs
-from rlcourse.experiments.runner import experiment
+from rlcourse.experiments.runner import check_arms, experiment, over_arms
 from rlcourse.lm import default_max_new_tokens, default_task, held_out_accuracy
 from rlcourse.lm.pairs import oracle_pairs, pair_logprobs
+from rlcourse.train.common import integer, number
 from rlcourse.train.dpo import DPOConfig, train_dpo
 from rlcourse.train.grpo import GRPOConfig, train_grpo
 from rlcourse.train.ppo import PPOConfig, train_ppo
@@ -66,12 +67,6 @@ ARMS = ("dpo_offline", "dpo_online", "ppo", "grpo")
 TRAINER_EVAL_N = 8
 #: Sampling seed of the fixed held-out pairs (:func:`probe`): the same pairs for every arm and seed.
 PROBE_SEED = 20241011
-
-
-def _positive_int(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -105,19 +100,14 @@ class MethodComparisonConfig:
     threads: int = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "arms", tuple(self.arms))
-        if not self.arms or any(a not in ARMS for a in self.arms) or len(set(self.arms)) != len(self.arms):
-            raise ValueError(f"arms must be distinct names from {ARMS}, got {self.arms!r}")
+        check_arms(self, "arms", ARMS)
         for name in ("samples", "evals", "eval_n", "mass_n", "pairs_n", "dpo_steps", "dpo_batch_size",
                      "dpo_rounds", "ppo_prompts_per_step", "ppo_group_size", "grpo_prompts_per_step", "threads"):
-            _positive_int(name, getattr(self, name))
-        for name in ("dpo_group_size", "grpo_group_size"):
-            if _positive_int(name, getattr(self, name)) < 2:
-                raise ValueError(f"{name} must be >= 2 (a pair, a group), got {getattr(self, name)!r}")
+            integer(name, getattr(self, name))
+        for name in ("dpo_group_size", "grpo_group_size"):  # a pair, a group
+            integer(name, getattr(self, name), 2)
         for name in ("dpo_beta", "dpo_lr"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
-                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+            number(name, getattr(self, name))
         per = {"dpo_group_size": self.dpo_group_size, "dpo_group_size * dpo_rounds": self.dpo_group_size * self.dpo_rounds,
                "ppo_prompts_per_step * ppo_group_size": self.ppo_prompts_per_step * self.ppo_group_size,
                "grpo_prompts_per_step * grpo_group_size": self.grpo_prompts_per_step * self.grpo_group_size}
@@ -310,13 +300,5 @@ def run_seed(cfg: MethodComparisonConfig, seed: int, progress) -> list[dict]:
     model, tokenizer = sft_start(cfg.preset, cfg.sft_seed, progress=False)
     model.eval()
     fixed = probe(cfg, model, tokenizer, task)
-    total, done = sum(cfg.steps(a) for a in cfg.arms), [0]
-
-    def tick():
-        done[0] += 1
-        progress(done[0], total)
-
-    rows = []
-    for arm in cfg.arms:
-        rows += run_arm(cfg, arm, seed, model, tokenizer, task, fixed, tick)
-    return rows
+    return over_arms(cfg.arms, sum(cfg.steps(a) for a in cfg.arms), progress,
+                     lambda arm, tick: run_arm(cfg, arm, seed, model, tokenizer, task, fixed, tick))

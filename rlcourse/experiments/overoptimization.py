@@ -50,7 +50,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from rlcourse.experiments.cache import TEXTBOOK_RM, reward_model_start, rm_config, sft_start
-from rlcourse.experiments.runner import experiment
+from rlcourse.experiments.runner import check_arms, check_eval_every, experiment
+from rlcourse.train.common import integer, number
 from rlcourse.kl import kl_categorical
 from rlcourse.lm import default_max_new_tokens, default_task, generate, sequence_logprobs
 from rlcourse.train.ppo import PPOConfig, train_ppo
@@ -133,25 +134,18 @@ class OveroptimizationConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
-        object.__setattr__(self, "reward_models", tuple(self.reward_models))
-        if not self.betas or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < math.inf
-                                 for b in self.betas) or len(set(self.betas)) != len(self.betas):
+        if not self.betas or len(set(self.betas)) != len(self.betas):
             raise ValueError(f"betas must be distinct finite numbers > 0, got {self.betas!r}")
-        if not self.reward_models or any(r not in REWARD_MODELS for r in self.reward_models) \
-                or len(set(self.reward_models)) != len(self.reward_models):
-            raise ValueError(f"reward_models must be distinct names from {sorted(REWARD_MODELS)}, "
-                             f"got {self.reward_models!r}")
+        for b in self.betas:
+            number("betas", b)
+        check_arms(self, "reward_models", tuple(sorted(REWARD_MODELS)))
         for name in ("steps", "prompts_per_step", "group_size", "eval_every", "eval_prompts", "eval_samples",
                      "bon_prompts", "bon_max", "threads"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.eval_every > self.steps:
-            raise ValueError(f"eval_every={self.eval_every} exceeds steps={self.steps}: no evaluation after the start")
+            integer(name, getattr(self, name))
+        check_eval_every(self)
         if self.bon_max & (self.bon_max - 1):
             raise ValueError(f"bon_max must be a power of 2 (N = 1, 2, 4, ..., bon_max), got {self.bon_max}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        number("lr", self.lr)
 
     def quick(self) -> "OveroptimizationConfig":
         """Seconds-long (tests, CI): every arm, 4 PPO steps of 8 samples, 8 x 2 evaluation samples, best-of-8."""

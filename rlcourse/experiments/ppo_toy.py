@@ -41,7 +41,7 @@ import torch
 
 from rlcourse import _validate as V
 from rlcourse.advantages import gae
-from rlcourse.experiments.runner import experiment
+from rlcourse.experiments.runner import experiment, over_arms
 from rlcourse.kl import kl_categorical
 from rlcourse.losses import (AdaptiveKLController, importance_weighted_loss, policy_gradient_loss, ppo_clip_loss,
                              ppo_penalty_loss)
@@ -182,15 +182,10 @@ def _run_arm(cfg: PPOToyConfig, method: str, K: int, seed: int, arm: str, tick) 
 def run_seed(cfg: PPOToyConfig, seed: int, progress) -> list[dict]:
     """Every arm (method × K) of ``cfg`` for one seed; tidy rows ``{arm, seed, step, J, kl, clipfrac, j_drop[, beta]}``."""
     arms = cfg.arms()
-    total, done = len(arms) * cfg.iterations, [0]
-
-    def tick():
-        done[0] += 1
-        progress(done[0], total)
-
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # tensors of tens of entries: threads only add synchronisation
     try:
-        return [r for arm, method, K in arms for r in _run_arm(cfg, method, K, seed, arm, tick)]
+        return over_arms(arms, len(arms) * cfg.iterations, progress,
+                         lambda a, tick: _run_arm(cfg, a[1], a[2], seed, a[0], tick))
     finally:
         torch.set_num_threads(n)

@@ -53,7 +53,7 @@ import torch
 
 from rlcourse.experiments.cache import CHAIN_SFT, CHAIN_TASK, chain_sft_config, chain_sft_start
 from rlcourse.experiments.grpo_chain import greedy_eval
-from rlcourse.experiments.runner import experiment
+from rlcourse.experiments.runner import check_arms, check_eval_every, experiment, over_arms
 from rlcourse.train.common import integer, number
 from rlcourse.train.reinforce import ReinforceConfig, train_reinforce
 
@@ -115,18 +115,14 @@ class ReinforceBaselinesConfig:
     threads: int = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "arms", tuple(self.arms) if isinstance(self.arms, (list, tuple)) else self.arms)
-        if not isinstance(self.arms, tuple) or not self.arms or any(a not in ARMS for a in self.arms) \
-                or len(set(self.arms)) != len(self.arms):
-            raise ValueError(f"arms must be distinct names from {list(ARMS)}, got {self.arms!r}")
+        check_arms(self, "arms", ARMS)
         for name in ("steps", "prompts_per_step", "eval_every", "eval_n", "sft_steps", "threads"):
             integer(name, getattr(self, name))
         integer("sft_clean_steps", self.sft_clean_steps, 0)
         integer("sft_warmup_steps", self.sft_warmup_steps, 0)
         integer("sft_seed", self.sft_seed, 0)
         integer("group_size", self.group_size, 2)
-        if self.eval_every > self.steps:
-            raise ValueError(f"eval_every={self.eval_every} exceeds steps={self.steps}: no evaluation after the start")
+        check_eval_every(self)
         number("lr", self.lr)
         number("sgd_lr", self.sgd_lr)
         number("offset", self.offset, minimum=None)
@@ -203,13 +199,5 @@ def run_arm(cfg: ReinforceBaselinesConfig, arm: str, seed: int, model, tokenizer
                         "gradient and update norms")
 def run_seed(cfg: ReinforceBaselinesConfig, seed: int, progress) -> list[dict]:
     model, tokenizer = chain_sft_start(cfg.preset, cfg.sft_seed, progress=False, cfg=cfg.sft_config())
-    total, done = cfg.steps * len(cfg.arms), [0]
-
-    def tick():
-        done[0] += 1
-        progress(done[0], total)
-
-    rows = []
-    for arm in cfg.arms:
-        rows += run_arm(cfg, arm, seed, model, tokenizer, tick)
-    return rows
+    return over_arms(cfg.arms, cfg.steps * len(cfg.arms), progress,
+                     lambda arm, tick: run_arm(cfg, arm, seed, model, tokenizer, tick))

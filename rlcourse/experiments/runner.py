@@ -40,7 +40,7 @@ from rlcourse.experiments.memo import memoised
 from rlcourse.experiments.summary import INTERVAL, format_interval, summarize
 
 __all__ = ["Experiment", "EXPERIMENTS", "experiment", "load_all", "get", "run", "for_notebook", "results_dir",
-           "config_record", "add_subcommands"]
+           "config_record", "check_arms", "check_eval_every", "over_arms", "add_subcommands"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,40 @@ def experiment(name: str, *, notebook: str, description: str, config: type):
         return fn
 
     return wrap
+
+
+def check_arms(cfg, field: str, allowed) -> tuple:
+    """Store the config's sequence field ``field`` as a tuple (a frozen config stays hashable) and check that it
+    names distinct members of ``allowed``, at least one; ``ValueError`` naming the field otherwise."""
+    value = getattr(cfg, field)
+    if isinstance(value, (list, tuple)):
+        value = tuple(value)
+        object.__setattr__(cfg, field, value)
+    if not isinstance(value, tuple) or not value or any(a not in allowed for a in value) \
+            or len(set(value)) != len(value):
+        raise ValueError(f"{field} must be distinct names from {list(allowed)}, got {value!r}")
+    return value
+
+
+def check_eval_every(cfg) -> None:
+    """``cfg.eval_every <= cfg.steps`` (else no evaluation after the start); ``ValueError`` otherwise."""
+    if cfg.eval_every > cfg.steps:
+        raise ValueError(f"eval_every={cfg.eval_every} exceeds steps={cfg.steps}: no evaluation after the start")
+
+
+def over_arms(arms, total: int, progress, run_arm) -> list[dict]:
+    """The rows of ``run_arm(arm, tick)`` for every arm, in order. ``run_arm`` calls ``tick()`` after each of its
+    training steps, which reports ``progress(done, total)`` across all the arms of a seed."""
+    done = [0]
+
+    def tick():
+        done[0] += 1
+        progress(done[0], total)
+
+    rows: list[dict] = []
+    for arm in arms:
+        rows += run_arm(arm, tick)
+    return rows
 
 
 def load_all() -> dict[str, Experiment]:
