@@ -31,7 +31,7 @@ from typing import Callable
 from rlcourse.lm import ArithmeticTask, default_task, load_model
 from rlcourse.lm.chain_task import ChainTask
 from rlcourse.lm.reward_model import RewardModel
-from rlcourse.train.common import config_dict
+from rlcourse.train.common import config_dict, integer
 from rlcourse.train.reward_model import RewardModelConfig, train_reward_model
 from rlcourse.train.sft import SFTConfig, train_sft
 
@@ -191,6 +191,40 @@ def chain_sft_start(preset: str = "tiny", seed: int = 0, device=None, *, progres
     Its figures: :func:`sft_start_info` with the same ``cfg`` and ``task``."""
     cfg = cfg or chain_sft_config(preset, seed)
     return sft_start(preset, seed, device, progress=progress, cfg=cfg, task=task or CHAIN_TASK)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainStart:
+    """The fields of an experiment config that choose its chain-task SFT start (:data:`CHAIN_SFT` with these step
+    counts), validated by :meth:`check_start`; :meth:`sft_config` and :meth:`start` build and load it. The experiments
+    on the chain task (``reinforce_baselines``, ``grpo_variants``) inherit it; their ``quick()`` configs use
+    :data:`QUICK_START` (a 30-step start: seconds)."""
+
+    preset: str = "tiny"
+    sft_seed: int = 0
+    sft_steps: int = CHAIN_SFT["steps"]
+    sft_clean_steps: int = CHAIN_SFT["clean_steps"]
+    sft_warmup_steps: int = CHAIN_SFT["warmup_steps"]
+
+    def check_start(self) -> None:
+        integer("sft_steps", self.sft_steps)
+        for name in ("sft_seed", "sft_clean_steps", "sft_warmup_steps"):
+            integer(name, getattr(self, name), 0)
+
+    def sft_config(self) -> SFTConfig:
+        """The start's config: :data:`CHAIN_SFT` with this config's step counts (held-out problems: at most the
+        experiment's ``eval_n``)."""
+        eval_n = min(CHAIN_SFT["eval_n"], getattr(self, "eval_n", CHAIN_SFT["eval_n"]))
+        return chain_sft_config(self.preset, self.sft_seed, steps=self.sft_steps, clean_steps=self.sft_clean_steps,
+                                warmup_steps=self.sft_warmup_steps, eval_n=eval_n)
+
+    def start(self):
+        """``(model, tokenizer)``: the start, trained once and cached (:func:`chain_sft_start`)."""
+        return chain_sft_start(self.preset, self.sft_seed, progress=False, cfg=self.sft_config())
+
+
+#: The start of the chain-task experiments' ``quick()`` configs (tests, CI).
+QUICK_START = dict(sft_steps=30, sft_clean_steps=15, sft_warmup_steps=3)
 
 
 # -- the reward models of notebooks 07 and 08 ----------------------------------------------------

@@ -31,18 +31,18 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rlcourse.experiments.cache import CHAIN_SFT, CHAIN_TASK, chain_sft_config, chain_sft_start
+from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
 from rlcourse.experiments.runner import check_arms, check_eval_every, experiment, over_arms
 from rlcourse.lm import generate
+from rlcourse.train.common import integer, number
 from rlcourse.train.grpo import VARIANTS, GRPOConfig, train_grpo
 
 
 @dataclass(frozen=True)
-class GRPOChainConfig:
-    """The budget every arm gets, the evaluation, and the SFT start (:data:`~rlcourse.experiments.cache.CHAIN_SFT`)."""
+class GRPOChainConfig(ChainStart):
+    """The budget every arm gets, the evaluation, and the SFT start (:class:`~rlcourse.experiments.cache.ChainStart`)."""
 
     variants: tuple = ("grpo", "dr_grpo", "dapo", "gspo")
-    preset: str = "tiny"
     steps: int = 200
     lr: float = 1e-4
     group_size: int = 8
@@ -50,32 +50,19 @@ class GRPOChainConfig:
     num_iterations: int = 2
     eval_every: int = 20
     eval_n: int = 300
-    sft_seed: int = 0
-    sft_steps: int = CHAIN_SFT["steps"]
-    sft_clean_steps: int = CHAIN_SFT["clean_steps"]
-    sft_warmup_steps: int = CHAIN_SFT["warmup_steps"]
     threads: int = 1
 
     def __post_init__(self):
         check_arms(self, "variants", VARIANTS)
-        for name in ("steps", "group_size", "prompts_per_step", "num_iterations", "eval_every", "eval_n",
-                     "sft_steps", "threads"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("steps", "group_size", "prompts_per_step", "num_iterations", "eval_every", "eval_n", "threads"):
+            integer(name, getattr(self, name))
         check_eval_every(self)
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        number("lr", self.lr)
+        self.check_start()
 
     def quick(self) -> "GRPOChainConfig":
         """Seconds-long (tests, CI): a 30-step SFT start, 4 GRPO steps of 4 x 4 samples, 16 held-out problems."""
-        return replace(self, steps=4, group_size=4, prompts_per_step=4, eval_every=2, eval_n=16,
-                       sft_steps=30, sft_clean_steps=15, sft_warmup_steps=3)
-
-    def sft_config(self):
-        """The SFT start's config: :data:`~rlcourse.experiments.cache.CHAIN_SFT` with this config's step counts."""
-        return chain_sft_config(self.preset, self.sft_seed, steps=self.sft_steps, clean_steps=self.sft_clean_steps,
-                                warmup_steps=self.sft_warmup_steps, eval_n=min(CHAIN_SFT["eval_n"], self.eval_n))
+        return replace(self, steps=4, group_size=4, prompts_per_step=4, eval_every=2, eval_n=16, **QUICK_START)
 
 
 @torch.no_grad()
@@ -137,7 +124,7 @@ def run_arm(cfg: GRPOChainConfig, variant: str, seed: int, model, tokenizer, tic
             description="GRPO vs Dr. GRPO vs DAPO vs GSPO (2 updates per batch) on the chain task, same budget: "
                         "greedy accuracy, length of correct / incorrect responses, entropy, clip fraction")
 def run_seed(cfg: GRPOChainConfig, seed: int, progress) -> list[dict]:
-    model, tokenizer = chain_sft_start(cfg.preset, cfg.sft_seed, progress=False, cfg=cfg.sft_config())
+    model, tokenizer = cfg.start()
     return over_arms(cfg.variants, cfg.steps * len(cfg.variants), progress,
                      lambda variant, tick: run_arm(cfg, variant, seed, model, tokenizer, tick))
 

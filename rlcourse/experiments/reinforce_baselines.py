@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rlcourse.experiments.cache import CHAIN_SFT, CHAIN_TASK, chain_sft_config, chain_sft_start
+from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
 from rlcourse.experiments.grpo_chain import greedy_eval
 from rlcourse.experiments.runner import check_arms, check_eval_every, experiment, over_arms
 from rlcourse.train.common import integer, number
@@ -83,7 +83,7 @@ KEYS = ("arm", "seed", "step", "accuracy", "reward", "grad_norm", "update_norm",
 
 
 @dataclass(frozen=True)
-class ReinforceBaselinesConfig:
+class ReinforceBaselinesConfig(ChainStart):
     """The ``reinforce_baselines`` experiment (module doc).
 
     Attributes:
@@ -107,20 +107,13 @@ class ReinforceBaselinesConfig:
     offset: float = 1.0
     eval_every: int = 15
     eval_n: int = 200
-    preset: str = "tiny"
-    sft_seed: int = 0
-    sft_steps: int = CHAIN_SFT["steps"]
-    sft_clean_steps: int = CHAIN_SFT["clean_steps"]
-    sft_warmup_steps: int = CHAIN_SFT["warmup_steps"]
     threads: int = 1
 
     def __post_init__(self):
         check_arms(self, "arms", ARMS)
-        for name in ("steps", "prompts_per_step", "eval_every", "eval_n", "sft_steps", "threads"):
+        for name in ("steps", "prompts_per_step", "eval_every", "eval_n", "threads"):
             integer(name, getattr(self, name))
-        integer("sft_clean_steps", self.sft_clean_steps, 0)
-        integer("sft_warmup_steps", self.sft_warmup_steps, 0)
-        integer("sft_seed", self.sft_seed, 0)
+        self.check_start()
         integer("group_size", self.group_size, 2)
         check_eval_every(self)
         number("lr", self.lr)
@@ -131,13 +124,7 @@ class ReinforceBaselinesConfig:
 
     def quick(self) -> "ReinforceBaselinesConfig":
         """Seconds-long (tests, CI): a 30-step SFT start, 4 steps of 4 x 2 samples, 16 held-out problems."""
-        return replace(self, steps=4, prompts_per_step=4, group_size=2, eval_every=2, eval_n=16,
-                       sft_steps=30, sft_clean_steps=15, sft_warmup_steps=3)
-
-    def sft_config(self):
-        """The SFT start's config: :data:`~rlcourse.experiments.cache.CHAIN_SFT` with this config's step counts."""
-        return chain_sft_config(self.preset, self.sft_seed, steps=self.sft_steps, clean_steps=self.sft_clean_steps,
-                                warmup_steps=self.sft_warmup_steps, eval_n=min(CHAIN_SFT["eval_n"], self.eval_n))
+        return replace(self, steps=4, prompts_per_step=4, group_size=2, eval_every=2, eval_n=16, **QUICK_START)
 
 
 def arm_config(cfg: ReinforceBaselinesConfig, arm: str, seed: int) -> ReinforceConfig:
@@ -198,6 +185,6 @@ def run_arm(cfg: ReinforceBaselinesConfig, arm: str, seed: int, model, tokenizer
                         "c=+1 (none, RLOO), and SGD vs AdamW (group mean vs RLOO): greedy accuracy, reward, "
                         "gradient and update norms")
 def run_seed(cfg: ReinforceBaselinesConfig, seed: int, progress) -> list[dict]:
-    model, tokenizer = chain_sft_start(cfg.preset, cfg.sft_seed, progress=False, cfg=cfg.sft_config())
+    model, tokenizer = cfg.start()
     return over_arms(cfg.arms, cfg.steps * len(cfg.arms), progress,
                      lambda arm, tick: run_arm(cfg, arm, seed, model, tokenizer, tick))
