@@ -41,6 +41,7 @@ def test_critic_gae_lm_quick_run_has_every_arm_and_seed_at_every_measurement(qui
         assert [r["step"] for r in critic] == steps
         for r in critic:
             assert r["best_lambda"] in cfg.lambdas and r["critic_rmse"] >= 0 and r["ref_noise"] >= 0
+            assert r["const_rmse"] >= 0 and r["critic_rmse_raw"] >= r["critic_rmse"]
             # the corrected error is the raw one minus the same noise for every λ
             lam_rows = [x for x in rows if x["seed"] == seed and x["step"] == r["step"] and x["arm"] in arms]
             assert all(x["adv_mse_raw"] - x["adv_mse"] == pytest.approx(r["ref_noise"]) for x in lam_rows)
@@ -184,6 +185,9 @@ def test_with_the_true_values_as_critic_lambda0_error_is_only_the_reference_nois
     assert ce["rmse"] < 0.3 * ce["rmse_raw"]
     # a critic off by 0.2 everywhere has a corrected RMSE near 0.2 (the noise removed, not the error)
     assert critic_error((v_true + 0.2) * mask, ref, mask)["rmse"] == pytest.approx(0.2, abs=0.01)
+    # the best constant critic's error is the spread of the true values (about 0.8 / sqrt(12) here)
+    spread = float((((v_true - (v_true * mask).sum() / mask.sum()) * mask) ** 2).sum() / mask.sum()) ** 0.5
+    assert ce["const_rmse"] == pytest.approx(spread, rel=0.05)
 
 
 # -- the Monte Carlo reference on the miniature model ----------------------------------------------

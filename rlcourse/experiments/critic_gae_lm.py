@@ -46,7 +46,9 @@ Rows (``step`` = critic updates done, 0 = the untrained critic; the schema of ``
   tokens) and ``adv_mse_raw`` (against the noisy reference);
 * arm ``critic``: ``critic_rmse`` (:math:`\sqrt{\max(0,\ \overline{(V_\phi - \hat V)^2} - \overline{\hat\sigma^2/K})}`
   over the prefix states of the evaluation responses: an estimate of :math:`\lVert V_\phi - V^\pi\rVert`
-  under the policy's visitation), ``critic_rmse_raw``, ``best_lambda`` (the grid's λ of least
+  under the policy's visitation), ``critic_rmse_raw``, ``const_rmse`` (the same for the best *constant*
+  critic, the mean MC value: a critic at that level has learned the average outcome and nothing about the
+  prefix), ``best_lambda`` (the grid's λ of least
   ``adv_mse``), ``ref_noise`` (:math:`\bar\nu`, the reference's per-token noise variance),
   ``value_noise`` (:math:`\overline{\hat\sigma^2/K}`), ``value_loss`` (the batch loss of the last update).
 
@@ -209,12 +211,16 @@ def advantage_errors(critic_values: torch.Tensor, ref: dict, mask: torch.Tensor,
 
 
 def critic_error(critic_values: torch.Tensor, ref: dict, mask: torch.Tensor) -> dict:
-    """The critic's error against the MC values over the prefix states: ``{"rmse", "rmse_raw", "noise"}``."""
+    """The critic's error against the MC values over the prefix states: ``{"rmse", "rmse_raw", "noise",
+    "const_rmse"}`` (``const_rmse``: the same error of the best constant critic, the mean of the MC values)."""
     m = mask.to(torch.float32)
     n = float(m.sum())
     raw = float(((critic_values.detach().float() - ref["values"]) ** 2 * m).sum()) / n
     noise = float((ref["value_var"] * m).sum()) / n
-    return {"rmse": max(raw - noise, 0.0) ** 0.5, "rmse_raw": raw ** 0.5, "noise": noise}
+    mean = float((ref["values"] * m).sum()) / n
+    const = float(((ref["values"] - mean) ** 2 * m).sum()) / n
+    return {"rmse": max(raw - noise, 0.0) ** 0.5, "rmse_raw": raw ** 0.5, "noise": noise,
+            "const_rmse": max(const - noise, 0.0) ** 0.5}
 
 
 @experiment("critic_gae_lm", notebook="05", config=CriticGAELMConfig,
@@ -263,7 +269,8 @@ def _run(cfg, seed, progress):
         best = min(range(len(cfg.lambdas)), key=errs["corrected"].__getitem__)
         ce = critic_error(v, ref, ev.response_mask)
         rows.append({"arm": "critic", "seed": seed, "step": step, "critic_rmse": ce["rmse"],
-                     "critic_rmse_raw": ce["rmse_raw"], "best_lambda": float(cfg.lambdas[best]),
+                     "critic_rmse_raw": ce["rmse_raw"], "const_rmse": ce["const_rmse"],
+                     "best_lambda": float(cfg.lambdas[best]),
                      "ref_noise": errs["noise"], "value_noise": ce["noise"]}
                     | ({"ref_seconds": ref_seconds} if step == 0 else {"value_loss": loss}))
 
