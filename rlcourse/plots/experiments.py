@@ -116,6 +116,9 @@ def plot_critic_gae(result: dict) -> plt.Figure:
     axes[1].legend(fontsize=7)
     _band(axes[2], summary, "critic", "critic_rmse",
           label="critic RMSE ‖V_φ − V^π‖" + (" (MC, noise subtracted)" if lm else ""), color="tab:gray")
+    if lm:  # what a critic that learned only the mean value reaches
+        axes[2].axhline(float(np.mean(curve(summary, "critic", "const_rmse")["mean"])), color="tab:gray",
+                        linestyle=":", linewidth=1, label="best constant critic")
     twin = axes[2].twinx()
     _band(twin, summary, "critic", "best_lambda", label="best λ", color="tab:purple", drawstyle="steps-post")
     twin.set(ylabel="best λ (least error)", ylim=(-0.05, 1.05))
