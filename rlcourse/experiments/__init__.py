@@ -15,6 +15,7 @@ module                     what
 ``summary``                means and Student-t intervals over seeds (the runner's ``summary``, the plots' bands)
 ``ppo_toy``                notebook 06: K epochs on one batch, vanilla PG vs PPO-clip vs PPO-penalty (toy MDP)
 ``critic_gae``             notebook 05: a critic on λ-returns and the best GAE λ as it learns (toy MDP)
+``critic_gae_lm``          notebook 05: PPO's critic on the chain task's fixed SFT policy, GAE(λ) vs a Monte Carlo A
 ``grpo_chain``             notebook 09 (``grpo_variants``): GRPO, Dr. GRPO, DAPO, GSPO on the chain task
 ``overoptimization``       notebook 08: PPO against a weak and a strong reward model at fixed β, and best-of-N
 ``kl_placement``           notebook 08: where the KL term goes (reward, per-token loss k2/k3, sequence k2)

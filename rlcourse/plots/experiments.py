@@ -85,15 +85,22 @@ def plot_ppo_toy(result: dict, early: int = 15) -> plt.Figure:
 
 def plot_critic_gae(result: dict) -> plt.Figure:
     """The GAE(λ) advantage error per λ as the critic learns, the error against λ early and late, and the
-    critic's error with the best λ."""
-    summary = result_summary(result, "critic_gae")
+    critic's error with the best λ.
+
+    Draws the toy MDP's ``critic_gae`` (errors against the exact advantage, log axes) or the LM's
+    ``critic_gae_lm`` (errors against the Monte Carlo reference with its noise subtracted, which may dip
+    below 0: linear axes)."""
+    lm = isinstance(result, dict) and result.get("name") == "critic_gae_lm"
+    summary = result_summary(result, "critic_gae_lm" if lm else "critic_gae")
     cfg = result["config"]
     lams = list(cfg["lambdas"])
+    target = "MC A (noise subtracted)" if lm else "exact A"
+    yscale = "linear" if lm else "log"
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(lams)))
     fig, axes = plt.subplots(1, 3, figsize=FIGSIZE)
     for lam, col in zip(lams, colors):
         _band(axes[0], summary, f"lam={lam:.2f}", "adv_mse", label=f"λ = {lam:g}", color=col)
-    axes[0].set(xlabel="critic updates", ylabel="per-token MSE of GAE(λ) vs exact A", yscale="log",
+    axes[0].set(xlabel="critic updates", ylabel=f"per-token MSE of GAE(λ) vs {target}", yscale=yscale,
                 title="advantage error while the critic learns")
     axes[0].legend(fontsize=7, ncol=2)
     steps = sorted({p["step"] for p in summary["by_step"] if p["arm"] == "critic"})
@@ -105,10 +112,15 @@ def plot_critic_gae(result: dict) -> plt.Figure:
         lo = np.array([p["mean"] if p["lo"] is None else p["lo"] for p in pts])
         hi = np.array([p["mean"] if p["hi"] is None else p["hi"] for p in pts])
         line, = axes[1].plot(lams, mean, style, marker="o", markersize=3, label=f"after {step} updates")
-        axes[1].fill_between(lams, np.maximum(lo, 1e-9), hi, color=line.get_color(), alpha=0.18, linewidth=0)
-    axes[1].set(xlabel="λ", ylabel="per-token MSE vs exact A", yscale="log", title="error against λ")
+        axes[1].fill_between(lams, lo if lm else np.maximum(lo, 1e-9), hi, color=line.get_color(), alpha=0.18,
+                             linewidth=0)
+    axes[1].set(xlabel="λ", ylabel=f"per-token MSE vs {target}", yscale=yscale, title="error against λ")
     axes[1].legend(fontsize=7)
-    _band(axes[2], summary, "critic", "critic_rmse", label="critic RMSE ‖V_φ − V^π‖", color="tab:gray")
+    _band(axes[2], summary, "critic", "critic_rmse",
+          label="critic RMSE ‖V_φ − V^π‖" + (" (MC, noise subtracted)" if lm else ""), color="tab:gray")
+    if lm:  # what a critic that learned only the mean value reaches
+        axes[2].axhline(float(np.mean(curve(summary, "critic", "const_rmse")["mean"])), color="tab:gray",
+                        linestyle=":", linewidth=1, label="best constant critic")
     twin = axes[2].twinx()
     _band(twin, summary, "critic", "best_lambda", label="best λ", color="tab:purple", drawstyle="steps-post")
     twin.set(ylabel="best λ (least error)", ylim=(-0.05, 1.05))
@@ -116,8 +128,13 @@ def plot_critic_gae(result: dict) -> plt.Figure:
     h1, l1 = axes[2].get_legend_handles_labels()
     h2, l2 = twin.get_legend_handles_labels()
     axes[2].legend(h1 + h2, l1 + l2, fontsize=7)
-    fig.suptitle(f"tabular critic on λ-returns (λ = {cfg['critic_lambda']}, batch {cfg['batch_size']}, "
-                 f"horizon {cfg['horizon']}): mean and 95% t-interval over {_n_seeds(result)} seeds", fontsize=10)
+    if lm:
+        title = (f"PPO's critic on λ-returns of the fixed chain-task SFT policy (λ = {cfg['critic_lambda']}, batch "
+                 f"{cfg['batch_size']}, K = {cfg['mc_samples']} continuations per prefix)")
+    else:
+        title = (f"tabular critic on λ-returns (λ = {cfg['critic_lambda']}, batch {cfg['batch_size']}, "
+                 f"horizon {cfg['horizon']})")
+    fig.suptitle(f"{title}: mean and 95% t-interval over {_n_seeds(result)} seeds", fontsize=10)
     fig.tight_layout()
     return fig
 
