@@ -264,3 +264,10 @@ def plot_reinforce_baselines(result: dict) -> plt.Figure:
 def build_reinforce_baselines() -> plt.Figure:
     """The saved full run of notebook 04, computed there first if it is not saved."""
     return plot_reinforce_baselines(saved_run("reinforce_baselines"))
+
+
+@figure("05_critic_gae_lm")
+def build_critic_gae_lm() -> plt.Figure:
+    """The saved full run of notebook 05's section 7b (PPO's critic on the chain task), computed there first if
+    it is not saved."""
+    return plot_critic_gae(saved_run("critic_gae_lm"))
