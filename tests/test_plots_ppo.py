@@ -54,9 +54,9 @@ def course():
 def test_every_figure_of_notebooks_05_and_06_is_registered():
     load_all()
     ours = {n for n in BUILDERS if n[:3] in ("05_", "06_")}
-    # the two experiment figures (05_critic_gae, 06_ppo_toy) are tested with their experiments
-    # in tests/test_experiment_runner.py
-    assert ours == set(EXPECTED_AXES) | {"05_critic_gae", "06_ppo_toy"}
+    # the experiment figures (05_critic_gae, 05_critic_gae_lm, 06_ppo_toy) are tested with their experiments
+    # in tests/test_experiment_runner.py and tests/test_experiment_critic_gae_lm.py
+    assert ours == set(EXPECTED_AXES) | {"05_critic_gae", "05_critic_gae_lm", "06_ppo_toy"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_AXES))
