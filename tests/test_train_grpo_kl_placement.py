@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+from rlcourse.advantages import dr_grpo_advantages
 from rlcourse.derivations.kl_estimators import kl_gradient, token_k3_loss_gradient
 from rlcourse.kl import kl_k1, kl_k2, kl_k3
 from rlcourse.lm import build_model, build_tokenizer, encode_completions, sequence_logprobs
@@ -183,7 +184,7 @@ def test_sequence_loss_placement_adds_beta_times_the_aggregated_sequence_k2(mode
     L = int(mask.shape[1])
     with torch.no_grad():
         lp, lq = sequence_logprobs(model, ids, att, mask), sequence_logprobs(ref, ids, att, mask)
-        adv = batch["rewards"] - batch["rewards"].view(2, 4).mean(-1, keepdim=True).repeat_interleave(4, 0).view(-1)
+        adv = dr_grpo_advantages(batch["rewards"], 4)
         pg, _ = grpo_loss(lp, lp, adv, mask, aggregation="constant", max_completion_length=L)
         seq = agg_loss(sequence_kl_per_token(lp, lq, mask, "k2"), mask, "constant", constant=L)
         tok_k2, _ = grpo_loss(lp, lp, adv, mask, aggregation="constant", max_completion_length=L, beta=0.5,

@@ -65,9 +65,9 @@ import torch
 
 from rlcourse import _validate as V
 from rlcourse.advantages import gae
-from rlcourse.experiments.cache import CHAIN_SFT, CHAIN_TASK, chain_sft_config, chain_sft_start
+from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
 from rlcourse.experiments.critic_gae import lam_arm
-from rlcourse.experiments.runner import experiment
+from rlcourse.experiments.runner import check_eval_every, experiment
 from rlcourse.lm import default_max_new_tokens, generate
 from rlcourse.lm.reward_model import RewardModel
 from rlcourse.lm.rollout import encode_prompts
@@ -79,7 +79,7 @@ __all__ = ["CriticGAELMConfig", "run_seed", "mc_reference", "advantage_errors", 
 
 
 @dataclass(frozen=True)
-class CriticGAELMConfig:
+class CriticGAELMConfig(ChainStart):
     """The ``critic_gae_lm`` experiment.
 
     Attributes:
@@ -92,7 +92,8 @@ class CriticGAELMConfig:
         eval_prompts: held-out problems of the evaluation set (one response each).
         mc_samples: continuations K per prefix state of the reference (>= 2: its variance is estimated).
         temperature: sampling temperature of the fixed policy.
-        preset, sft_seed, sft_steps, sft_clean_steps, sft_warmup_steps: the chain SFT start.
+        preset, sft_seed, sft_steps, sft_clean_steps, sft_warmup_steps: the chain SFT start
+            (:class:`~rlcourse.experiments.cache.ChainStart`).
         threads: torch threads while the seed runs.
     """
 
@@ -106,11 +107,6 @@ class CriticGAELMConfig:
     eval_prompts: int = 64
     mc_samples: int = 32
     temperature: float = 1.0
-    preset: str = "tiny"
-    sft_seed: int = 0
-    sft_steps: int = CHAIN_SFT["steps"]
-    sft_clean_steps: int = CHAIN_SFT["clean_steps"]
-    sft_warmup_steps: int = CHAIN_SFT["warmup_steps"]
     threads: int = 1
 
     def __post_init__(self):
@@ -118,11 +114,11 @@ class CriticGAELMConfig:
             raise ValueError(f"lambdas must be a non-empty tuple, got {self.lambdas!r}")
         for name, v in [("lambdas", x) for x in self.lambdas] + [("critic_lambda", self.critic_lambda)]:
             V.in_range(name, v, 0.0, 1.0)
-        for name in ("steps", "eval_every", "batch_size", "eval_prompts", "sft_steps", "threads"):
+        for name in ("steps", "eval_every", "batch_size", "eval_prompts", "threads"):
             V.integer(name, getattr(self, name))
         V.integer("mc_samples", self.mc_samples, minimum=2)
-        if self.eval_every > self.steps:
-            raise ValueError(f"eval_every={self.eval_every} exceeds steps={self.steps}: no measurement after the start")
+        check_eval_every(self)
+        self.check_start()
         V.positive("critic_lr", self.critic_lr, allow_inf=False)
         V.positive("temperature", self.temperature, allow_inf=False)
         if self.value_clip is not None:
@@ -130,13 +126,7 @@ class CriticGAELMConfig:
 
     def quick(self) -> "CriticGAELMConfig":
         """Seconds-long (tests, CI): a 30-step SFT start, 4 updates of 8 responses, 4 evaluation prompts, K = 4."""
-        return replace(self, steps=4, eval_every=2, batch_size=8, eval_prompts=4, mc_samples=4,
-                       sft_steps=30, sft_clean_steps=15, sft_warmup_steps=3)
-
-    def sft_config(self):
-        """The SFT start's config: :data:`~rlcourse.experiments.cache.CHAIN_SFT` with this config's step counts."""
-        return chain_sft_config(self.preset, self.sft_seed, steps=self.sft_steps, clean_steps=self.sft_clean_steps,
-                                warmup_steps=self.sft_warmup_steps)
+        return replace(self, steps=4, eval_every=2, batch_size=8, eval_prompts=4, mc_samples=4, **QUICK_START)
 
 
 def end_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -212,7 +202,9 @@ def advantage_errors(critic_values: torch.Tensor, ref: dict, mask: torch.Tensor,
 
 def critic_error(critic_values: torch.Tensor, ref: dict, mask: torch.Tensor) -> dict:
     """The critic's error against the MC values over the prefix states: ``{"rmse", "rmse_raw", "noise",
-    "const_rmse"}`` (``const_rmse``: the same error of the best constant critic, the mean of the MC values)."""
+    "const_rmse"}`` (``const_rmse``: the same error of the best constant critic, the mean of the MC values).
+    ``rmse`` and ``const_rmse`` have the reference's noise subtracted from the mean squared error first; where the
+    noise estimate exceeds that error they are 0 (``rmse_raw`` and ``noise`` are reported as measured)."""
     m = mask.to(torch.float32)
     n = float(m.sum())
     raw = float(((critic_values.detach().float() - ref["values"]) ** 2 * m).sum()) / n
@@ -238,7 +230,7 @@ def run_seed(cfg: CriticGAELMConfig, seed: int, progress) -> list[dict]:
 
 def _run(cfg, seed, progress):
     task = CHAIN_TASK
-    model, tokenizer = chain_sft_start(cfg.preset, cfg.sft_seed, progress=False, cfg=cfg.sft_config())
+    model, tokenizer = cfg.start()
     model.eval()
     model.requires_grad_(False)
     max_new = default_max_new_tokens(task)
