@@ -314,3 +314,33 @@ class ToyMDP:
             state = torch.where(done | ends, state, self.next_state[state, a].clamp(min=0))
             done = done | ends
         return torch.tensor([self.sequence_index[tuple(tokens[i, : lengths[i]].tolist())] for i in range(n)])
+
+
+@dataclass(frozen=True)
+class ToyProblem:
+    """A random toy MDP and a starting policy, by their seeds: what the derivation checks, the toy figures and the
+    toy experiments draw. The defaults are *the course's problem* (:func:`course_problem`): vocabulary
+    ``{a, b, <eos>}``, horizon 3 (7 non-terminal prefixes, 15 sequences, 21 logits), MDP seed 0, policy seed 1."""
+
+    vocab_size: int = 3
+    horizon: int = 3
+    mdp_seed: int = 0
+    theta_seed: int = 1
+
+    def __post_init__(self):
+        V.integer("vocab_size", self.vocab_size, 2)
+        V.integer("horizon", self.horizon)
+        V.integer("mdp_seed", self.mdp_seed, 0)
+        V.integer("theta_seed", self.theta_seed, 0)
+
+    def build(self) -> tuple[ToyMDP, torch.Tensor]:
+        """``(mdp, theta)``: :meth:`ToyMDP.random` with ``mdp_seed`` and :meth:`ToyMDP.init_params` with ``theta_seed``."""
+        mdp = ToyMDP.random(vocab_size=self.vocab_size, horizon=self.horizon, seed=self.mdp_seed)
+        return mdp, mdp.init_params(seed=self.theta_seed)
+
+
+def course_problem() -> tuple[ToyMDP, torch.Tensor]:
+    """``(mdp, theta)`` of the course's toy problem (:class:`ToyProblem`'s defaults), on which most derivations
+    check their identities and the toy figures are drawn. A derivation that moves away from ``theta`` (a new
+    policy, a reference) draws the direction with ``mdp.init_params(seed=2)`` and onwards."""
+    return ToyProblem().build()

@@ -1,5 +1,5 @@
 """``reinforce_baselines`` (notebook 04) through the runner, in its quick config: rows, arms, evaluations,
-resumption; the config's refusals; the arms' trainer configs; the window means; the figure."""
+resumption; the config's refusals; the arms' trainer configs; the figure."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from rlcourse.experiments import runner
-from rlcourse.experiments.reinforce_baselines import (ARM_LABELS, ARMS, KEYS, ReinforceBaselinesConfig, arm_config,
-                                                      window_mean)
+from rlcourse.experiments.reinforce_baselines import ARM_LABELS, ARMS, KEYS, ReinforceBaselinesConfig, arm_config
 from rlcourse.train.reinforce import reinforce_advantages
 
 
@@ -94,13 +93,6 @@ def test_rloo_advantages_are_g_over_g_minus_1_times_the_group_mean_ones_at_the_c
     assert torch.allclose(rloo, mean * G / (G - 1), atol=1e-12)
     batch = reinforce_advantages(r, "batch_mean", G)
     assert not torch.allclose(rloo, batch * G / (G - 1), atol=1e-3)  # negative control
-
-
-def test_window_mean_skips_missing_values_and_is_none_for_an_empty_window():
-    assert window_mean([{"x": 1.0}, {"x": None}, {"x": 3.0}, {}], "x") == 2.0
-    assert window_mean([], "x") is None and window_mean([{"y": 1.0}], "x") is None
-    # negative control: a plain mean over every row (missing counted as 0) would say 1.0
-    assert window_mean([{"x": 1.0}, {"x": 3.0}, {"x": None}, {}], "x") != 1.0
 
 
 @pytest.mark.parametrize("kw, field", [({"arms": ("none", "ppo")}, "arms"), ({"arms": ("none", "none")}, "arms"),

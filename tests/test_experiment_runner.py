@@ -221,7 +221,7 @@ def test_summary_of_one_seed_has_no_interval_and_bad_values_are_refused():
 
 @pytest.mark.parametrize("field, value, match", [
     ("ppo_toy:iterations", 0, "iterations must be an integer >= 1, got 0"),
-    ("ppo_toy:horizon", True, "horizon must be an integer >= 1"),
+    ("ppo_toy:problem", {"horizon": 3}, "problem must be a rlcourse.toymdp.ToyProblem"),
     ("ppo_toy:epochs", (1, 0), "epochs must be an integer >= 1, got 0"),
     ("ppo_toy:lr", float("inf"), "lr must be finite"),
     ("ppo_toy:eps", 0.0, "eps must be > 0"),
@@ -261,9 +261,8 @@ def test_ppo_toy_methods_agree_at_k1_and_differ_after_several_epochs():
 
 def test_critic_gae_td_advantage_is_exact_with_the_true_value_and_not_with_a_wrong_one():
     from rlcourse.experiments.critic_gae import CriticGAEConfig, advantage_errors
-    from rlcourse.experiments.ppo_toy import course_mdp
 
-    mdp, theta = course_mdp(CriticGAEConfig())
+    mdp, theta = CriticGAEConfig().problem.build()
     v = mdp.state_values(theta)
     e0, e1 = advantage_errors(mdp, theta, v, [0.0, 1.0])
     assert e0 == pytest.approx(0.0, abs=1e-20) and e1 > 1e-3  # deterministic transitions: delta_t = A exactly
@@ -297,3 +296,58 @@ def test_interval_formats_the_row_of_the_asked_arm_metric_and_step():
     assert interval(table, "b", "J", 10, ".2f") == "0.10"              # one seed: no interval to show
     with pytest.raises(KeyError, match="arm='c'"):
         interval(table, "c", "J", 10)
+
+
+def _fake_trainer(steps, **logged):
+    """A trainer stand-in: calls ``callback`` after each of ``steps`` steps with a history row."""
+    def train(callback):
+        for step in range(steps):
+            callback({"step": step, **{k: v(step) for k, v in logged.items()}})
+    return train
+
+
+def test_evaluated_training_evaluates_at_the_start_and_after_every_kth_step_with_that_window():
+    ticks = []
+    rows = runner.evaluated_training(_fake_trainer(7, loss=float),
+                                     lambda n, window: {"step": n, "window": [r["loss"] for r in window]},
+                                     every=3, tick=lambda: ticks.append(1))
+    # the start, then after steps 3 and 6 (history steps 2 and 5); step 7 is not a multiple of 3
+    assert rows == [{"step": 0, "window": []}, {"step": 3, "window": [0.0, 1.0, 2.0]},
+                    {"step": 6, "window": [3.0, 4.0, 5.0]}]
+    assert len(ticks) == 7
+    # negative control: testing the history's own (0-based) step for a multiple of 3 (the off-by-one) evaluates
+    # after history steps 0, 3, 6 with windows [0], [1, 2, 3], [4, 5, 6]; the rows above reject it
+    off_by_one = [{"step": 0, "window": []}, {"step": 0, "window": [0.0]}, {"step": 3, "window": [1.0, 2.0, 3.0]},
+                  {"step": 6, "window": [4.0, 5.0, 6.0]}]
+    assert rows != off_by_one
+
+
+def test_evaluated_training_passes_each_step_through_record_before_the_window():
+    rows = runner.evaluated_training(_fake_trainer(4, loss=float),
+                                     lambda n, window: {"step": n, "w": [r["double"] for r in window]},
+                                     every=2, record=lambda row: {**row, "double": 2 * row["loss"]})
+    assert rows == [{"step": 0, "w": []}, {"step": 2, "w": [0.0, 2.0]}, {"step": 4, "w": [4.0, 6.0]}]
+
+
+def test_window_mean_skips_missing_values_and_is_none_for_an_empty_window():
+    assert runner.window_mean([{"x": 1.0}, {"x": None}, {"x": 3.0}, {}], "x") == 2.0
+    assert runner.window_mean([], "x") is None and runner.window_mean([{"y": 1.0}], "x") is None
+    # negative control: a plain mean over every row (missing counted as 0) would say 1.0
+    assert runner.window_mean([{"x": 1.0}, {"x": 3.0}, {"x": None}, {}], "x") != 1.0
+
+
+def test_saved_run_figure_registers_a_builder_drawing_that_experiments_saved_run(monkeypatch):
+    from rlcourse import plots
+    from rlcourse.plots import experiments as pe
+
+    monkeypatch.setattr(plots, "BUILDERS", dict(plots.BUILDERS))
+    asked = []
+    monkeypatch.setattr(pe, "saved_run", lambda name: asked.append(name) or {"name": name})
+
+    def plot_fake(result):
+        return ("figure of", result["name"])
+
+    assert pe.saved_run_figure("99_fake", "ppo_toy")(plot_fake) is plot_fake   # the plot function is unchanged
+    assert plots.BUILDERS["99_fake"]() == ("figure of", "ppo_toy") and asked == ["ppo_toy"]
+    with pytest.raises(ValueError, match="99_fake"):   # a second registration of the name is refused
+        pe.saved_run_figure("99_fake", "critic_gae")(plot_fake)

@@ -13,6 +13,7 @@ import torch  # noqa: E402
 from rlcourse import plots  # noqa: E402
 from rlcourse.experiments import toy  # noqa: E402
 from rlcourse.plots import policy_gradient as P  # noqa: E402
+from rlcourse.toymdp import course_problem  # noqa: E402
 
 NAMES = ["02_mc_gradient_error", "02_loss_not_a_loss", "02_training",
          "03_estimator_variance", "03_sampled_gradient_error", "03_constant_baseline"]
@@ -20,7 +21,7 @@ NAMES = ["02_mc_gradient_error", "02_loss_not_a_loss", "02_training",
 
 @pytest.fixture(scope="module")
 def course():
-    return P.course_mdp()
+    return course_problem()
 
 
 @pytest.fixture(scope="module")

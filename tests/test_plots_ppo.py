@@ -28,6 +28,7 @@ from rlcourse.advantages import gae, reward_to_go, td_residuals  # noqa: E402
 from rlcourse.derivations.gae import expected_gae_gradient, n_step_advantages, random_batch  # noqa: E402
 from rlcourse.derivations.ppo_clip import truth_table_gradient  # noqa: E402
 from rlcourse.plots import BUILDERS, load_all  # noqa: E402
+from rlcourse.toymdp import course_problem  # noqa: E402
 from rlcourse.plots import ppo  # noqa: E402
 
 FAST = settings(max_examples=25, deadline=None)
@@ -46,7 +47,7 @@ EXPECTED_AXES = {
 
 @pytest.fixture(scope="module")
 def course():
-    return ppo.course_mdp()
+    return course_problem()
 
 
 # ----------------------------------------------------------------------------- builders

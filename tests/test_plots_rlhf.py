@@ -19,6 +19,7 @@ from rlcourse import derivations  # noqa: E402
 
 derivations.load_all()  # register the derivations in course order before the plot module imports some
 
+from rlcourse.derivations import kl_estimators as kle  # noqa: E402
 from rlcourse.kl import kl_categorical  # noqa: E402
 from rlcourse.plots import BUILDERS, load_all  # noqa: E402
 from rlcourse.experiments import cache  # noqa: E402
@@ -117,7 +118,7 @@ def test_pair_groups_and_accuracy_by_group():
 
 @pytest.fixture(scope="module")
 def kl_course():
-    return rlhf.kl_course_mdp()
+    return kle.kl_problem()
 
 
 def test_kl_estimator_curves_k3_is_nonnegative_and_k1_changes_sign():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, ToyProblem, course_problem
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,23 @@ def test_bad_theta_and_sample_arguments_are_rejected(mdp):
         mdp.objective(mdp.init_params(), gamma=1.5)
     with pytest.raises(ValueError, match="n must"):
         mdp.sample(mdp.init_params(), 0)
+
+
+def test_toy_problem_builds_the_mdp_and_policy_of_its_seeds_and_the_course_problem_is_its_defaults():
+    mdp, theta = ToyProblem(vocab_size=4, horizon=2, mdp_seed=7, theta_seed=3).build()
+    ref = ToyMDP.random(vocab_size=4, horizon=2, seed=7)
+    assert (mdp.vocab_size, mdp.horizon) == (4, 2)
+    assert torch.equal(mdp.token_reward, ref.token_reward) and torch.equal(mdp.terminal_reward, ref.terminal_reward)
+    assert torch.equal(theta, ref.init_params(seed=3))
+    course, course_theta = course_problem()
+    assert (course.vocab_size, course.horizon, course.num_sequences, course_theta.numel()) == (3, 3, 15, 21)
+    assert torch.equal(course_theta, ToyMDP.random(3, 3, seed=0).init_params(seed=1))
+    # negative control: the policy seed matters (seed 0 would be another policy)
+    assert not torch.equal(course_theta, ToyMDP.random(3, 3, seed=0).init_params(seed=0))
+
+
+@pytest.mark.parametrize("field, value", [("vocab_size", 1), ("horizon", 0), ("mdp_seed", -1), ("theta_seed", 1.5),
+                                          ("horizon", True)])
+def test_toy_problem_refuses_a_bad_field_by_name(field, value):
+    with pytest.raises(ValueError, match=field):
+        ToyProblem(**{field: value})

@@ -138,16 +138,6 @@ class Derivation:
 REGISTRY: dict[str, Derivation] = {}
 
 
-def course_problem():
-    """``(mdp, theta)``: the random 3-token, horizon-3 toy MDP (seed 0) and the policy parameters (seed 1) that
-    most derivations check their identities on. A derivation that moves away from ``theta`` (a new policy, a
-    reference) draws the direction with ``mdp.init_params(seed=2)`` and onwards."""
-    from rlcourse.toymdp import ToyMDP
-
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
-    return mdp, mdp.init_params(seed=1)
-
-
 def derivation(name: str, title: str, source: str):
     """Register a module's ``checks()`` function under ``name`` for ``rlcourse verify``.
 

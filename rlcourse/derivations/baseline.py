@@ -44,8 +44,8 @@ from __future__ import annotations
 import torch
 
 from rlcourse.advantages import reward_to_go, trajectory_return
-from rlcourse.derivations.base import Check, course_problem, derivation, exact, inequality, monte_carlo, negative_control
-from rlcourse.toymdp import ToyMDP
+from rlcourse.derivations.base import Check, derivation, exact, inequality, monte_carlo, negative_control
+from rlcourse.toymdp import ToyMDP, course_problem
 
 NAME = "baseline"
 

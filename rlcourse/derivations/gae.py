@@ -48,8 +48,8 @@ import sympy
 import torch
 
 from rlcourse.advantages import gae, gae_closed_form, reward_to_go, td_residuals
-from rlcourse.derivations.base import Check, course_problem, derivation, exact, negative_control, symbolic
-from rlcourse.toymdp import ToyMDP
+from rlcourse.derivations.base import Check, derivation, exact, negative_control, symbolic
+from rlcourse.toymdp import ToyMDP, course_problem
 
 NAME = "gae"
 

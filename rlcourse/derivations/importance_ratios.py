@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import torch
 
-from rlcourse.derivations.base import Check, course_problem, derivation, exact, monte_carlo, negative_control
+from rlcourse.derivations.base import Check, derivation, exact, monte_carlo, negative_control
 from rlcourse.ratios import sequence_ratio, token_ratio, trajectory_ratio
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, course_problem
 
 NAME = "importance_ratios"
 

@@ -75,7 +75,7 @@ import torch
 from rlcourse.derivations.base import (Check, derivation, exact, inequality, monte_carlo, negative_control,
                                        symbolic)
 from rlcourse.kl import KL_ESTIMATORS, kl_categorical
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, ToyProblem
 
 NAME = "kl_estimators"
 
@@ -194,11 +194,16 @@ def _sympy_fact(check: str, statement, detail: str = "") -> Check:
     return Check(NAME, check, "symbolic", "True", str(statement), "exact", ok, None, detail)
 
 
+def kl_problem() -> tuple[ToyMDP, torch.Tensor, torch.Tensor]:
+    """``(mdp, theta, theta_ref)``: the toy MDP (seed 3), policy (seed 4) and reference (seed 5) of these checks; a
+    pair of policies farther apart than the course's problem, so that the estimators' differences show."""
+    mdp, theta = ToyProblem(mdp_seed=3, theta_seed=4).build()
+    return mdp, theta, mdp.init_params(seed=5)
+
+
 @derivation(NAME, "KL estimators", source="ppo-post-training")
 def checks() -> list[Check]:
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=3)
-    theta = mdp.init_params(seed=4)
-    theta_ref = mdp.init_params(seed=5)
+    mdp, theta, theta_ref = kl_problem()
     logp, logq = mdp.sequence_logprobs(theta), mdp.sequence_logprobs(theta_ref)
     kl = float(sequence_kl(mdp, theta, theta_ref))
     e = exact_expectations(logp, logq)

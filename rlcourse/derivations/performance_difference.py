@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import torch
 
-from rlcourse.derivations.base import Check, course_problem, derivation, exact, monte_carlo, negative_control
-from rlcourse.toymdp import ToyMDP
+from rlcourse.derivations.base import Check, derivation, exact, monte_carlo, negative_control
+from rlcourse.toymdp import ToyMDP, course_problem
 
 NAME = "performance_difference"
 

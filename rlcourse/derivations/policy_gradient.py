@@ -31,8 +31,8 @@ from __future__ import annotations
 import sympy
 import torch
 
-from rlcourse.derivations.base import Check, course_problem, derivation, exact, monte_carlo, negative_control, symbolic
-from rlcourse.toymdp import ToyMDP
+from rlcourse.derivations.base import Check, derivation, exact, monte_carlo, negative_control, symbolic
+from rlcourse.toymdp import ToyMDP, course_problem
 
 NAME = "log_derivative_trick"
 

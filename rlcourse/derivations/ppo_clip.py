@@ -61,10 +61,10 @@ from __future__ import annotations
 import sympy
 import torch
 
-from rlcourse.derivations.base import Check, course_problem, derivation, exact, negative_control, symbolic
+from rlcourse.derivations.base import Check, derivation, exact, negative_control, symbolic
 from rlcourse.losses import clipped_surrogate, ppo_clip_loss, value_loss
 from rlcourse.ratios import token_ratio
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, course_problem
 
 NAME = "ppo_clip"
 EPS = 0.2

@@ -51,11 +51,11 @@ from __future__ import annotations
 
 import torch
 
-from rlcourse.derivations.base import Check, course_problem, derivation, exact, inequality, negative_control
+from rlcourse.derivations.base import Check, derivation, exact, inequality, negative_control
 from rlcourse.kl import kl_categorical
 from rlcourse.losses import AdaptiveKLController, ppo_penalty_loss
 from rlcourse.ratios import token_ratio
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, course_problem
 
 NAME = "ppo_penalty"
 

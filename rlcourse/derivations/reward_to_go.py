@@ -63,9 +63,9 @@ from __future__ import annotations
 import torch
 
 from rlcourse.advantages import reinforce_pp_advantages, reward_to_go, trajectory_return
-from rlcourse.derivations.base import Check, course_problem, derivation, exact, inequality, monte_carlo, negative_control
+from rlcourse.derivations.base import Check, derivation, exact, inequality, monte_carlo, negative_control
 from rlcourse.logprobs import masked_whiten
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, course_problem
 
 NAME = "reward_to_go"
 

@@ -39,16 +39,26 @@ import torch
 
 from rlcourse import _validate as V
 from rlcourse.advantages import gae
-from rlcourse.experiments.ppo_toy import course_mdp, toy_batch
+from rlcourse.experiments.ppo_toy import toy_batch
 from rlcourse.experiments.runner import experiment
 from rlcourse.losses import value_loss
+from rlcourse.toymdp import ToyProblem
 
-__all__ = ["CriticGAEConfig", "run_seed", "advantage_errors", "lam_arm"]
+__all__ = ["CriticGAEConfig", "run_seed", "advantage_errors", "check_lambdas", "lam_arm"]
 
 
 def lam_arm(lam: float) -> str:
     """The arm name of a λ: ``lam=0.50``."""
     return f"lam={lam:.2f}"
+
+
+def check_lambdas(cfg) -> None:
+    """``cfg.lambdas`` (the GAE λ grid: a non-empty tuple) and ``cfg.critic_lambda`` lie in [0, 1];
+    ``ValueError`` naming the field otherwise."""
+    if not isinstance(cfg.lambdas, tuple) or not cfg.lambdas:
+        raise ValueError(f"lambdas must be a non-empty tuple, got {cfg.lambdas!r}")
+    for name, v in [("lambdas", x) for x in cfg.lambdas] + [("critic_lambda", cfg.critic_lambda)]:
+        V.in_range(name, v, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class CriticGAEConfig:
         steps: critic updates; eval_every: updates between measurements.
         batch_size: sequences per update; lr: SGD learning rate on the value table.
         critic_init: the critic's starting value in every state.
-        vocab_size, horizon, mdp_seed, theta_seed: the MDP and the (fixed) policy.
+        problem: the MDP and the (fixed) policy (the course's, with horizon 6).
     """
 
     lambdas: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0)
@@ -71,24 +81,21 @@ class CriticGAEConfig:
     batch_size: int = 8
     lr: float = 0.5
     critic_init: float = 0.0
-    vocab_size: int = 3
-    horizon: int = 6
-    mdp_seed: int = 0
-    theta_seed: int = 1
+    problem: ToyProblem = ToyProblem(horizon=6)
 
     def __post_init__(self):
-        if not isinstance(self.lambdas, tuple) or not self.lambdas:
-            raise ValueError(f"lambdas must be a non-empty tuple, got {self.lambdas!r}")
-        for name, v in [("lambdas", x) for x in self.lambdas] + [("critic_lambda", self.critic_lambda)]:
-            V.in_range(name, v, 0.0, 1.0)
-        for name in ("steps", "eval_every", "batch_size", "vocab_size", "horizon"):
+        check_lambdas(self)
+        if not isinstance(self.problem, ToyProblem):
+            raise ValueError(f"problem must be a rlcourse.toymdp.ToyProblem, got {self.problem!r}")
+        for name in ("steps", "eval_every", "batch_size"):
             V.integer(name, getattr(self, name))
         V.positive("lr", self.lr, allow_inf=False)
         V.number("critic_init", self.critic_init)
 
     def quick(self) -> "CriticGAEConfig":
         """A seconds-long version for CI."""
-        return replace(self, lambdas=(0.0, 0.5, 1.0), steps=20, eval_every=10, horizon=3)
+        return replace(self, lambdas=(0.0, 0.5, 1.0), steps=20, eval_every=10,
+                       problem=replace(self.problem, horizon=3))
 
 
 def advantage_errors(mdp, theta: torch.Tensor, values: torch.Tensor, lambdas, gamma: float = 1.0) -> list[float]:
@@ -126,7 +133,7 @@ def run_seed(cfg: CriticGAEConfig, seed: int, progress) -> list[dict]:
 
 
 def _run(cfg, seed, progress):
-    mdp, theta = course_mdp(cfg)
+    mdp, theta = cfg.problem.build()
     theta = theta.detach()
     phi = torch.full((mdp.num_states,), float(cfg.critic_init), dtype=theta.dtype, requires_grad=True)
     opt = torch.optim.SGD([phi], lr=cfg.lr)

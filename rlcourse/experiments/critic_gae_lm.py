@@ -66,7 +66,7 @@ import torch
 from rlcourse import _validate as V
 from rlcourse.advantages import gae
 from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
-from rlcourse.experiments.critic_gae import lam_arm
+from rlcourse.experiments.critic_gae import check_lambdas, lam_arm
 from rlcourse.experiments.runner import check_eval_every, experiment
 from rlcourse.lm import default_max_new_tokens, generate
 from rlcourse.lm.reward_model import RewardModel
@@ -110,10 +110,7 @@ class CriticGAELMConfig(ChainStart):
     threads: int = 1
 
     def __post_init__(self):
-        if not isinstance(self.lambdas, tuple) or not self.lambdas:
-            raise ValueError(f"lambdas must be a non-empty tuple, got {self.lambdas!r}")
-        for name, v in [("lambdas", x) for x in self.lambdas] + [("critic_lambda", self.critic_lambda)]:
-            V.in_range(name, v, 0.0, 1.0)
+        check_lambdas(self)
         for name in ("steps", "eval_every", "batch_size", "eval_prompts", "threads"):
             V.integer(name, getattr(self, name))
         V.integer("mc_samples", self.mc_samples, minimum=2)

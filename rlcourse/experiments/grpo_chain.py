@@ -32,7 +32,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
-from rlcourse.experiments.runner import check_arms, check_eval_every, experiment, over_arms
+from rlcourse.experiments.runner import (check_arms, check_eval_every, evaluated_training, experiment, over_arms,
+                                         window_mean)
 from rlcourse.lm import generate
 from rlcourse.train.common import integer, number
 from rlcourse.train.grpo import VARIANTS, GRPOConfig, train_grpo
@@ -88,36 +89,22 @@ def greedy_eval(model, tokenizer, task, n: int, batch_size: int = 512) -> dict:
             "length_incorrect": mean(length[~ok])}
 
 
-def _window_mean(rows: list[dict], key: str):
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
 def run_arm(cfg: GRPOChainConfig, variant: str, seed: int, model, tokenizer, tick=None) -> list[dict]:
     """One arm: ``train_grpo`` of ``variant`` from a copy of ``model``; the rows of its evaluations (module doc)."""
     task = CHAIN_TASK
     policy = copy.deepcopy(model)
-    rows = [{"arm": variant, "seed": seed, "step": 0, **greedy_eval(policy, tokenizer, task, cfg.eval_n),
-             "entropy": None, "clipfrac": None}]
-    window: list[dict] = []
     clip_key = "clipfrac_last" if cfg.num_iterations > 1 else "clipfrac"  # the first update's ratio is 1
 
-    def at_step(row):
-        window.append(row)
-        if tick is not None:
-            tick()
-        if (row["step"] + 1) % cfg.eval_every == 0:
-            rows.append({"arm": variant, "seed": seed, "step": row["step"] + 1,
-                         **greedy_eval(policy, tokenizer, task, cfg.eval_n),
-                         "entropy": _window_mean(window, "entropy"), "clipfrac": _window_mean(window, clip_key)})
-            window.clear()
+    def evaluate(step, window):
+        return {"arm": variant, "seed": seed, "step": step, **greedy_eval(policy, tokenizer, task, cfg.eval_n),
+                "entropy": window_mean(window, "entropy"), "clipfrac": window_mean(window, clip_key)}
 
     gcfg = GRPOConfig(variant=variant, preset=cfg.preset, seed=seed, steps=cfg.steps, lr=cfg.lr,
                       group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step,
                       num_iterations=cfg.num_iterations, eval_n=cfg.eval_n, threads=cfg.threads,
                       distinct_rows=True)
-    train_grpo(gcfg, policy, tokenizer, task=task, progress=False, callback=at_step)
-    return rows
+    return evaluated_training(lambda cb: train_grpo(gcfg, policy, tokenizer, task=task, progress=False, callback=cb),
+                              evaluate, cfg.eval_every, tick)
 
 
 @experiment("grpo_variants", notebook="09", config=GRPOChainConfig,

@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 
 from rlcourse.experiments.cache import sft_start
 from rlcourse.experiments.overoptimization import policy_eval
-from rlcourse.experiments.runner import check_arms, check_eval_every, experiment, over_arms
+from rlcourse.experiments.runner import check_arms, check_eval_every, evaluated_training, experiment, over_arms
 from rlcourse.train.common import integer, number
 from rlcourse.lm import default_task
 from rlcourse.train.grpo import GRPOConfig, train_grpo
@@ -108,24 +108,17 @@ def run_seed(cfg: KLPlacementConfig, seed: int, progress) -> list[dict]:
     def run_arm(arm, tick):
         policy = copy.deepcopy(start)
 
-        def evaluate(step):
+        def evaluate(step, window):
             r = policy_eval(policy, start, tok, None, task, problems, cfg.eval_samples,
                             seed=10_000 * seed + step)
             return {"arm": arm, "seed": seed, "step": step, "kl": r["kl"], "sqrt_kl": r["sqrt_kl"],
                     "gold": r["gold"], "accuracy": r["accuracy"]}
 
-        rows = [evaluate(0)]
-
-        def at_step(row):
-            tick()
-            if (row["step"] + 1) % cfg.eval_every == 0:
-                rows.append(evaluate(row["step"] + 1))
-
         fields = {"beta": float(cfg.beta), **ARMS[arm]}
         gcfg = GRPOConfig(variant="dr_grpo", preset=cfg.preset, seed=seed, steps=cfg.steps, lr=cfg.lr,
                           prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, eval_n=8,
                           threads=cfg.threads, **fields)
-        train_grpo(gcfg, policy, tok, task=task, progress=False, callback=at_step)
-        return rows
+        return evaluated_training(lambda cb: train_grpo(gcfg, policy, tok, task=task, progress=False, callback=cb),
+                                  evaluate, cfg.eval_every, tick)
 
     return over_arms(cfg.arms, len(cfg.arms) * cfg.steps, progress, run_arm)

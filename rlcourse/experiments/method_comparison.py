@@ -48,7 +48,7 @@ import torch
 
 from rlcourse.experiments.cache import sft_start
 from rlcourse.experiments.rlhf import completion_logprobs
-from rlcourse.experiments.runner import check_arms, experiment, over_arms
+from rlcourse.experiments.runner import check_arms, evaluated_training, experiment, over_arms
 from rlcourse.lm import default_max_new_tokens, default_task, held_out_accuracy
 from rlcourse.lm.pairs import oracle_pairs, pair_logprobs
 from rlcourse.train.common import integer, number
@@ -273,22 +273,18 @@ def run_arm(cfg: MethodComparisonConfig, arm: str, seed: int, model, tokenizer, 
         return {"arm": arm, "seed": seed, "step": n, "samples": plan["samples_after"](n),
                 "updates": plan["updates_after"](n), "seconds": round(seconds, 3)}
 
-    rows = [{**row(0, 0.0), **measure(cfg, policy, tokenizer, task, fixed)}]
     clock = {"start": time.perf_counter(), "evaluating": 0.0}
 
-    def at_step(history_row: dict) -> None:
-        if tick is not None:
-            tick()
-        n = history_row["step"] + 1
-        if n % every:
-            return
+    def evaluate(n: int, window) -> dict:
         now = time.perf_counter()
-        seconds = now - clock["start"] - clock["evaluating"]
-        rows.append({**row(n, seconds), **measure(cfg, policy, tokenizer, task, fixed)})
+        seconds = 0.0 if n == 0 else now - clock["start"] - clock["evaluating"]
+        out = {**row(n, seconds), **measure(cfg, policy, tokenizer, task, fixed)}
         clock["evaluating"] += time.perf_counter() - now
+        return out
 
-    plan["train"](plan["config"], policy, tokenizer, task=task, progress=False, callback=at_step)
-    return rows
+    return evaluated_training(
+        lambda cb: plan["train"](plan["config"], policy, tokenizer, task=task, progress=False, callback=cb),
+        evaluate, every, tick)
 
 
 @experiment("method_comparison", notebook="10", config=MethodComparisonConfig,

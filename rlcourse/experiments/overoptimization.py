@@ -50,7 +50,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from rlcourse.experiments.cache import TEXTBOOK_RM, reward_model_start, rm_config, sft_start
-from rlcourse.experiments.runner import check_arms, check_eval_every, experiment
+from rlcourse.experiments.runner import check_arms, check_eval_every, evaluated_training, experiment
 from rlcourse.train.common import integer, number
 from rlcourse.kl import kl_categorical
 from rlcourse.lm import default_max_new_tokens, default_task, generate, sequence_logprobs
@@ -220,21 +220,19 @@ def run_seed(cfg: OveroptimizationConfig, seed: int, progress) -> list[dict]:
             policy = copy.deepcopy(start)
             head = {"arm": arm, "seed": seed, "rm": rm_name, "beta": float(beta)}
 
-            def evaluate(step):
+            def evaluate(step, window):
                 return {**head, "step": step, **policy_eval(policy, start, tok, rm, task, problems, cfg.eval_samples,
                                                             seed=10_000 * seed + step)}
 
-            rows.append(evaluate(0))
-
-            def at_step(row):
+            def tick():
                 done[0] += 1
                 progress(done[0], total)
-                if (row["step"] + 1) % cfg.eval_every == 0:
-                    rows.append(evaluate(row["step"] + 1))
 
             pcfg = PPOConfig(reward="model", preset=cfg.preset, seed=seed, steps=cfg.steps, lr=cfg.lr,
                              prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size,
                              init_kl_coef=float(beta), adaptive_kl=False, eval_n=8,
                              threads=cfg.threads)
-            train_ppo(pcfg, policy, tok, task=task, reward_model=rm, progress=False, callback=at_step)
+            rows += evaluated_training(
+                lambda cb: train_ppo(pcfg, policy, tok, task=task, reward_model=rm, progress=False, callback=cb),
+                evaluate, cfg.eval_every, tick)
     return rows

@@ -45,7 +45,7 @@ from rlcourse.experiments.runner import experiment, over_arms
 from rlcourse.kl import kl_categorical
 from rlcourse.losses import (AdaptiveKLController, importance_weighted_loss, policy_gradient_loss, ppo_clip_loss,
                              ppo_penalty_loss)
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, ToyProblem
 
 __all__ = ["PPOToyConfig", "METHODS", "run_seed", "toy_batch"]
 
@@ -69,7 +69,7 @@ class PPOToyConfig:
         kl_target, init_beta, kl_horizon: the adaptive penalty (``penalty``): target per-token
             KL(old‖new), starting beta, and the controller's horizon (relative step ≤ 0.2 / horizon).
         lam: GAE lambda of the advantages (with the exact value of the sampling policy).
-        vocab_size, horizon, mdp_seed, theta_seed: the MDP and the start (default: the course's).
+        problem: the MDP and the start (default: the course's, :func:`rlcourse.toymdp.course_problem`).
     """
 
     methods: tuple[str, ...] = ("vanilla", "clip", "penalty")
@@ -83,10 +83,7 @@ class PPOToyConfig:
     init_beta: float = 1.0
     kl_horizon: float = 1.0
     lam: float = 1.0
-    vocab_size: int = 3
-    horizon: int = 3
-    mdp_seed: int = 0
-    theta_seed: int = 1
+    problem: ToyProblem = ToyProblem()
 
     def __post_init__(self):
         for name in ("methods", "epochs"):
@@ -98,7 +95,9 @@ class PPOToyConfig:
             raise ValueError(f"methods: unknown {bad}; known: {list(METHODS)}")
         for k in self.epochs:
             V.integer("epochs", k)
-        for name in ("iterations", "batch_size", "vocab_size", "horizon"):
+        if not isinstance(self.problem, ToyProblem):
+            raise ValueError(f"problem must be a rlcourse.toymdp.ToyProblem, got {self.problem!r}")
+        for name in ("iterations", "batch_size"):
             V.integer(name, getattr(self, name))
         for name in ("lr", "eps", "kl_target", "init_beta", "kl_horizon"):
             V.positive(name, getattr(self, name), allow_inf=False)
@@ -111,12 +110,6 @@ class PPOToyConfig:
 
     def arms(self) -> list[tuple[str, str, int]]:
         return [(f"{m} K={k}", m, k) for m in self.methods for k in self.epochs]
-
-
-def course_mdp(cfg) -> tuple[ToyMDP, torch.Tensor]:
-    """The MDP and the starting logits of ``cfg`` (defaults: the course's toy MDP, as in the derivation checks)."""
-    mdp = ToyMDP.random(vocab_size=cfg.vocab_size, horizon=cfg.horizon, seed=cfg.mdp_seed)
-    return mdp, mdp.init_params(seed=cfg.theta_seed)
 
 
 def toy_batch(mdp: ToyMDP, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -141,7 +134,7 @@ def _loss(method, logp, logp_old, adv, mask, cfg, beta):
 
 
 def _run_arm(cfg: PPOToyConfig, method: str, K: int, seed: int, arm: str, tick) -> list[dict]:
-    mdp, theta0 = course_mdp(cfg)
+    mdp, theta0 = cfg.problem.build()
     theta = theta0.clone().requires_grad_(True)
     opt = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)([theta], lr=cfg.lr)
     ctl = AdaptiveKLController(cfg.init_beta, cfg.kl_target, cfg.kl_horizon) if method == "penalty" else None

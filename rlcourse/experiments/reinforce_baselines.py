@@ -53,11 +53,12 @@ import torch
 
 from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
 from rlcourse.experiments.grpo_chain import greedy_eval
-from rlcourse.experiments.runner import check_arms, check_eval_every, experiment, over_arms
+from rlcourse.experiments.runner import (check_arms, check_eval_every, evaluated_training, experiment, over_arms,
+                                         window_mean)
 from rlcourse.train.common import integer, number
 from rlcourse.train.reinforce import ReinforceConfig, train_reinforce
 
-__all__ = ["ReinforceBaselinesConfig", "ARMS", "ARM_LABELS", "arm_config", "run_arm", "run_seed", "window_mean"]
+__all__ = ["ReinforceBaselinesConfig", "ARMS", "ARM_LABELS", "arm_config", "run_arm", "run_seed"]
 
 #: arm -> (baseline of :func:`~rlcourse.train.reinforce.reinforce_advantages`, reward offset on?, optimizer).
 ARMS = {
@@ -139,12 +140,6 @@ def arm_config(cfg: ReinforceBaselinesConfig, arm: str, seed: int) -> ReinforceC
                            eval_n=cfg.eval_n, threads=cfg.threads)
 
 
-def window_mean(rows: list[dict], key: str):
-    """The mean of ``key`` over ``rows`` (the training steps since the last evaluation); None if none has it."""
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
 def _flat(model) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
@@ -154,27 +149,31 @@ def run_arm(cfg: ReinforceBaselinesConfig, arm: str, seed: int, model, tokenizer
     task = CHAIN_TASK
     policy = copy.deepcopy(model)
     none = {k: None for k in KEYS[4:]}
-    rows = [{"arm": arm, "seed": seed, "step": 0, **none,
-             "accuracy": greedy_eval(policy, tokenizer, task, cfg.eval_n)["accuracy"]}]
-    window: list[dict] = []
     last = {"theta": _flat(policy)}
 
-    def at_step(row):
+    def record(row):
         theta = _flat(policy)  # the callback runs after the optimizer step
-        window.append({**row, "update_norm": float((theta - last["theta"]).norm())})
+        update_norm = float((theta - last["theta"]).norm())
         last["theta"] = theta
-        if tick is not None:
-            tick()
-        if (row["step"] + 1) % cfg.eval_every == 0:
-            rows.append({"arm": arm, "seed": seed, "step": row["step"] + 1, **none,
-                         "accuracy": greedy_eval(policy, tokenizer, task, cfg.eval_n)["accuracy"],
-                         "reward": window_mean(window, "reward_mean"), "grad_norm": window_mean(window, "grad_norm"),
-                         "update_norm": window_mean(window, "update_norm"),
-                         "advantage_abs": window_mean(window, "advantage_abs_mean")})
-            window.clear()
+        return {**row, "update_norm": update_norm}
 
-    res = train_reinforce(arm_config(cfg, arm, seed), policy, tokenizer, task=task, progress=False,
-                          callback=at_step)
+    def evaluate(step, window):
+        row = {"arm": arm, "seed": seed, "step": step, **none,
+               "accuracy": greedy_eval(policy, tokenizer, task, cfg.eval_n)["accuracy"]}
+        if step:
+            row.update(reward=window_mean(window, "reward_mean"), grad_norm=window_mean(window, "grad_norm"),
+                       update_norm=window_mean(window, "update_norm"),
+                       advantage_abs=window_mean(window, "advantage_abs_mean"))
+        return row
+
+    done = {}
+
+    def train(callback):
+        done["result"] = train_reinforce(arm_config(cfg, arm, seed), policy, tokenizer, task=task, progress=False,
+                                         callback=callback)
+
+    rows = evaluated_training(train, evaluate, cfg.eval_every, tick, record)
+    res = done["result"]
     rows[0]["pass_at_1"], rows[0]["pass_at_8"] = res.before["pass@1"], res.before["pass@8"]
     rows[-1]["pass_at_1"], rows[-1]["pass_at_8"] = res.after["pass@1"], res.after["pass@8"]
     return rows

@@ -40,7 +40,8 @@ from rlcourse.experiments.memo import memoised
 from rlcourse.experiments.summary import INTERVAL, format_interval, summarize
 
 __all__ = ["Experiment", "EXPERIMENTS", "experiment", "load_all", "get", "run", "for_notebook", "results_dir",
-           "config_record", "check_arms", "check_eval_every", "over_arms", "add_subcommands"]
+           "config_record", "check_arms", "check_eval_every", "over_arms", "evaluated_training", "window_mean",
+           "add_subcommands"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,36 @@ def over_arms(arms, total: int, progress, run_arm) -> list[dict]:
     for arm in arms:
         rows += run_arm(arm, tick)
     return rows
+
+
+def evaluated_training(train, evaluate, every: int, tick=None, record=None) -> list[dict]:
+    """The rows of one arm's training run with evaluations: ``evaluate(0, [])`` before it, then
+    ``evaluate(n, window)`` after every ``every``-th training step ``n``.
+
+    ``train(callback)`` runs the trainer, which calls ``callback(history_row)`` after each step (the row has
+    ``step``, counted from 0). ``window`` holds the history rows since the previous evaluation, each passed
+    through ``record(row) -> row`` first if given (e.g. to add what the trainer does not log); ``tick()`` is
+    called after each step (:func:`over_arms`'s progress)."""
+    rows = [evaluate(0, [])]
+    window: list[dict] = []
+
+    def at_step(row):
+        window.append(record(row) if record is not None else row)
+        if tick is not None:
+            tick()
+        n = row["step"] + 1
+        if n % every == 0:
+            rows.append(evaluate(n, list(window)))
+            window.clear()
+
+    train(at_step)
+    return rows
+
+
+def window_mean(rows: list[dict], key: str):
+    """The mean of ``key`` over ``rows`` (e.g. the training steps since the last evaluation); None if none has it."""
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def load_all() -> dict[str, Experiment]:

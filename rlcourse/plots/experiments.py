@@ -19,13 +19,38 @@ from rlcourse.experiments.summary import curve, result_summary
 from rlcourse.plots import figure
 
 __all__ = ["plot_ppo_toy", "plot_critic_gae", "plot_reinforce_baselines", "plot_grpo_variants", "GRPO_VARIANT_LABELS",
-           "saved_run", "SEEDS"]
+           "saved_run", "saved_run_figure", "SEEDS"]
 
 #: Seeds of the figures' runs.
 SEEDS = 3
 FIGSIZE = (12, 3.6)
 _METHOD_COLORS = {"vanilla": "tab:red", "clip": "tab:blue", "penalty": "tab:green", "unclipped": "tab:orange"}
 _STYLES = ["-", "--", ":", "-."]
+
+
+def saved_run(name: str) -> dict:
+    """The full run of the experiment ``name`` over :data:`SEEDS` seeds that a notebook saved
+    (:func:`rlcourse.experiments.runner.results_dir`), computed and saved there first if it is missing (minutes:
+    the notebook says how long). What the figure builders of the LM experiments draw."""
+    from rlcourse.experiments import runner
+
+    return runner.run(name, SEEDS, out=runner.results_dir(name), progress=False)
+
+
+def saved_run_figure(name: str, experiment: str):
+    """Decorate ``plot(result) -> Figure``: register the figure ``name``, ``plot`` of the saved full run of
+    ``experiment`` (:func:`saved_run`); ``plot`` itself is returned unchanged."""
+
+    def wrap(plot):
+        def build() -> plt.Figure:
+            return plot(saved_run(experiment))
+
+        build.__name__ = f"build_{name}"
+        build.__doc__ = f"{plot.__name__} of the saved full run of {experiment!r}."
+        figure(name)(build)
+        return plot
+
+    return wrap
 
 
 def _band(ax, summary, arm, metric, label=None, **style):
@@ -83,6 +108,7 @@ def plot_ppo_toy(result: dict, early: int = 15) -> plt.Figure:
     return fig
 
 
+@saved_run_figure("05_critic_gae_lm", "critic_gae_lm")
 def plot_critic_gae(result: dict) -> plt.Figure:
     """The GAE(λ) advantage error per λ as the critic learns, the error against λ early and late, and the
     critic's error with the best λ.
@@ -133,7 +159,7 @@ def plot_critic_gae(result: dict) -> plt.Figure:
                  f"{cfg['batch_size']}, K = {cfg['mc_samples']} continuations per prefix)")
     else:
         title = (f"tabular critic on λ-returns (λ = {cfg['critic_lambda']}, batch {cfg['batch_size']}, "
-                 f"horizon {cfg['horizon']})")
+                 f"horizon {cfg['problem']['horizon']})")
     fig.suptitle(f"{title}: mean and 95% t-interval over {_n_seeds(result)} seeds", fontsize=10)
     fig.tight_layout()
     return fig
@@ -160,6 +186,7 @@ GRPO_VARIANT_LABELS = {"grpo": "GRPO", "dr_grpo": "Dr. GRPO", "dapo": "DAPO", "g
 _VARIANT_COLORS = {"grpo": "tab:blue", "dr_grpo": "tab:orange", "dapo": "tab:green", "gspo": "tab:red"}
 
 
+@saved_run_figure("09_grpo_variants", "grpo_variants")
 def plot_grpo_variants(result: dict) -> plt.Figure:
     """The four panels of notebook 09 for the ``grpo_variants`` result: greedy held-out accuracy; the mean greedy
     length of the correct (solid) and of the incorrect (dashed) responses; the per-token entropy of the sampling
@@ -197,21 +224,6 @@ def plot_grpo_variants(result: dict) -> plt.Figure:
     return fig
 
 
-def saved_run(name: str) -> dict:
-    """The full run of the experiment ``name`` over :data:`SEEDS` seeds that a notebook saved
-    (:func:`rlcourse.experiments.runner.results_dir`), computed and saved there first if it is missing (minutes:
-    the notebook says how long). What the figure builders of the LM experiments draw."""
-    from rlcourse.experiments import runner
-
-    return runner.run(name, SEEDS, out=runner.results_dir(name), progress=False)
-
-
-@figure("09_grpo_variants")
-def build_grpo_variants() -> plt.Figure:
-    """The saved full run of the notebook, computed there first if it is not saved."""
-    return plot_grpo_variants(saved_run("grpo_variants"))
-
-
 #: The panels of :func:`plot_reinforce_baselines`: (title, arms, metric of the lower panel, its label).
 _REINFORCE_PANELS = (
     ("baselines (AdamW)", ("none", "batch_mean", "group_mean", "rloo"), "reward",
@@ -223,6 +235,7 @@ _REINFORCE_PANELS = (
 )
 
 
+@saved_run_figure("04_reinforce_baselines", "reinforce_baselines")
 def plot_reinforce_baselines(result: dict) -> plt.Figure:
     """The ``reinforce_baselines`` experiment (notebook 04), mean and 95% t-interval over seeds: held-out greedy
     accuracy (top) and, below, the quantity each comparison turns on: the sampled reward for the baselines, the
@@ -258,16 +271,3 @@ def plot_reinforce_baselines(result: dict) -> plt.Figure:
                  f"t-interval over {_n_seeds(result)} seeds", fontsize=10)
     fig.tight_layout()
     return fig
-
-
-@figure("04_reinforce_baselines")
-def build_reinforce_baselines() -> plt.Figure:
-    """The saved full run of notebook 04, computed there first if it is not saved."""
-    return plot_reinforce_baselines(saved_run("reinforce_baselines"))
-
-
-@figure("05_critic_gae_lm")
-def build_critic_gae_lm() -> plt.Figure:
-    """The saved full run of notebook 05's section 7b (PPO's critic on the chain task), computed there first if
-    it is not saved."""
-    return plot_critic_gae(saved_run("critic_gae_lm"))

@@ -7,7 +7,7 @@ REINFORCE update from :func:`rlcourse.losses.policy_gradient_loss`.
 
 Three kinds of function:
 
-* *data* functions (``course_mdp``, ``shifted_mdp``, ``variance_reduction_estimators``,
+* *data* functions (``shifted_mdp``, ``variance_reduction_estimators``,
   ``estimator_stats``, ``sampled_errors``, ``predicted_rms_error``): tensors in, numbers out, no
   plotting; the training runs of notebook 02 (exact gradient ascent and REINFORCE on the toy MDP)
   are experiments, :mod:`rlcourse.experiments.toy`;
@@ -42,10 +42,10 @@ from rlcourse.derivations import reward_to_go as rtg
 from rlcourse.experiments import toy
 from rlcourse.plots import figure
 from rlcourse.threads import cpu_threads
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, course_problem
 
 __all__ = [
-    "course_mdp", "shifted_mdp", "variance_reduction_estimators", "estimator_stats",
+    "shifted_mdp", "variance_reduction_estimators", "estimator_stats",
     "sampled_errors", "predicted_rms_error", "running_estimate",
     "plot_mc_gradient", "plot_loss_not_a_loss", "plot_training", "plot_estimator_bars",
     "plot_error_curves", "plot_constant_baseline",
@@ -56,8 +56,6 @@ DTYPE = torch.float64
 
 # The MDP and parameters used by the derivation checks (rlcourse.derivations.*.checks()),
 # so that the numbers printed by `rlcourse verify` and by the notebooks agree.
-MDP_KWARGS = dict(vocab_size=3, horizon=3, seed=0)
-THETA_SEED = 1
 
 # Names of the estimators of notebook 03, in the order they are plotted.
 FULL, RTG, CONST, VBASE, ADV, ACTION = (
@@ -71,15 +69,6 @@ FULL, RTG, CONST, VBASE, ADV, ACTION = (
 
 
 # ============================================================================ data
-
-def course_mdp() -> tuple[ToyMDP, torch.Tensor]:
-    """The toy MDP of the course and its starting parameters (the ones the derivation checks use).
-
-    Vocabulary ``{a, b, <eos>}``, horizon 3: 7 non-terminal prefixes, 15 sequences, 21 logits.
-    """
-    mdp = ToyMDP.random(**MDP_KWARGS)
-    return mdp, mdp.init_params(seed=THETA_SEED)
-
 
 def shifted_mdp(mdp: ToyMDP, shift: float) -> ToyMDP:
     r"""The same MDP with every return shifted by a constant: :math:`R_c(\tau) = R(\tau) + c`.
@@ -355,7 +344,7 @@ COMPONENTS = ((0, 0), (0, 2))  # (state, token): the first step's logits for "a"
 @figure("02_mc_gradient_error")
 def build_mc_gradient_error() -> plt.Figure:
     """Sampled policy gradient R(τ)∇log P(τ) converging to the exact ∇J at the rate 1/√n."""
-    mdp, theta = course_mdp()
+    mdp, theta = course_problem()
     per_seq = rtg.per_token_estimates(mdp, theta, rtg.full_return_weights(mdp))
     truth = mdp.exact_gradient(theta)
     stats = estimator_stats(mdp, theta, {FULL: per_seq})[FULL]
@@ -374,7 +363,7 @@ LOSS_SHIFTS = (-2.0, 0.0, 2.0)
 @figure("02_loss_not_a_loss")
 def build_loss_not_a_loss() -> plt.Figure:
     """J rises along exact gradient ascent; the surrogate loss's value depends on a reward shift."""
-    mdp, theta = course_mdp()
+    mdp, theta = course_problem()
     run = toy.gradient_ascent(mdp, theta)
     surrogate = {c: toy.gradient_ascent(shifted_mdp(mdp, c), theta)["surrogate_loss"] for c in LOSS_SHIFTS}
     reinforce = toy.gradient_ascent(mdp, theta, batch_size=16, seed=0)
@@ -384,14 +373,14 @@ def build_loss_not_a_loss() -> plt.Figure:
 @figure("02_training")
 def build_training() -> plt.Figure:
     """Exact gradient ascent vs sampled REINFORCE on the toy MDP, J against J* = max R."""
-    mdp, theta = course_mdp()
+    mdp, theta = course_problem()
     return plot_training(toy.training_curves(mdp, theta), float(mdp.returns().max()), float(mdp.objective(theta)))
 
 
 @figure("03_estimator_variance")
 def build_estimator_variance() -> plt.Figure:
     """Exact covariance trace and bias of the full-return, reward-to-go and baselined estimators."""
-    mdp, theta = course_mdp()
+    mdp, theta = course_problem()
     return plot_estimator_bars(estimator_stats(mdp, theta, variance_reduction_estimators(mdp, theta)))
 
 
@@ -402,7 +391,7 @@ ERR_REPEATS = 100
 @figure("03_sampled_gradient_error")
 def build_sampled_gradient_error() -> plt.Figure:
     """RMS error of each sampled estimator vs n, against its exact prediction."""
-    mdp, theta = course_mdp()
+    mdp, theta = course_problem()
     est = variance_reduction_estimators(mdp, theta)
     stats = estimator_stats(mdp, theta, est)
     errors = sampled_errors(mdp, theta, est, ERR_NS, repeats=ERR_REPEATS, seed=0)
@@ -412,7 +401,7 @@ def build_sampled_gradient_error() -> plt.Figure:
 @figure("03_constant_baseline")
 def build_constant_baseline() -> plt.Figure:
     """Covariance trace of the full-return estimator against a constant baseline b, with b* marked."""
-    mdp, theta = course_mdp()
+    mdp, theta = course_problem()
     b_star = bl.optimal_constant_baseline(mdp, theta)
     mean_R = float(mdp.objective(theta))
     bs = torch.linspace(b_star - 1.5, b_star + 1.5, 201, dtype=DTYPE)

@@ -8,7 +8,7 @@ Everything is measured against exact values computed by enumerating the toy MDP
 
 Three kinds of function:
 
-* *data* functions (``course_mdp``, ``noisy_values``, ``gae_gradient_estimates``,
+* *data* functions (``noisy_values``, ``gae_gradient_estimates``,
   ``gae_bias_variance``, ``kl_shaped_example``, ``surrogate_vs_true``, ``gspo_expected_gradient``,
   ``off_policy_gradient_bias``, ``ratio_length_stats``, ``clip_objective_curves``): tensors in,
   numbers out, no plotting;
@@ -40,10 +40,10 @@ from rlcourse.logprobs import token_logprobs
 from rlcourse.losses import AdaptiveKLController, clipped_surrogate
 from rlcourse.plots import figure
 from rlcourse.ratios import sequence_ratio, trajectory_ratio
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, course_problem
 
 __all__ = [
-    "course_mdp", "step_direction", "noisy_values", "gae_gradient_estimates", "gae_bias_variance",
+    "step_direction", "noisy_values", "gae_gradient_estimates", "gae_bias_variance",
     "kl_shaped_example", "surrogate_vs_true", "gspo_expected_gradient", "off_policy_gradient_bias",
     "ratio_length_stats", "clip_objective_curves",
     "plot_gae_bias_variance", "plot_kl_shaped_gae", "plot_surrogate_vs_true",
@@ -56,8 +56,6 @@ FIGSIZE = (10, 3.6)
 # The MDP, parameters and perturbation used by the derivation checks
 # (rlcourse.derivations.{gae, performance_difference, importance_ratios, ppo_clip}.checks()),
 # so that the numbers printed by `rlcourse verify` and by the notebooks agree.
-MDP_KWARGS = dict(vocab_size=3, horizon=3, seed=0)
-THETA_SEED = 1
 DIRECTION_SEED = 2
 WRONG_V_SEED = 5
 
@@ -71,15 +69,6 @@ _COLORS = {"true": "tab:green", "noisy": "tab:red", "zero": "tab:blue"}
 
 
 # ============================================================================ data: shared
-
-def course_mdp() -> tuple[ToyMDP, torch.Tensor]:
-    """The toy MDP of the course and its starting parameters (the ones the derivation checks use).
-
-    Vocabulary ``{a, b, <eos>}``, horizon 3: 7 non-terminal prefixes, 15 sequences, 21 logits.
-    """
-    mdp = ToyMDP.random(**MDP_KWARGS)
-    return mdp, mdp.init_params(seed=THETA_SEED)
-
 
 def step_direction(mdp: ToyMDP) -> torch.Tensor:
     r"""The fixed direction :math:`d` of the off-policy experiments: :math:`\theta = \theta_{\text{old}} + \alpha d`
@@ -504,7 +493,7 @@ def gae_bias_variance_curves(mdp: ToyMDP | None = None, theta: torch.Tensor | No
                              ) -> dict[str, dict]:
     """The three critics of notebook 05's figure: the true V, V + N(0, 1) noise, and V = 0."""
     if mdp is None:
-        mdp, theta = course_mdp()
+        mdp, theta = course_problem()
     v_true = mdp.state_values(theta)
     return {
         "true Vπ": gae_bias_variance(mdp, theta, v_true, lams),
@@ -537,7 +526,7 @@ def build_kl_shaped_gae() -> plt.Figure:
 
 @figure("06_surrogate_vs_true")
 def build_surrogate_vs_true() -> plt.Figure:
-    mdp, theta = course_mdp()
+    mdp, theta = course_problem()
     return plot_surrogate_vs_true(surrogate_vs_true(mdp, theta, step_direction(mdp)))
 
 

@@ -26,14 +26,14 @@ from rlcourse.lm import Problem, is_correct, is_well_formed, math_verify_correct
 from rlcourse.experiments import rlhf as X
 from rlcourse.experiments.summary import curve, result_summary
 from rlcourse.plots import figure
-from rlcourse.plots.experiments import saved_run
+from rlcourse.plots.experiments import saved_run_figure
 from rlcourse.plots.lm_rl import smoothed
 from rlcourse.preference import dpo_loss
 from rlcourse.toymdp import ToyMDP
 
 __all__ = [
     # exact
-    "RULE_PROBLEM", "RULE_EXAMPLES", "rule_reward_rows", "bt_recovery", "kl_course_mdp", "kl_estimator_curves",
+    "RULE_PROBLEM", "RULE_EXAMPLES", "rule_reward_rows", "bt_recovery", "kl_estimator_curves",
     "kl_estimator_table", "kl_gradient_directions", "per_prefix_kl_stats", "dpo_ipo_curves", "kl_optimum_course",
     "kl_optimum_table", "OPTIMUM_BETAS",
     # plots
@@ -158,12 +158,6 @@ def build_bradley_terry() -> plt.Figure:
 
 # ============================================================================ 08: KL estimators
 
-def kl_course_mdp() -> tuple[ToyMDP, torch.Tensor, torch.Tensor]:
-    """The toy MDP, policy and reference of :mod:`rlcourse.derivations.kl_estimators` (the same numbers as ``rlcourse verify``)."""
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=3)
-    return mdp, mdp.init_params(seed=4), mdp.init_params(seed=5)
-
-
 def kl_estimator_curves(ratios=None) -> dict[str, np.ndarray]:
     """k1, k2, k3 of :mod:`rlcourse.kl` as functions of the ratio :math:`r = \\pi_{\\text{ref}}(y)/\\pi(y)` of one sampled token."""
     r = torch.as_tensor(np.geomspace(0.05, 20, 401) if ratios is None else ratios, dtype=torch.float64)
@@ -278,7 +272,7 @@ def plot_kl_estimators(curves: dict, table: dict) -> plt.Figure:
 @figure("08_kl_estimators")
 def build_kl_estimators() -> plt.Figure:
     """k1/k2/k3 against the token ratio, and their exact distributions on the toy MDP of the KL derivation."""
-    mdp, theta, theta_ref = kl_course_mdp()
+    mdp, theta, theta_ref = kle.kl_problem()
     return plot_kl_estimators(kl_estimator_curves(), kl_estimator_table(mdp, theta, theta_ref))
 
 
@@ -470,6 +464,7 @@ def _band_against(ax, summary, arm, metric, x_metric, **style):
     return line
 
 
+@saved_run_figure("10_dpo_vs_rl", "method_comparison")
 def plot_method_comparison(result: dict) -> plt.Figure:
     """Held-out greedy accuracy of every arm against the samples drawn, the optimizer updates and the wall
     seconds (mean over seeds and its interval). Offline DPO draws all its samples before its first update, so
@@ -498,6 +493,7 @@ def plot_method_comparison(result: dict) -> plt.Figure:
     return fig
 
 
+@saved_run_figure("10_dpo_displacement", "method_comparison")
 def plot_dpo_displacement(result: dict) -> plt.Figure:
     """Where the probability goes: the mean log-probability of the chosen (solid) and of the rejected (dashed)
     responses of the fixed held-out pairs, and the exact probability of the correct answer, of the answers that
@@ -533,18 +529,6 @@ def plot_dpo_displacement(result: dict) -> plt.Figure:
     return fig
 
 
-@figure("10_dpo_vs_rl")
-def build_dpo_vs_rl() -> plt.Figure:
-    """DPO offline / online vs PPO vs GRPO on one sample budget: accuracy against samples, updates, seconds."""
-    return plot_method_comparison(saved_run("method_comparison"))
-
-
-@figure("10_dpo_displacement")
-def build_dpo_displacement() -> plt.Figure:
-    """The held-out pairs' log-probs and the exact mass on the correct answer and on its one-digit neighbours."""
-    return plot_dpo_displacement(saved_run("method_comparison"))
-
-
 # ============================================================================ 08: the runner's experiments
 
 def _xy_errorbar(ax, summary, arm, x_metric, y_metric, **style):
@@ -555,6 +539,7 @@ def _xy_errorbar(ax, summary, arm, x_metric, y_metric, **style):
                 **style)
 
 
+@saved_run_figure("08_overoptimization", "overoptimization")
 def plot_overoptimization(result: dict) -> plt.Figure:
     """Gold (rule) reward and reward-model score against √KL(π‖π_ref), one row per reward model: PPO at each fixed
     β (one point per evaluation: mean over seeds, 95 % t-intervals on both axes) and best-of-N (analytic KL)."""
@@ -586,6 +571,7 @@ _PLACEMENT_STYLE = {"reward_k1": ("tab:blue", "-"), "seq_k2": ("tab:green", "-")
                     "loss_k3": ("tab:red", "--"), "loss_k1": ("tab:gray", ":"), "no_kl": ("k", ":")}
 
 
+@saved_run_figure("08_kl_placement", "kl_placement")
 def plot_kl_placement(result: dict) -> plt.Figure:
     """The exact KL(π‖π_ref) and the gold reward over training for each KL placement (mean, 95 % t-band over
     seeds), and the final KL per placement with its interval."""
@@ -614,15 +600,3 @@ def plot_kl_placement(result: dict) -> plt.Figure:
                  f"95% t-interval over {len(summary['seeds'])} seeds", fontsize=10)
     fig.tight_layout()
     return fig
-
-
-@figure("08_overoptimization")
-def build_overoptimization() -> plt.Figure:
-    """Gold reward and proxy score against √KL: PPO at fixed β and best-of-N, weak and strong reward model."""
-    return plot_overoptimization(saved_run("overoptimization"))
-
-
-@figure("08_kl_placement")
-def build_kl_placement() -> plt.Figure:
-    """The KL each placement of the KL term reaches, and the reward."""
-    return plot_kl_placement(saved_run("kl_placement"))
