@@ -9,6 +9,7 @@ from conftest import MINI_TASK
 
 from rlcourse.experiments import critic_gae_lm as M
 from rlcourse.experiments import runner
+from rlcourse.experiments.budget import Evaluation
 from rlcourse.experiments.critic_gae_lm import CriticGAELMConfig, advantage_errors, critic_error, end_rewards
 from rlcourse.lm import generate
 
@@ -28,7 +29,8 @@ def quick_run(tmp_path_factory):
 def test_critic_gae_lm_quick_run_has_every_arm_and_seed_at_every_measurement(quick_run):
     cfg = CriticGAELMConfig().quick()
     rows = quick_run["curves"]
-    steps = [0] + list(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every))
+    every = cfg.evaluation.every
+    steps = [0] + list(range(every, cfg.steps + 1, every))
     arms = {f"lam={lam:.2f}" for lam in cfg.lambdas}
     assert {r["arm"] for r in rows} == arms | {"critic"}
     for seed in (0, 1):
@@ -66,12 +68,15 @@ def test_plot_critic_gae_draws_the_lm_result_and_refuses_another_experiments(qui
 
 # -- the config ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("field, value", [("lambdas", (0.5, 1.2)), ("lambdas", ()), ("critic_lambda", -0.1),
-                                          ("mc_samples", 1), ("steps", 0), ("eval_every", 700),
-                                          ("critic_lr", 0.0), ("value_clip", -0.2), ("eval_prompts", 2.5),
-                                          ("temperature", float("nan"))])
-def test_critic_gae_lm_config_refuses_bad_fields_by_name(field, value):
-    with pytest.raises(ValueError, match=field):
+@pytest.mark.parametrize("field, value, match", [
+    ("lambdas", (0.5, 1.2), "lambdas"), ("lambdas", (), "lambdas"), ("critic_lambda", -0.1, "critic_lambda"),
+    ("mc_samples", 1, "mc_samples"), ("steps", 0, "steps"), ("critic_lr", 0.0, "critic_lr"),
+    ("value_clip", -0.2, "value_clip"), ("temperature", float("nan"), "temperature"),
+    ("evaluation", Evaluation(every=700, prompts=64, samples=1), "evaluation.every"),
+    ("evaluation", Evaluation(every=40, prompts=64), "evaluation.samples"),
+    ("evaluation", {"every": 40}, "evaluation")])
+def test_critic_gae_lm_config_refuses_bad_fields_by_name(field, value, match):
+    with pytest.raises(ValueError, match=match):
         CriticGAELMConfig(**{field: value})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from rlcourse.experiments import runner
@@ -28,7 +30,8 @@ def test_grpo_variants_quick_gives_every_arm_and_seed_an_evaluated_curve(quick_r
     assert all(set(r) == KEYS for r in rows)
     assert {r["arm"] for r in rows} == {"grpo", "dr_grpo", "dapo", "gspo"}
     assert {r["seed"] for r in rows} == {0, 1}
-    steps = [0] + list(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every))
+    every = cfg.evaluation.every
+    steps = [0] + list(range(every, cfg.budget.steps + 1, every))
     for arm in ("grpo", "dr_grpo", "dapo", "gspo"):
         for seed in (0, 1):
             curve = [r for r in rows if r["arm"] == arm and r["seed"] == seed]
@@ -46,10 +49,15 @@ def test_grpo_variants_quick_gives_every_arm_and_seed_an_evaluated_curve(quick_r
 def test_grpo_variants_config_refuses_bad_fields():
     with pytest.raises(ValueError, match="variants"):
         GRPOChainConfig(variants=("grpo", "ppo"))
-    with pytest.raises(ValueError, match="eval_every"):
-        GRPOChainConfig(steps=10, eval_every=20)
+    budget, evaluation = GRPOChainConfig().budget, GRPOChainConfig().evaluation
+    with pytest.raises(ValueError, match="evaluation.every"):
+        GRPOChainConfig(budget=replace(budget, steps=10))
     with pytest.raises(ValueError, match="steps"):
-        GRPOChainConfig(steps=0)
+        GRPOChainConfig(budget=replace(budget, steps=0))
+    with pytest.raises(ValueError, match="budget.group_size"):   # a group of one has no spread
+        GRPOChainConfig(budget=replace(budget, group_size=1))
+    with pytest.raises(ValueError, match="evaluation.samples"):  # the evaluation is greedy
+        GRPOChainConfig(evaluation=replace(evaluation, samples=4))
 
 
 def test_grpo_variants_is_listed_once_for_notebook_09():

@@ -5,6 +5,7 @@ valid GRPO config with the same beta (the trainer's placements are tested in tes
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 
@@ -28,7 +29,8 @@ def test_quick_run_gives_every_arm_and_seed_its_evaluations(mini_start, tmp_path
     rows = res["curves"]
     assert all(set(r) == KEYS for r in rows)
     assert {r["arm"] for r in rows} == set(kp.ARMS)
-    steps = [0] + list(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every))
+    every = cfg.evaluation.every
+    steps = [0] + list(range(every, cfg.budget.steps + 1, every))
     for arm in kp.ARMS:
         for seed in (0, 1):
             c = [r for r in rows if r["arm"] == arm and r["seed"] == seed]
@@ -46,11 +48,17 @@ def test_every_arm_is_a_valid_grpo_config_with_the_same_beta_except_the_beta_zer
 
 
 def test_config_refuses_bad_fields_by_name():
-    for kw, name in ((dict(arms=("reward_k1", "k4")), "arms"), (dict(arms=()), "arms"), (dict(beta=0.0), "beta"),
-                     (dict(beta=float("inf")), "beta"), (dict(group_size=1), "group_size"), (dict(steps=0), "steps"),
-                     (dict(steps=5, eval_every=10), "eval_every"), (dict(lr=-1.0), "lr")):
+    budget, evaluation = kp.KLPlacementConfig().budget, kp.KLPlacementConfig().evaluation
+    for make, name in ((lambda: dict(arms=("reward_k1", "k4")), "arms"), (lambda: dict(arms=()), "arms"),
+                       (lambda: dict(beta=0.0), "beta"), (lambda: dict(beta=float("inf")), "beta"),
+                       (lambda: dict(budget=replace(budget, group_size=1)), "budget.group_size"),
+                       (lambda: dict(budget=replace(budget, steps=0)), "steps"),
+                       (lambda: dict(budget=replace(budget, lr=-1.0)), "lr"),
+                       (lambda: dict(budget=replace(budget, steps=4)), "evaluation.every"),
+                       (lambda: dict(evaluation=replace(evaluation, samples=None)), "evaluation.samples"),
+                       (lambda: dict(budget={"steps": 50}), "budget")):
         with pytest.raises(ValueError, match=name):
-            kp.KLPlacementConfig(**kw)
+            kp.KLPlacementConfig(**make())
 
 
 def test_kl_placement_is_listed_for_notebook_08():

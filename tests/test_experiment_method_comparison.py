@@ -4,6 +4,7 @@ sampler, the exact neighbouring-answer mass against a token-by-token computation
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -89,8 +90,10 @@ def test_the_samples_a_row_reports_are_the_completions_the_trainer_generated(arm
     import rlcourse.lm.pairs as pairs
     import rlcourse.train.ppo as ppo
 
-    cfg = MethodComparisonConfig(samples=64, evals=2, eval_n=4, mass_n=2, pairs_n=8, dpo_steps=4, dpo_batch_size=8,
-                                 dpo_rounds=2, ppo_prompts_per_step=16, grpo_prompts_per_step=4)
+    base = MethodComparisonConfig()
+    cfg = MethodComparisonConfig(samples=64, evals=2, eval_n=4, mass_n=2, pairs_n=8,
+                                 dpo=replace(base.dpo, steps=4, batch_size=8, rounds=2),
+                                 ppo=replace(base.ppo, prompts_per_step=16), grpo=replace(base.grpo, prompts_per_step=4))
     task = MINI_TASK
     model, tok = fresh(start)
     fixed = M.probe(cfg, model, tok, task)  # before counting: the probe's samples are not training samples
@@ -107,8 +110,8 @@ def test_the_samples_a_row_reports_are_the_completions_the_trainer_generated(arm
     rows = M.run_arm(cfg, arm, 0, model, tok, task, fixed)
     assert rows[-1]["samples"] == sum(counts) == cfg.samples
     # negative control: an accounting that forgets the group (counts prompts, not completions) is caught
-    group = {"dpo_offline": cfg.dpo_group_size, "dpo_online": cfg.dpo_group_size, "ppo": cfg.ppo_group_size,
-             "grpo": cfg.grpo_group_size}[arm]
+    group = {"dpo_offline": cfg.dpo.group_size, "dpo_online": cfg.dpo.group_size, "ppo": cfg.ppo.group_size,
+             "grpo": cfg.grpo.group_size}[arm]
     assert sum(counts) // group != rows[-1]["samples"]
 
 
@@ -180,21 +183,26 @@ def test_neighbour_mass_leaves_the_mode_and_refuses_empty_input(tok):
         M.neighbour_mass(model, tok, [])
 
 
+_DPO, _GRPO = MethodComparisonConfig().dpo, MethodComparisonConfig().grpo
+
+
 @pytest.mark.parametrize("changes, field", [
-    (dict(samples=1000), "samples"),                         # not a multiple of the batch shapes
-    (dict(evals=5), "evals"),                                # does not divide the steps
-    (dict(arms=("dpo_offline", "sft")), "arms"),
-    (dict(arms=("ppo", "ppo")), "arms"),
-    (dict(dpo_beta=0.0), "dpo_beta"),
-    (dict(dpo_lr=float("inf")), "dpo_lr"),
-    (dict(dpo_group_size=1), "dpo_group_size"),
-    (dict(dpo_steps=50), "dpo_steps"),                       # not a multiple of dpo_rounds
-    (dict(eval_n=0), "eval_n"),
-    (dict(mass_n=True), "mass_n"),
+    (lambda: dict(samples=1000), "samples"),                 # not a multiple of the batch shapes
+    (lambda: dict(evals=5), "evals"),                        # does not divide the steps
+    (lambda: dict(arms=("dpo_offline", "sft")), "arms"),
+    (lambda: dict(arms=("ppo", "ppo")), "arms"),
+    (lambda: dict(dpo=replace(_DPO, beta=0.0)), "beta"),
+    (lambda: dict(dpo=replace(_DPO, lr=float("inf"))), "lr"),
+    (lambda: dict(dpo=replace(_DPO, group_size=1)), "group_size"),
+    (lambda: dict(dpo=replace(_DPO, steps=50)), "steps=50 is not a multiple of rounds"),
+    (lambda: dict(grpo=replace(_GRPO, group_size=1)), "grpo.group_size"),
+    (lambda: dict(ppo={"prompts_per_step": 32, "group_size": 2}), "ppo"),
+    (lambda: dict(eval_n=0), "eval_n"),
+    (lambda: dict(mass_n=True), "mass_n"),
 ])
 def test_config_refuses_bad_fields_by_name(changes, field):
     with pytest.raises(ValueError, match=field):
-        MethodComparisonConfig(**changes)
+        MethodComparisonConfig(**changes())
 
 
 def test_default_and_quick_configs_match_the_budget_and_are_listed_for_notebook_10():

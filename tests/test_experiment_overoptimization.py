@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -48,7 +49,8 @@ def test_quick_run_gives_every_arm_and_seed_its_evaluations(mini_starts, tmp_pat
     rows = res["curves"]
     assert all(set(r) == KEYS for r in rows)
     assert {r["arm"] for r in rows} == set(cfg.arms())
-    ppo_steps = [0] + list(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every))
+    every = cfg.evaluation.every
+    ppo_steps = [0] + list(range(every, cfg.budget.steps + 1, every))
     bon_steps = [2 ** k for k in range(int(math.log2(cfg.bon_max)) + 1)]
     for arm in cfg.arms():
         for seed in (0, 1):
@@ -66,12 +68,18 @@ def test_quick_run_gives_every_arm_and_seed_its_evaluations(mini_starts, tmp_pat
 
 
 def test_config_refuses_bad_fields_by_name():
-    for kw, name in ((dict(betas=()), "betas"), (dict(betas=(0.1, -1.0)), "betas"), (dict(betas=(0.1, 0.1)), "betas"),
-                     (dict(reward_models=("weak", "gold")), "reward_models"), (dict(steps=0), "steps"),
-                     (dict(steps=4, eval_every=8), "eval_every"), (dict(bon_max=48), "bon_max"),
-                     (dict(lr=float("nan")), "lr"), (dict(eval_samples=True), "eval_samples")):
+    budget, evaluation = oo.OveroptimizationConfig().budget, oo.OveroptimizationConfig().evaluation
+    for make, name in ((lambda: dict(betas=()), "betas"), (lambda: dict(betas=(0.1, -1.0)), "betas"),
+                       (lambda: dict(betas=(0.1, 0.1)), "betas"),
+                       (lambda: dict(reward_models=("weak", "gold")), "reward_models"),
+                       (lambda: dict(budget=replace(budget, steps=0)), "steps"),
+                       (lambda: dict(budget=replace(budget, steps=1)), "evaluation.every"),
+                       (lambda: dict(bon_max=48), "bon_max"),
+                       (lambda: dict(budget=replace(budget, lr=float("nan"))), "lr"),
+                       (lambda: dict(evaluation=replace(evaluation, samples=True)), "samples"),
+                       (lambda: dict(evaluation=replace(evaluation, samples=None)), "evaluation.samples")):
         with pytest.raises(ValueError, match=name):
-            oo.OveroptimizationConfig(**kw)
+            oo.OveroptimizationConfig(**make())
 
 
 @pytest.fixture(scope="module")

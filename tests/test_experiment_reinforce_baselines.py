@@ -3,6 +3,8 @@ resumption; the config's refusals; the arms' trainer configs; the figure."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -35,7 +37,8 @@ def test_quick_run_gives_every_arm_and_seed_an_evaluated_curve_with_every_key(qu
     rows = res["curves"]
     assert all(set(r) == set(KEYS) for r in rows)
     assert {r["arm"] for r in rows} == set(ARMS) and {r["seed"] for r in rows} == {0, 1}
-    steps = [0] + list(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every))
+    every = cfg.evaluation.every
+    steps = [0] + list(range(every, cfg.budget.steps + 1, every))
     for arm in ARMS:
         for seed in (0, 1):
             curve = [r for r in rows if r["arm"] == arm and r["seed"] == seed]
@@ -75,9 +78,10 @@ def test_each_arm_trains_with_its_baseline_offset_and_optimizer_and_no_clipping(
     cfg = ReinforceBaselinesConfig()
     seen = {a: arm_config(cfg, a, seed=3) for a in ARMS}
     assert {a: (c.baseline, c.reward_offset != 0, c.optimizer) for a, c in seen.items()} == ARMS
-    assert all(c.grad_clip is None and c.seed == 3 and c.steps == cfg.steps for c in seen.values())
-    assert all(c.group_size == cfg.group_size and c.prompts_per_step == cfg.prompts_per_step for c in seen.values())
-    assert seen["sgd_rloo"].lr == cfg.sgd_lr and seen["rloo"].lr == cfg.lr
+    b = cfg.budget
+    assert all(c.grad_clip is None and c.seed == 3 and c.steps == b.steps for c in seen.values())
+    assert all(c.group_size == b.group_size and c.prompts_per_step == b.prompts_per_step for c in seen.values())
+    assert seen["sgd_rloo"].lr == cfg.sgd_lr and seen["rloo"].lr == b.lr
     assert seen["none_offset"].reward_offset == cfg.offset and seen["none"].reward_offset == 0.0
     assert set(ARM_LABELS) == set(ARMS)
     with pytest.raises(ValueError, match="arm"):
@@ -87,7 +91,7 @@ def test_each_arm_trains_with_its_baseline_offset_and_optimizer_and_no_clipping(
 def test_rloo_advantages_are_g_over_g_minus_1_times_the_group_mean_ones_at_the_config_group_size():
     """What the SGD arms rely on: on every group, RLOO's advantages are G/(G-1) times the group mean's
     (twice, at G = 2), so under SGD its step is that much longer; a batch-mean baseline is not such a multiple."""
-    G = ReinforceBaselinesConfig().group_size
+    G = ReinforceBaselinesConfig().budget.group_size
     r = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, -0.5, 1.0, 0.5, 0.0], dtype=torch.float64)[: G * (10 // G)]
     rloo, mean = reinforce_advantages(r, "rloo", G), reinforce_advantages(r, "mean", G)
     assert torch.allclose(rloo, mean * G / (G - 1), atol=1e-12)
@@ -95,15 +99,26 @@ def test_rloo_advantages_are_g_over_g_minus_1_times_the_group_mean_ones_at_the_c
     assert not torch.allclose(rloo, batch * G / (G - 1), atol=1e-3)  # negative control
 
 
+_B, _E = ReinforceBaselinesConfig().budget, ReinforceBaselinesConfig().evaluation
+
+
 @pytest.mark.parametrize("kw, field", [({"arms": ("none", "ppo")}, "arms"), ({"arms": ("none", "none")}, "arms"),
-                                       ({"arms": ()}, "arms"), ({"steps": 0}, "steps"), ({"lr": -1.0}, "lr"),
-                                       ({"sgd_lr": float("inf")}, "sgd_lr"), ({"group_size": 1}, "group_size"),
+                                       ({"arms": ()}, "arms"), ({"sgd_lr": float("inf")}, "sgd_lr"),
                                        ({"offset": 0.0}, "offset"), ({"offset": float("nan")}, "offset"),
-                                       ({"steps": 10, "eval_every": 20}, "eval_every"), ({"eval_n": 0}, "eval_n"),
-                                       ({"prompts_per_step": 0}, "prompts_per_step")])
+                                       ({"budget": dataclasses.replace(_B, steps=10)}, "evaluation.every"),
+                                       ({"budget": (150, 5e-5)}, "budget"),
+                                       ({"evaluation": dataclasses.replace(_E, samples=4)}, "evaluation.samples")])
 def test_config_refuses_bad_fields_by_name(kw, field):
     with pytest.raises(ValueError, match=field):
         ReinforceBaselinesConfig(**kw)
+
+
+@pytest.mark.parametrize("kw, field", [({"steps": 0}, "steps"), ({"lr": -1.0}, "lr"),
+                                       ({"group_size": 1}, "budget.group_size"),
+                                       ({"prompts_per_step": 0}, "prompts_per_step")])
+def test_config_refuses_a_bad_budget_by_name(kw, field):
+    with pytest.raises(ValueError, match=field):   # RLOO needs groups of >= 2
+        ReinforceBaselinesConfig(budget=dataclasses.replace(_B, **kw))
 
 
 def test_reinforce_baselines_is_listed_once_for_notebook_04():

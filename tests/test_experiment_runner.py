@@ -351,3 +351,16 @@ def test_saved_run_figure_registers_a_builder_drawing_that_experiments_saved_run
     assert plots.BUILDERS["99_fake"]() == ("figure of", "ppo_toy") and asked == ["ppo_toy"]
     with pytest.raises(ValueError, match="99_fake"):   # a second registration of the name is refused
         pe.saved_run_figure("99_fake", "critic_gae")(plot_fake)
+
+
+def test_config_from_record_rebuilds_every_experiments_default_and_quick_config():
+    for name, exp in runner.load_all().items():
+        for cfg in (exp.default_config(), exp.default_config(quick=True)):
+            record = json.loads(json.dumps(runner.config_record(name, cfg)))   # as config.json holds it
+            assert runner.config_from_record(name, record) == cfg, name
+    # negative controls: another experiment's record, an unknown field
+    record = runner.config_record("ppo_toy", runner.get("ppo_toy").default_config())
+    with pytest.raises(ValueError, match="ppo_toy"):
+        runner.config_from_record("critic_gae", record)
+    with pytest.raises(ValueError, match="no field"):
+        runner.config_from_record("ppo_toy", {**record, "horizon": 3})

@@ -40,8 +40,10 @@ import torch
 from rlcourse import _validate as V
 from rlcourse.advantages import gae
 from rlcourse.experiments.ppo_toy import toy_batch
+from rlcourse.experiments.budget import check_part
 from rlcourse.experiments.runner import experiment
 from rlcourse.losses import value_loss
+from rlcourse.threads import cpu_threads
 from rlcourse.toymdp import ToyProblem
 
 __all__ = ["CriticGAEConfig", "run_seed", "advantage_errors", "check_lambdas", "lam_arm"]
@@ -85,8 +87,7 @@ class CriticGAEConfig:
 
     def __post_init__(self):
         check_lambdas(self)
-        if not isinstance(self.problem, ToyProblem):
-            raise ValueError(f"problem must be a rlcourse.toymdp.ToyProblem, got {self.problem!r}")
+        check_part(self, "problem", ToyProblem)
         for name in ("steps", "eval_every", "batch_size"):
             V.integer(name, getattr(self, name))
         V.positive("lr", self.lr, allow_inf=False)
@@ -124,12 +125,8 @@ def _critic_rmse(mdp, theta, values) -> float:
                         "advantage per lambda as the critic learns (the best lambda moves)")
 def run_seed(cfg: CriticGAEConfig, seed: int, progress) -> list[dict]:
     """One seed: the critic's training and, every ``eval_every`` updates, the advantage error per λ."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tensors of tens of entries: threads only add synchronisation
-    try:
+    with cpu_threads(1):  # tensors of tens of entries: threads only add synchronisation
         return _run(cfg, seed, progress)
-    finally:
-        torch.set_num_threads(n)
 
 
 def _run(cfg, seed, progress):

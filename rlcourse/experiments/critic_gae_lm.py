@@ -12,7 +12,7 @@ last token only) and stays **fixed**. The critic is PPO's separate value model
 responses per update (training problems).
 
 **The reference.** No exact :math:`A^\pi` exists for an LM, so it is estimated without the critic, once
-per seed: ``eval_prompts`` held-out problems, one sampled response each; for every prefix state
+per seed: ``evaluation.prompts`` held-out problems, one sampled response each; for every prefix state
 :math:`s_t` (prompt + the first :math:`t` response tokens, :math:`t < T`) ``mc_samples`` = K
 continuations of the fixed policy give :math:`\hat V(s_t)`, the mean of their rewards, and
 :math:`\hat\sigma^2_t / K`, the variance of that mean (:math:`\hat\sigma^2_t` the unbiased sample
@@ -65,12 +65,14 @@ import torch
 
 from rlcourse import _validate as V
 from rlcourse.advantages import gae
+from rlcourse.experiments.budget import Evaluation, check_part
 from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
 from rlcourse.experiments.critic_gae import check_lambdas, lam_arm
-from rlcourse.experiments.runner import check_eval_every, experiment
+from rlcourse.experiments.runner import experiment
 from rlcourse.lm import default_max_new_tokens, generate
 from rlcourse.lm.reward_model import RewardModel
 from rlcourse.lm.rollout import encode_prompts
+from rlcourse.threads import cpu_threads
 from rlcourse.losses import value_loss
 from rlcourse.train.common import problems_for_step, step_generator
 from rlcourse.train.ppo import CRITIC_DEFAULTS, kl_shaped_rewards
@@ -85,11 +87,12 @@ class CriticGAELMConfig(ChainStart):
     Attributes:
         lambdas: the GAE λ grid whose advantage errors are measured.
         critic_lambda: λ of the critic's regression targets (1: Monte Carlo returns; < 1: bootstrapped).
-        steps: critic updates; eval_every: updates between measurements.
+        steps: critic updates.
         batch_size: sampled responses (one per training problem) per update.
         critic_lr: AdamW learning rate of the critic (PPO's default for a separate critic).
         value_clip: clip range of :func:`~rlcourse.losses.value_loss` around the batch's old values (None: off).
-        eval_prompts: held-out problems of the evaluation set (one response each).
+        evaluation: a measurement every ``evaluation.every`` updates (and after the last), on
+            ``evaluation.prompts`` held-out problems, one sampled response each (``samples`` = 1).
         mc_samples: continuations K per prefix state of the reference (>= 2: its variance is estimated).
         temperature: sampling temperature of the fixed policy.
         preset, sft_seed, sft_steps, sft_clean_steps, sft_warmup_steps: the chain SFT start
@@ -100,21 +103,24 @@ class CriticGAELMConfig(ChainStart):
     lambdas: tuple[float, ...] = (0.0, 0.5, 0.9, 0.95, 1.0)
     critic_lambda: float = 1.0
     steps: int = 600
-    eval_every: int = 40
     batch_size: int = 64
     critic_lr: float = CRITIC_DEFAULTS["separate"]["critic_lr"]
     value_clip: float | None = None
-    eval_prompts: int = 64
+    evaluation: Evaluation = Evaluation(every=40, prompts=64, samples=1)
     mc_samples: int = 32
     temperature: float = 1.0
     threads: int = 1
 
     def __post_init__(self):
         check_lambdas(self)
-        for name in ("steps", "eval_every", "batch_size", "eval_prompts", "threads"):
+        for name in ("steps", "batch_size", "threads"):
             V.integer(name, getattr(self, name))
         V.integer("mc_samples", self.mc_samples, minimum=2)
-        check_eval_every(self)
+        check_part(self, "evaluation", Evaluation)
+        if self.evaluation.samples != 1:
+            raise ValueError(f"evaluation.samples must be 1 (one sampled response per problem, whose prefixes the "
+                             f"reference values), got {self.evaluation.samples!r}")
+        self.evaluation.check_steps(self.steps)
         self.check_start()
         V.positive("critic_lr", self.critic_lr, allow_inf=False)
         V.positive("temperature", self.temperature, allow_inf=False)
@@ -123,7 +129,8 @@ class CriticGAELMConfig(ChainStart):
 
     def quick(self) -> "CriticGAELMConfig":
         """Seconds-long (tests, CI): a 30-step SFT start, 4 updates of 8 responses, 4 evaluation prompts, K = 4."""
-        return replace(self, steps=4, eval_every=2, batch_size=8, eval_prompts=4, mc_samples=4, **QUICK_START)
+        return replace(self, steps=4, batch_size=8, evaluation=Evaluation(every=2, prompts=4, samples=1), mc_samples=4,
+                       **QUICK_START)
 
 
 def end_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -216,13 +223,9 @@ def critic_error(critic_values: torch.Tensor, ref: dict, mask: torch.Tensor) -> 
             description="chain task, fixed SFT policy: PPO's critic trained on lambda-returns; error of GAE(lambda) "
                         "vs a Monte Carlo advantage (noise subtracted) per lambda as the critic learns")
 def run_seed(cfg: CriticGAELMConfig, seed: int, progress) -> list[dict]:
-    """One seed: the reference, then the critic's training and, every ``eval_every`` updates, the errors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    """One seed: the reference, then the critic's training and, every ``evaluation.every`` updates, the errors."""
+    with cpu_threads(cfg.threads):
         return _run(cfg, seed, progress)
-    finally:
-        torch.set_num_threads(n)
 
 
 def _run(cfg, seed, progress):
@@ -234,7 +237,7 @@ def _run(cfg, seed, progress):
     total = cfg.steps + 1
 
     # the evaluation set and its reference, once per seed
-    problems = task.held_out(cfg.eval_prompts)
+    problems = task.held_out(cfg.evaluation.prompts)
     g = step_generator(seed, 10**9)
     t0 = time.perf_counter()
     ev = generate(model, tokenizer, [p.prompt for p in problems], 1, max_new, cfg.temperature, generator=g)
@@ -279,7 +282,7 @@ def _run(cfg, seed, progress):
         lv.backward()
         opt.step()
         loss = float(lv.detach())
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if step % cfg.evaluation.every == 0 or step == cfg.steps:
             measure(step)
         progress(step + 1, total)
     return rows

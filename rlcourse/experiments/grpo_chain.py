@@ -7,16 +7,16 @@ differences in length handling, clipping and sequence-level ratios have room to 
 
 Every arm trains a fresh copy of the same cached SFT start
 (:func:`rlcourse.experiments.cache.chain_sft_start`) with :func:`rlcourse.train.grpo.train_grpo`
-for ``steps`` steps of ``prompts_per_step`` x ``group_size`` samples and ``num_iterations``
+for ``budget.steps`` steps of ``budget.prompts_per_step`` x ``budget.group_size`` samples and ``num_iterations``
 updates per batch (each variant with its own defaults otherwise: advantage, aggregation, clip
 range, DAPO's dynamic sampling and overlong shaping). The seed is GRPO's (sampling and problems);
 the start is the same for every seed.
 
-Rows (one per evaluation: the start, then every ``eval_every`` steps)::
+Rows (one per evaluation: the start, then every ``evaluation.every`` steps)::
 
     {"arm", "seed", "step", "accuracy", "length_correct", "length_incorrect", "entropy", "clipfrac"}
 
-``accuracy``: greedy accuracy (reward exactly 1) on ``eval_n`` held-out problems; ``length_correct`` /
+``accuracy``: greedy accuracy (reward exactly 1) on ``evaluation.prompts`` held-out problems; ``length_correct`` /
 ``length_incorrect``: mean greedy response length in tokens (``<eos>`` included) of the correct and
 of the incorrect ones (None when there are none); ``entropy`` and ``clipfrac``: means over the
 training steps since the previous evaluation (the sampling policy's per-token entropy estimate, and
@@ -31,11 +31,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlcourse.experiments.budget import Budget, Evaluation, check_budget
 from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
-from rlcourse.experiments.runner import (check_arms, check_eval_every, evaluated_training, experiment, over_arms,
-                                         window_mean)
+from rlcourse.experiments.runner import check_arms, evaluated_training, experiment, over_arms, window_mean
 from rlcourse.lm import generate
-from rlcourse.train.common import integer, number
+from rlcourse.train.common import integer
 from rlcourse.train.grpo import VARIANTS, GRPOConfig, train_grpo
 
 
@@ -44,26 +44,22 @@ class GRPOChainConfig(ChainStart):
     """The budget every arm gets, the evaluation, and the SFT start (:class:`~rlcourse.experiments.cache.ChainStart`)."""
 
     variants: tuple = ("grpo", "dr_grpo", "dapo", "gspo")
-    steps: int = 200
-    lr: float = 1e-4
-    group_size: int = 8
-    prompts_per_step: int = 16
+    budget: Budget = Budget(steps=200, lr=1e-4, prompts_per_step=16, group_size=8)
     num_iterations: int = 2
-    eval_every: int = 20
-    eval_n: int = 300
+    evaluation: Evaluation = Evaluation(every=20, prompts=300)
     threads: int = 1
 
     def __post_init__(self):
         check_arms(self, "variants", VARIANTS)
-        for name in ("steps", "group_size", "prompts_per_step", "num_iterations", "eval_every", "eval_n", "threads"):
-            integer(name, getattr(self, name))
-        check_eval_every(self)
-        number("lr", self.lr)
+        check_budget(self, sampled=False, min_group_size=2)
+        integer("num_iterations", self.num_iterations)
+        integer("threads", self.threads)
         self.check_start()
 
     def quick(self) -> "GRPOChainConfig":
         """Seconds-long (tests, CI): a 30-step SFT start, 4 GRPO steps of 4 x 4 samples, 16 held-out problems."""
-        return replace(self, steps=4, group_size=4, prompts_per_step=4, eval_every=2, eval_n=16, **QUICK_START)
+        return replace(self, budget=replace(self.budget, steps=4, prompts_per_step=4, group_size=4),
+                       evaluation=Evaluation(every=2, prompts=16), **QUICK_START)
 
 
 @torch.no_grad()
@@ -96,15 +92,15 @@ def run_arm(cfg: GRPOChainConfig, variant: str, seed: int, model, tokenizer, tic
     clip_key = "clipfrac_last" if cfg.num_iterations > 1 else "clipfrac"  # the first update's ratio is 1
 
     def evaluate(step, window):
-        return {"arm": variant, "seed": seed, "step": step, **greedy_eval(policy, tokenizer, task, cfg.eval_n),
+        return {"arm": variant, "seed": seed, "step": step,
+                **greedy_eval(policy, tokenizer, task, cfg.evaluation.prompts),
                 "entropy": window_mean(window, "entropy"), "clipfrac": window_mean(window, clip_key)}
 
-    gcfg = GRPOConfig(variant=variant, preset=cfg.preset, seed=seed, steps=cfg.steps, lr=cfg.lr,
-                      group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step,
-                      num_iterations=cfg.num_iterations, eval_n=cfg.eval_n, threads=cfg.threads,
-                      distinct_rows=True)
+    gcfg = GRPOConfig(variant=variant, preset=cfg.preset, seed=seed, num_iterations=cfg.num_iterations,
+                      eval_n=cfg.evaluation.prompts, threads=cfg.threads, distinct_rows=True,
+                      **cfg.budget.trainer_fields())
     return evaluated_training(lambda cb: train_grpo(gcfg, policy, tokenizer, task=task, progress=False, callback=cb),
-                              evaluate, cfg.eval_every, tick)
+                              evaluate, cfg.evaluation.every, tick)
 
 
 @experiment("grpo_variants", notebook="09", config=GRPOChainConfig,
@@ -112,7 +108,7 @@ def run_arm(cfg: GRPOChainConfig, variant: str, seed: int, model, tokenizer, tic
                         "greedy accuracy, length of correct / incorrect responses, entropy, clip fraction")
 def run_seed(cfg: GRPOChainConfig, seed: int, progress) -> list[dict]:
     model, tokenizer = cfg.start()
-    return over_arms(cfg.variants, cfg.steps * len(cfg.variants), progress,
+    return over_arms(cfg.variants, cfg.budget.steps * len(cfg.variants), progress,
                      lambda variant, tick: run_arm(cfg, variant, seed, model, tokenizer, tick))
 
 

@@ -31,11 +31,11 @@ The reward is the task's rule reward on the arithmetic task of notebooks 04-08 (
 malformed), from the cached SFT start (:func:`rlcourse.experiments.cache.sft_start`): cheap, and the same one
 every arm maximises.
 
-Rows (one per evaluation: the start, then every ``eval_every`` steps)::
+Rows (one per evaluation: the start, then every ``evaluation.every`` steps)::
 
     {"arm", "seed", "step", "kl", "sqrt_kl", "gold", "accuracy"}
 
-``kl``: the mean over ``eval_prompts`` x ``eval_samples`` sampled held-out responses of the exact per-token KL
+``kl``: the mean over ``evaluation.prompts`` x ``evaluation.samples`` sampled held-out responses of the exact per-token KL
 summed along each (:func:`rlcourse.experiments.overoptimization.sequence_kl`: unbiased for the sequence KL);
 ``gold`` / ``accuracy``: the mean rule reward of those responses, and the share that are right.
 """
@@ -45,9 +45,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 
+from rlcourse.experiments.budget import Budget, Evaluation, check_budget
 from rlcourse.experiments.cache import sft_start
 from rlcourse.experiments.overoptimization import policy_eval
-from rlcourse.experiments.runner import check_arms, check_eval_every, evaluated_training, experiment, over_arms
+from rlcourse.experiments.runner import check_arms, evaluated_training, experiment, over_arms
 from rlcourse.train.common import integer, number
 from rlcourse.lm import default_task
 from rlcourse.train.grpo import GRPOConfig, train_grpo
@@ -72,27 +73,20 @@ class KLPlacementConfig:
     arms: tuple = tuple(ARMS)
     beta: float = 0.5
     preset: str = "tiny"
-    steps: int = 50
-    lr: float = 2e-4
-    prompts_per_step: int = 8
-    group_size: int = 8
-    eval_every: int = 5
-    eval_prompts: int = 48
-    eval_samples: int = 4
+    budget: Budget = Budget(steps=50, lr=2e-4, prompts_per_step=8, group_size=8)
+    evaluation: Evaluation = Evaluation(every=5, prompts=48, samples=4)
     threads: int = 1
 
     def __post_init__(self):
         check_arms(self, "arms", ARMS)
         number("beta", self.beta)
-        number("lr", self.lr)
-        for name in ("steps", "prompts_per_step", "eval_every", "eval_prompts", "eval_samples", "threads"):
-            integer(name, getattr(self, name))
-        integer("group_size", self.group_size, 2)
-        check_eval_every(self)
+        check_budget(self, sampled=True, min_group_size=2)
+        integer("threads", self.threads)
 
     def quick(self) -> "KLPlacementConfig":
         """Seconds-long (tests, CI): every arm, 4 steps of 2 x 4 samples, 8 x 2 evaluation samples."""
-        return replace(self, steps=4, prompts_per_step=2, group_size=4, eval_every=2, eval_prompts=8, eval_samples=2)
+        return replace(self, budget=replace(self.budget, steps=4, prompts_per_step=2, group_size=4),
+                       evaluation=Evaluation(every=2, prompts=8, samples=2))
 
 
 @experiment("kl_placement", notebook="08", config=KLPlacementConfig,
@@ -103,22 +97,21 @@ def run_seed(cfg: KLPlacementConfig, seed: int, progress) -> list[dict]:
     task = default_task()
     start, tok = sft_start(cfg.preset, 0, progress=False)
     start.eval()
-    problems = task.held_out(cfg.eval_prompts, seed=3000 + seed)
+    problems = task.held_out(cfg.evaluation.prompts, seed=3000 + seed)
 
     def run_arm(arm, tick):
         policy = copy.deepcopy(start)
 
         def evaluate(step, window):
-            r = policy_eval(policy, start, tok, None, task, problems, cfg.eval_samples,
+            r = policy_eval(policy, start, tok, None, task, problems, cfg.evaluation.samples,
                             seed=10_000 * seed + step)
             return {"arm": arm, "seed": seed, "step": step, "kl": r["kl"], "sqrt_kl": r["sqrt_kl"],
                     "gold": r["gold"], "accuracy": r["accuracy"]}
 
         fields = {"beta": float(cfg.beta), **ARMS[arm]}
-        gcfg = GRPOConfig(variant="dr_grpo", preset=cfg.preset, seed=seed, steps=cfg.steps, lr=cfg.lr,
-                          prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, eval_n=8,
-                          threads=cfg.threads, **fields)
+        gcfg = GRPOConfig(variant="dr_grpo", preset=cfg.preset, seed=seed, eval_n=8, threads=cfg.threads,
+                          **cfg.budget.trainer_fields(), **fields)
         return evaluated_training(lambda cb: train_grpo(gcfg, policy, tok, task=task, progress=False, callback=cb),
-                                  evaluate, cfg.eval_every, tick)
+                                  evaluate, cfg.evaluation.every, tick)
 
-    return over_arms(cfg.arms, len(cfg.arms) * cfg.steps, progress, run_arm)
+    return over_arms(cfg.arms, len(cfg.arms) * cfg.budget.steps, progress, run_arm)

@@ -5,15 +5,15 @@ the arithmetic task of notebooks 04–08: 2-digit ``+``/``-``, greedy accuracy a
 course's trainer, and every arm **draws the same number of samples** from a policy (``samples``):
 
 * ``dpo_offline`` — :func:`rlcourse.train.dpo.train_dpo` on oracle pairs sampled once from the SFT
-  start: ``samples / dpo_group_size`` training problems × ``dpo_group_size`` completions, every distinct
-  pair labelled by the rule oracle (:func:`rlcourse.lm.pairs.oracle_pairs`), then ``dpo_steps`` updates;
-* ``dpo_online`` — the same trainer with ``rounds = dpo_rounds`` (iterative DPO): before each of
-  ``dpo_rounds`` equal parts of the ``dpo_steps`` updates, fresh pairs are sampled from the *current*
-  policy, ``samples / dpo_rounds`` completions each time; the reference stays the SFT start;
-* ``ppo`` — :func:`rlcourse.train.ppo.train_ppo` with the rule reward, ``ppo_prompts_per_step ×
-  ppo_group_size`` samples per step (its other fields: the trainer's defaults: critic, adaptive KL,
+  start: ``samples / dpo.group_size`` training problems × ``dpo.group_size`` completions, every distinct
+  pair labelled by the rule oracle (:func:`rlcourse.lm.pairs.oracle_pairs`), then ``dpo.steps`` updates;
+* ``dpo_online`` — the same trainer with ``dpo.rounds`` rounds (iterative DPO): before each of the
+  ``dpo.rounds`` equal parts of the ``dpo.steps`` updates, fresh pairs are sampled from the *current*
+  policy, ``samples / dpo.rounds`` completions each time; the reference stays the SFT start;
+* ``ppo`` — :func:`rlcourse.train.ppo.train_ppo` with the rule reward, ``ppo.prompts_per_step ×
+  ppo.group_size`` samples per step (its other fields: the trainer's defaults: critic, adaptive KL,
   2 epochs × 2 minibatches);
-* ``grpo`` — :func:`rlcourse.train.grpo.train_grpo` with ``grpo_prompts_per_step × grpo_group_size``
+* ``grpo`` — :func:`rlcourse.train.grpo.train_grpo` with ``grpo.prompts_per_step × grpo.group_size``
   samples per step, one update per batch, no reference (β = 0).
 
 Rows: one at the start and ``evals`` more, evenly spaced over each arm's updates::
@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlcourse.experiments.budget import Batch, check_part
 from rlcourse.experiments.cache import sft_start
 from rlcourse.experiments.rlhf import completion_logprobs
 from rlcourse.experiments.runner import check_arms, evaluated_training, experiment, over_arms
@@ -56,7 +57,7 @@ from rlcourse.train.dpo import DPOConfig, train_dpo
 from rlcourse.train.grpo import GRPOConfig, train_grpo
 from rlcourse.train.ppo import PPOConfig, train_ppo
 
-__all__ = ["ARMS", "MASSES", "MethodComparisonConfig", "neighbours", "neighbour_mass", "probe", "measure",
+__all__ = ["ARMS", "MASSES", "DPOArms", "MethodComparisonConfig", "neighbours", "neighbour_mass", "probe", "measure",
            "arm_plan", "run_arm", "run_seed"]
 
 #: The arms, in the order they run and are drawn.
@@ -70,53 +71,68 @@ PROBE_SEED = 20241011
 
 
 @dataclass(frozen=True)
+class DPOArms:
+    """The DPO arms' settings: β, the learning rate, ``steps`` updates of ``batch_size`` pairs, ``group_size``
+    samples of each problem (every distinct pair labelled), and DPO online's ``rounds`` (``steps`` and the samples
+    split evenly between them; DPO offline has one round)."""
+
+    beta: float
+    lr: float
+    steps: int
+    batch_size: int
+    group_size: int
+    rounds: int
+
+    def __post_init__(self):
+        number("beta", self.beta)
+        number("lr", self.lr)
+        for name in ("steps", "batch_size", "rounds"):
+            integer(name, getattr(self, name))
+        integer("group_size", self.group_size, 2)  # a pair
+        if self.steps % self.rounds:
+            raise ValueError(f"steps={self.steps} is not a multiple of rounds={self.rounds}")
+
+
+@dataclass(frozen=True)
 class MethodComparisonConfig:
     """The shared sample budget, each arm's batch shape, the evaluation, and the SFT start.
 
-    Derived: DPO offline samples ``samples / dpo_group_size`` problems once; DPO online samples
-    ``samples / (dpo_group_size * dpo_rounds)`` problems per round; PPO and GRPO take
-    ``samples / (prompts_per_step * group_size)`` steps. Each count must divide exactly (a ``ValueError``
-    names the field otherwise), and each arm's steps must be a multiple of ``evals``.
+    Derived: DPO offline samples ``samples / dpo.group_size`` problems once; DPO online samples
+    ``samples / (dpo.group_size * dpo.rounds)`` problems per round; PPO and GRPO take
+    ``samples / (prompts_per_step * group_size)`` steps of their :class:`~rlcourse.experiments.budget.Batch`.
+    Each count must divide exactly (a ``ValueError`` names the field otherwise), and each arm's steps must be a
+    multiple of ``evals``.
     """
 
     arms: tuple = ARMS
     preset: str = "tiny"
     sft_seed: int = 0
     samples: int = 1536
+    dpo: DPOArms = DPOArms(beta=0.5, lr=1e-4, steps=48, batch_size=64, group_size=8, rounds=6)
+    ppo: Batch = Batch(prompts_per_step=32, group_size=2)
+    grpo: Batch = Batch(prompts_per_step=8, group_size=8)
     evals: int = 12
     eval_n: int = 500
     mass_n: int = 100
     pairs_n: int = 200
-    dpo_beta: float = 0.5
-    dpo_lr: float = 1e-4
-    dpo_steps: int = 48
-    dpo_batch_size: int = 64
-    dpo_group_size: int = 8
-    dpo_rounds: int = 6
-    ppo_prompts_per_step: int = 32
-    ppo_group_size: int = 2
-    grpo_prompts_per_step: int = 8
-    grpo_group_size: int = 8
     threads: int = 1
 
     def __post_init__(self):
         check_arms(self, "arms", ARMS)
-        for name in ("samples", "evals", "eval_n", "mass_n", "pairs_n", "dpo_steps", "dpo_batch_size",
-                     "dpo_rounds", "ppo_prompts_per_step", "ppo_group_size", "grpo_prompts_per_step", "threads"):
+        for name in ("samples", "evals", "eval_n", "mass_n", "pairs_n", "threads"):
             integer(name, getattr(self, name))
-        for name in ("dpo_group_size", "grpo_group_size"):  # a pair, a group
-            integer(name, getattr(self, name), 2)
-        for name in ("dpo_beta", "dpo_lr"):
-            number(name, getattr(self, name))
-        per = {"dpo_group_size": self.dpo_group_size, "dpo_group_size * dpo_rounds": self.dpo_group_size * self.dpo_rounds,
-               "ppo_prompts_per_step * ppo_group_size": self.ppo_prompts_per_step * self.ppo_group_size,
-               "grpo_prompts_per_step * grpo_group_size": self.grpo_prompts_per_step * self.grpo_group_size}
+        check_part(self, "dpo", DPOArms)
+        check_part(self, "ppo", Batch)
+        check_part(self, "grpo", Batch)
+        integer("grpo.group_size", self.grpo.group_size, 2)  # a group
+        per = {"dpo.group_size": self.dpo.group_size,
+               "dpo.group_size * dpo.rounds": self.dpo.group_size * self.dpo.rounds,
+               "ppo.prompts_per_step * ppo.group_size": self.ppo.samples,
+               "grpo.prompts_per_step * grpo.group_size": self.grpo.samples}
         for what, n in per.items():
             if self.samples % n:
                 raise ValueError(f"samples={self.samples} is not a multiple of {what} = {n}: the arms would not "
                                  "draw the same number of samples")
-        if self.dpo_steps % self.dpo_rounds:
-            raise ValueError(f"dpo_steps={self.dpo_steps} is not a multiple of dpo_rounds={self.dpo_rounds}")
         for arm in self.arms:
             steps = self.steps(arm)
             if steps % self.evals:
@@ -126,17 +142,18 @@ class MethodComparisonConfig:
     def steps(self, arm: str) -> int:
         """The trainer steps of ``arm`` (DPO: updates; PPO, GRPO: sampled batches)."""
         if arm.startswith("dpo"):
-            return self.dpo_steps
+            return self.dpo.steps
         if arm == "ppo":
-            return self.samples // (self.ppo_prompts_per_step * self.ppo_group_size)
+            return self.samples // self.ppo.samples
         if arm == "grpo":
-            return self.samples // (self.grpo_prompts_per_step * self.grpo_group_size)
+            return self.samples // self.grpo.samples
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
 
     def quick(self) -> "MethodComparisonConfig":
         """Seconds-long (tests, CI): 64 samples per arm, 2 evaluations, a few held-out problems."""
-        return replace(self, samples=64, evals=2, eval_n=16, mass_n=8, pairs_n=16, dpo_steps=4, dpo_batch_size=16,
-                       dpo_rounds=2, ppo_prompts_per_step=16, grpo_prompts_per_step=4)
+        return replace(self, samples=64, evals=2, eval_n=16, mass_n=8, pairs_n=16,
+                       dpo=replace(self.dpo, steps=4, batch_size=16, rounds=2),
+                       ppo=replace(self.ppo, prompts_per_step=16), grpo=replace(self.grpo, prompts_per_step=4))
 
 
 # -- the measurements -------------------------------------------------------------------------------
@@ -237,25 +254,23 @@ def arm_plan(cfg: MethodComparisonConfig, arm: str, seed: int) -> dict:
     the samples drawn and the updates made after ``n`` trainer steps (functions of ``n``)."""
     common = dict(preset=cfg.preset, seed=seed, steps=cfg.steps(arm), eval_n=TRAINER_EVAL_N, threads=cfg.threads)
     if arm in ("dpo_offline", "dpo_online"):
-        rounds = cfg.dpo_rounds if arm == "dpo_online" else 1
+        rounds = cfg.dpo.rounds if arm == "dpo_online" else 1
         per_round = cfg.samples // rounds
-        dcfg = DPOConfig(beta=cfg.dpo_beta, lr=cfg.dpo_lr, batch_size=cfg.dpo_batch_size,
-                         group_size=cfg.dpo_group_size, n_prompts=per_round // cfg.dpo_group_size, rounds=rounds,
+        dcfg = DPOConfig(beta=cfg.dpo.beta, lr=cfg.dpo.lr, batch_size=cfg.dpo.batch_size,
+                         group_size=cfg.dpo.group_size, n_prompts=per_round // cfg.dpo.group_size, rounds=rounds,
                          **common)
-        steps_per_round = cfg.dpo_steps // rounds
+        steps_per_round = cfg.dpo.steps // rounds
         return {"train": train_dpo, "config": dcfg,
                 "samples_after": lambda n: 0 if n == 0 else per_round * ((n - 1) // steps_per_round + 1),
                 "updates_after": lambda n: n}
     if arm == "ppo":
-        pcfg = PPOConfig(reward="rule", prompts_per_step=cfg.ppo_prompts_per_step, group_size=cfg.ppo_group_size,
-                         **common)
-        per_step = cfg.ppo_prompts_per_step * cfg.ppo_group_size
+        pcfg = PPOConfig(reward="rule", **cfg.ppo.trainer_fields(), **common)
+        per_step = cfg.ppo.samples
         return {"train": train_ppo, "config": pcfg, "samples_after": lambda n: per_step * n,
                 "updates_after": lambda n: n * pcfg.ppo_epochs * pcfg.minibatches}
     if arm == "grpo":
-        gcfg = GRPOConfig(variant="grpo", prompts_per_step=cfg.grpo_prompts_per_step, group_size=cfg.grpo_group_size,
-                          distinct_rows=True, **common)
-        per_step = cfg.grpo_prompts_per_step * cfg.grpo_group_size
+        gcfg = GRPOConfig(variant="grpo", distinct_rows=True, **cfg.grpo.trainer_fields(), **common)
+        per_step = cfg.grpo.samples
         return {"train": train_grpo, "config": gcfg, "samples_after": lambda n: per_step * n,
                 "updates_after": lambda n: n * gcfg.num_iterations}
     raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")

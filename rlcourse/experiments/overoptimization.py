@@ -22,8 +22,8 @@ one of the two cached Bradley–Terry reward models of notebook 07
 ``<rm>`` is ``"weak"`` (the textbook reward model, :data:`~rlcourse.experiments.cache.TEXTBOOK_RM`) or
 ``"strong"`` (the course's recipe, :data:`~rlcourse.experiments.cache.RM_CONFIG`).
 
-**How the KL is measured.** At each evaluation the policy samples ``eval_samples`` responses to each
-of ``eval_prompts`` held-out problems; for every response token the *exact* categorical
+**How the KL is measured.** At each evaluation the policy samples ``evaluation.samples`` responses to each
+of ``evaluation.prompts`` held-out problems; for every response token the *exact* categorical
 :math:`\mathrm{KL}(\pi(\cdot \mid s_t) \,\|\, \pi_{\text{ref}}(\cdot \mid s_t))` over the whole
 vocabulary (:func:`rlcourse.kl.kl_categorical`) is summed along the response (:func:`sequence_kl`).
 By the chain rule of the KL that sum is an unbiased estimate of the sequence-level
@@ -49,8 +49,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlcourse.experiments.budget import Budget, Evaluation, check_budget
 from rlcourse.experiments.cache import TEXTBOOK_RM, reward_model_start, rm_config, sft_start
-from rlcourse.experiments.runner import check_arms, check_eval_every, evaluated_training, experiment
+from rlcourse.experiments.runner import check_arms, evaluated_training, experiment
 from rlcourse.train.common import integer, number
 from rlcourse.kl import kl_categorical
 from rlcourse.lm import default_max_new_tokens, default_task, generate, sequence_logprobs
@@ -121,13 +122,8 @@ class OveroptimizationConfig:
     betas: tuple = (0.03, 0.3, 3.0)
     reward_models: tuple = ("weak", "strong")
     preset: str = "tiny"
-    steps: int = 20
-    lr: float = 1e-4
-    prompts_per_step: int = 32
-    group_size: int = 2
-    eval_every: int = 2
-    eval_prompts: int = 64
-    eval_samples: int = 4
+    budget: Budget = Budget(steps=20, lr=1e-4, prompts_per_step=32, group_size=2)
+    evaluation: Evaluation = Evaluation(every=2, prompts=64, samples=4)
     bon_prompts: int = 64
     bon_max: int = 512
     threads: int = 1
@@ -139,18 +135,16 @@ class OveroptimizationConfig:
         for b in self.betas:
             number("betas", b)
         check_arms(self, "reward_models", tuple(sorted(REWARD_MODELS)))
-        for name in ("steps", "prompts_per_step", "group_size", "eval_every", "eval_prompts", "eval_samples",
-                     "bon_prompts", "bon_max", "threads"):
+        check_budget(self, sampled=True)
+        for name in ("bon_prompts", "bon_max", "threads"):
             integer(name, getattr(self, name))
-        check_eval_every(self)
         if self.bon_max & (self.bon_max - 1):
             raise ValueError(f"bon_max must be a power of 2 (N = 1, 2, 4, ..., bon_max), got {self.bon_max}")
-        number("lr", self.lr)
 
     def quick(self) -> "OveroptimizationConfig":
         """Seconds-long (tests, CI): every arm, 4 PPO steps of 8 samples, 8 x 2 evaluation samples, best-of-8."""
-        return replace(self, steps=4, prompts_per_step=4, group_size=2, eval_every=2, eval_prompts=8,
-                       eval_samples=2, bon_prompts=8, bon_max=8)
+        return replace(self, budget=replace(self.budget, steps=4, prompts_per_step=4, group_size=2),
+                       evaluation=Evaluation(every=2, prompts=8, samples=2), bon_prompts=8, bon_max=8)
 
     def arms(self) -> list[str]:
         return [f"{rm}_beta{b:g}" for rm in self.reward_models for b in self.betas] + \
@@ -204,8 +198,8 @@ def run_seed(cfg: OveroptimizationConfig, seed: int, progress) -> list[dict]:
     task = default_task()
     start, tok = sft_start(cfg.preset, 0, progress=False)
     start.eval()
-    problems = task.held_out(cfg.eval_prompts, seed=2000 + seed)
-    total, done = len(cfg.reward_models) * (len(cfg.betas) * cfg.steps + 1), [0]
+    problems = task.held_out(cfg.evaluation.prompts, seed=2000 + seed)
+    total, done = len(cfg.reward_models) * (len(cfg.betas) * cfg.budget.steps + 1), [0]
     rows = []
     torch.manual_seed(seed)
     for rm_name in cfg.reward_models:
@@ -221,18 +215,16 @@ def run_seed(cfg: OveroptimizationConfig, seed: int, progress) -> list[dict]:
             head = {"arm": arm, "seed": seed, "rm": rm_name, "beta": float(beta)}
 
             def evaluate(step, window):
-                return {**head, "step": step, **policy_eval(policy, start, tok, rm, task, problems, cfg.eval_samples,
-                                                            seed=10_000 * seed + step)}
+                return {**head, "step": step, **policy_eval(policy, start, tok, rm, task, problems,
+                                                            cfg.evaluation.samples, seed=10_000 * seed + step)}
 
             def tick():
                 done[0] += 1
                 progress(done[0], total)
 
-            pcfg = PPOConfig(reward="model", preset=cfg.preset, seed=seed, steps=cfg.steps, lr=cfg.lr,
-                             prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size,
-                             init_kl_coef=float(beta), adaptive_kl=False, eval_n=8,
-                             threads=cfg.threads)
+            pcfg = PPOConfig(reward="model", preset=cfg.preset, seed=seed, init_kl_coef=float(beta), adaptive_kl=False,
+                             eval_n=8, threads=cfg.threads, **cfg.budget.trainer_fields())
             rows += evaluated_training(
                 lambda cb: train_ppo(pcfg, policy, tok, task=task, reward_model=rm, progress=False, callback=cb),
-                evaluate, cfg.eval_every, tick)
+                evaluate, cfg.evaluation.every, tick)
     return rows

@@ -41,10 +41,12 @@ import torch
 
 from rlcourse import _validate as V
 from rlcourse.advantages import gae
+from rlcourse.experiments.budget import check_part
 from rlcourse.experiments.runner import experiment, over_arms
 from rlcourse.kl import kl_categorical
 from rlcourse.losses import (AdaptiveKLController, importance_weighted_loss, policy_gradient_loss, ppo_clip_loss,
                              ppo_penalty_loss)
+from rlcourse.threads import cpu_threads
 from rlcourse.toymdp import ToyMDP, ToyProblem
 
 __all__ = ["PPOToyConfig", "METHODS", "run_seed", "toy_batch"]
@@ -95,8 +97,7 @@ class PPOToyConfig:
             raise ValueError(f"methods: unknown {bad}; known: {list(METHODS)}")
         for k in self.epochs:
             V.integer("epochs", k)
-        if not isinstance(self.problem, ToyProblem):
-            raise ValueError(f"problem must be a rlcourse.toymdp.ToyProblem, got {self.problem!r}")
+        check_part(self, "problem", ToyProblem)
         for name in ("iterations", "batch_size"):
             V.integer(name, getattr(self, name))
         for name in ("lr", "eps", "kl_target", "init_beta", "kl_horizon"):
@@ -175,10 +176,6 @@ def _run_arm(cfg: PPOToyConfig, method: str, K: int, seed: int, arm: str, tick) 
 def run_seed(cfg: PPOToyConfig, seed: int, progress) -> list[dict]:
     """Every arm (method × K) of ``cfg`` for one seed; tidy rows ``{arm, seed, step, J, kl, clipfrac, j_drop[, beta]}``."""
     arms = cfg.arms()
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tensors of tens of entries: threads only add synchronisation
-    try:
+    with cpu_threads(1):  # tensors of tens of entries: threads only add synchronisation
         return over_arms(arms, len(arms) * cfg.iterations, progress,
                          lambda a, tick: _run_arm(cfg, a[1], a[2], seed, a[0], tick))
-    finally:
-        torch.set_num_threads(n)

@@ -3,9 +3,9 @@ r"""``reinforce_baselines`` (notebook 04): REINFORCE's baselines, a reward offse
 Every arm trains a fresh copy of the same cached SFT start of the chain task
 (:func:`rlcourse.experiments.cache.chain_sft_start` on :data:`~rlcourse.experiments.cache.CHAIN_TASK`:
 multi-term sums written as running sums; greedy accuracy about 0.55 at the start) with
-:func:`rlcourse.train.reinforce.train_reinforce`, for ``steps`` steps of ``prompts_per_step`` x ``group_size``
-samples. The seed is REINFORCE's (the problems of every step and the sampling): for one seed every arm
-sees the same problems at every step. No gradient clipping in any arm (``grad_clip=None``): clipping
+:func:`rlcourse.train.reinforce.train_reinforce`, for ``budget.steps`` steps of ``budget.prompts_per_step`` x
+``budget.group_size`` samples. The seed is REINFORCE's (the problems of every step and the sampling): for one
+seed every arm sees the same problems at every step. No gradient clipping in any arm (``grad_clip=None``): clipping
 would rescale every step to the same length and hide what the arms differ in.
 
 The arms (:data:`ARMS`; :data:`ARM_LABELS` names them in figures and tables):
@@ -28,12 +28,12 @@ The arms (:data:`ARMS`; :data:`ARM_LABELS` names them in figures and tables):
 
 Every arm samples ``prompts_per_step`` x ``group_size`` completions per step.
 
-Rows (one per evaluation: the start, then every ``eval_every`` steps)::
+Rows (one per evaluation: the start, then every ``evaluation.every`` steps)::
 
     {"arm", "seed", "step", "accuracy", "reward", "grad_norm", "update_norm", "advantage_abs",
      "pass_at_1", "pass_at_8"}
 
-``accuracy``: greedy accuracy (reward exactly 1) on ``eval_n`` held-out problems
+``accuracy``: greedy accuracy (reward exactly 1) on ``evaluation.prompts`` held-out problems
 (:func:`rlcourse.experiments.grpo_chain.greedy_eval`). Means over the training steps since the previous
 evaluation (None at the start): ``reward``, the task's mean sampled reward (without the offset);
 ``grad_norm``, the norm of the REINFORCE gradient :math:`\lVert\hat g\rVert` (for arms with the same expected
@@ -51,10 +51,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlcourse.experiments.budget import Budget, Evaluation, check_budget
 from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
 from rlcourse.experiments.grpo_chain import greedy_eval
-from rlcourse.experiments.runner import (check_arms, check_eval_every, evaluated_training, experiment, over_arms,
-                                         window_mean)
+from rlcourse.experiments.runner import check_arms, evaluated_training, experiment, over_arms, window_mean
 from rlcourse.train.common import integer, number
 from rlcourse.train.reinforce import ReinforceConfig, train_reinforce
 
@@ -89,35 +89,28 @@ class ReinforceBaselinesConfig(ChainStart):
 
     Attributes:
         arms: names from :data:`ARMS`, distinct.
-        steps, lr: REINFORCE steps of every arm; the AdamW learning rate.
-        prompts_per_step, group_size: the batch of every arm (``group_size`` >= 2: RLOO needs it).
+        budget: REINFORCE steps of every arm, the AdamW learning rate, and the batch (``group_size`` >= 2:
+            RLOO needs it).
         sgd_lr: plain SGD's learning rate (the ``sgd_*`` arms).
         offset: the constant ``c`` added to the rewards of the ``*_offset`` arms (finite, not 0).
-        eval_every, eval_n: greedy evaluation every this many steps, on this many held-out problems.
+        evaluation: greedy evaluation every ``evaluation.every`` steps, on ``evaluation.prompts`` held-out problems.
         preset, sft_seed, sft_steps, sft_clean_steps, sft_warmup_steps: the chain SFT start
             (:data:`~rlcourse.experiments.cache.CHAIN_SFT` with these step counts).
         threads: torch threads while training.
     """
 
     arms: tuple = tuple(ARMS)
-    steps: int = 150
-    lr: float = 5e-5
-    prompts_per_step: int = 16
-    group_size: int = 2
+    budget: Budget = Budget(steps=150, lr=5e-5, prompts_per_step=16, group_size=2)
     sgd_lr: float = 6e-4
     offset: float = 1.0
-    eval_every: int = 15
-    eval_n: int = 200
+    evaluation: Evaluation = Evaluation(every=15, prompts=200)
     threads: int = 1
 
     def __post_init__(self):
         check_arms(self, "arms", ARMS)
-        for name in ("steps", "prompts_per_step", "eval_every", "eval_n", "threads"):
-            integer(name, getattr(self, name))
+        check_budget(self, sampled=False, min_group_size=2)
+        integer("threads", self.threads)
         self.check_start()
-        integer("group_size", self.group_size, 2)
-        check_eval_every(self)
-        number("lr", self.lr)
         number("sgd_lr", self.sgd_lr)
         number("offset", self.offset, minimum=None)
         if self.offset == 0:
@@ -125,7 +118,8 @@ class ReinforceBaselinesConfig(ChainStart):
 
     def quick(self) -> "ReinforceBaselinesConfig":
         """Seconds-long (tests, CI): a 30-step SFT start, 4 steps of 4 x 2 samples, 16 held-out problems."""
-        return replace(self, steps=4, prompts_per_step=4, group_size=2, eval_every=2, eval_n=16, **QUICK_START)
+        return replace(self, budget=replace(self.budget, steps=4, prompts_per_step=4, group_size=2),
+                       evaluation=Evaluation(every=2, prompts=16), **QUICK_START)
 
 
 def arm_config(cfg: ReinforceBaselinesConfig, arm: str, seed: int) -> ReinforceConfig:
@@ -134,10 +128,9 @@ def arm_config(cfg: ReinforceBaselinesConfig, arm: str, seed: int) -> ReinforceC
         raise ValueError(f"arm must be one of {list(ARMS)}, got {arm!r}")
     baseline, offset, optimizer = ARMS[arm]
     return ReinforceConfig(baseline=baseline, reward_offset=cfg.offset if offset else 0.0, optimizer=optimizer,
-                           lr=cfg.sgd_lr if optimizer == "sgd" else cfg.lr, grad_clip=None, preset=cfg.preset,
-                           seed=seed, steps=cfg.steps, group_size=cfg.group_size,
-                           prompts_per_step=cfg.prompts_per_step,
-                           eval_n=cfg.eval_n, threads=cfg.threads)
+                           grad_clip=None, preset=cfg.preset, seed=seed, eval_n=cfg.evaluation.prompts,
+                           threads=cfg.threads,
+                           **{**cfg.budget.trainer_fields(), "lr": cfg.sgd_lr if optimizer == "sgd" else cfg.budget.lr})
 
 
 def _flat(model) -> torch.Tensor:
@@ -159,7 +152,7 @@ def run_arm(cfg: ReinforceBaselinesConfig, arm: str, seed: int, model, tokenizer
 
     def evaluate(step, window):
         row = {"arm": arm, "seed": seed, "step": step, **none,
-               "accuracy": greedy_eval(policy, tokenizer, task, cfg.eval_n)["accuracy"]}
+               "accuracy": greedy_eval(policy, tokenizer, task, cfg.evaluation.prompts)["accuracy"]}
         if step:
             row.update(reward=window_mean(window, "reward_mean"), grad_norm=window_mean(window, "grad_norm"),
                        update_norm=window_mean(window, "update_norm"),
@@ -172,7 +165,7 @@ def run_arm(cfg: ReinforceBaselinesConfig, arm: str, seed: int, model, tokenizer
         done["result"] = train_reinforce(arm_config(cfg, arm, seed), policy, tokenizer, task=task, progress=False,
                                          callback=callback)
 
-    rows = evaluated_training(train, evaluate, cfg.eval_every, tick, record)
+    rows = evaluated_training(train, evaluate, cfg.evaluation.every, tick, record)
     res = done["result"]
     rows[0]["pass_at_1"], rows[0]["pass_at_8"] = res.before["pass@1"], res.before["pass@8"]
     rows[-1]["pass_at_1"], rows[-1]["pass_at_8"] = res.after["pass@1"], res.after["pass@8"]
@@ -185,5 +178,5 @@ def run_arm(cfg: ReinforceBaselinesConfig, arm: str, seed: int, model, tokenizer
                         "gradient and update norms")
 def run_seed(cfg: ReinforceBaselinesConfig, seed: int, progress) -> list[dict]:
     model, tokenizer = cfg.start()
-    return over_arms(cfg.arms, cfg.steps * len(cfg.arms), progress,
+    return over_arms(cfg.arms, cfg.budget.steps * len(cfg.arms), progress,
                      lambda arm, tick: run_arm(cfg, arm, seed, model, tokenizer, tick))

@@ -40,7 +40,7 @@ from rlcourse.experiments.memo import memoised
 from rlcourse.experiments.summary import INTERVAL, format_interval, summarize
 
 __all__ = ["Experiment", "EXPERIMENTS", "experiment", "load_all", "get", "run", "for_notebook", "results_dir",
-           "config_record", "check_arms", "check_eval_every", "over_arms", "evaluated_training", "window_mean",
+           "config_record", "config_from_record", "check_arms", "over_arms", "evaluated_training", "window_mean",
            "add_subcommands"]
 
 
@@ -62,7 +62,7 @@ class Experiment:
 EXPERIMENTS: dict[str, Experiment] = {}
 
 #: Modules of this package that hold no experiment (not imported by :func:`load_all`).
-NOT_EXPERIMENTS = ("runner", "summary", "memo", "settings", "cache", "registry")
+NOT_EXPERIMENTS = ("runner", "summary", "memo", "settings", "cache", "registry", "budget")
 
 
 def experiment(name: str, *, notebook: str, description: str, config: type):
@@ -98,12 +98,6 @@ def check_arms(cfg, field: str, allowed) -> tuple:
             or len(set(value)) != len(value):
         raise ValueError(f"{field} must be distinct names from {list(allowed)}, got {value!r}")
     return value
-
-
-def check_eval_every(cfg) -> None:
-    """``cfg.eval_every <= cfg.steps`` (else no evaluation after the start); ``ValueError`` otherwise."""
-    if cfg.eval_every > cfg.steps:
-        raise ValueError(f"eval_every={cfg.eval_every} exceeds steps={cfg.steps}: no evaluation after the start")
 
 
 def over_arms(arms, total: int, progress, run_arm) -> list[dict]:
@@ -172,6 +166,31 @@ def get(name: str) -> Experiment:
 def config_record(name: str, cfg) -> dict:
     """The config as JSON data (tuples become lists), with the experiment's name: what ``config.json`` holds."""
     return json.loads(json.dumps({"experiment": name, **dataclasses.asdict(cfg)}))
+
+
+def config_from_record(name: str, record: dict):
+    """The config object of experiment ``name`` whose :func:`config_record` is ``record`` (a result's
+    ``"config"``, or a ``config.json``): nested parts are rebuilt as their dataclasses, lists as tuples."""
+    exp = get(name)
+    if record.get("experiment", name) != name:
+        raise ValueError(f"record is the config of experiment {record['experiment']!r}, not {name!r}")
+    return _from_data(exp.config, {k: v for k, v in record.items() if k != "experiment"})
+
+
+def _from_data(cls, data: dict):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
+    kwargs = {}
+    for name, value in data.items():
+        default = fields[name].default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = _from_data(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
 
 
 def _check_seeds(seeds) -> int:

@@ -204,7 +204,7 @@ def plot_grpo_variants(result: dict) -> plt.Figure:
         _band(axes[2], summary, v, "entropy", label=label, **style)
         _band(axes[3], summary, v, "clipfrac", label=label, **style)
     axes[0].set(xlabel="training step", ylabel="greedy held-out accuracy",
-                title=f"accuracy ({cfg['eval_n']} held-out problems)")
+                title=f"accuracy ({cfg['evaluation']['prompts']} held-out problems)")
     axes[0].legend(fontsize=7, loc="lower right")
     axes[1].set(xlabel="training step", ylabel="mean greedy length (tokens)",
                 title="length: correct (—) / incorrect (- -)")
@@ -217,8 +217,9 @@ def plot_grpo_variants(result: dict) -> plt.Figure:
     axes[3].legend(fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"GRPO variants on the chain task ({cfg['steps']} steps x {cfg['prompts_per_step']} prompts x "
-                 f"{cfg['group_size']} samples, {cfg['num_iterations']} updates per batch, lr {cfg['lr']:g}): "
+    b = cfg["budget"]
+    fig.suptitle(f"GRPO variants on the chain task ({b['steps']} steps x {b['prompts_per_step']} prompts x "
+                 f"{b['group_size']} samples, {cfg['num_iterations']} updates per batch, lr {b['lr']:g}): "
                  f"mean and 95% t-interval over {_n_seeds(result)} seeds", fontsize=10)
     fig.tight_layout()
     return fig
@@ -266,8 +267,9 @@ def plot_reinforce_baselines(result: dict) -> plt.Figure:
             axes[0, col].legend(fontsize=7, loc="lower right")
     if {"sgd_group_mean", "sgd_rloo"} & arms:
         axes[1, 2].set_yscale("log")
-    fig.suptitle(f"REINFORCE on the chain task, {cfg['steps']} steps of {cfg['prompts_per_step'] * cfg['group_size']} "
-                 f"samples (AdamW lr {cfg['lr']:g}, SGD lr {cfg['sgd_lr']:g}, c = {cfg['offset']:+g}): mean and 95% "
+    b = cfg["budget"]
+    fig.suptitle(f"REINFORCE on the chain task, {b['steps']} steps of {b['prompts_per_step'] * b['group_size']} "
+                 f"samples (AdamW lr {b['lr']:g}, SGD lr {cfg['sgd_lr']:g}, c = {cfg['offset']:+g}): mean and 95% "
                  f"t-interval over {_n_seeds(result)} seeds", fontsize=10)
     fig.tight_layout()
     return fig

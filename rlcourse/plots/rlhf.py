@@ -561,7 +561,7 @@ def plot_overoptimization(result: dict) -> plt.Figure:
             ax.title.set_fontsize(9)
         row[0].legend(fontsize=7)
     fig.suptitle(f"optimising a learned reward: mean and 95% t-interval over {n_seeds} seeds "
-                 f"(PPO, {cfg['steps']} steps, fixed β; best-of-N KL = log N − (N−1)/N, an upper bound)",
+                 f"(PPO, {cfg['budget']['steps']} steps, fixed β; best-of-N KL = log N − (N−1)/N, an upper bound)",
                  fontsize=10)
     fig.tight_layout()
     return fig
@@ -593,7 +593,7 @@ def plot_kl_placement(result: dict) -> plt.Figure:
                 color=[_PLACEMENT_STYLE.get(a, ("tab:blue", ""))[0] for a in arms])
     axes[0].set(xlabel="GRPO step", ylabel="exact KL(π ‖ π_ref) per sequence (nats)", title="KL reached")
     axes[1].set(xlabel="GRPO step", ylabel="mean rule reward of samples", title="reward")
-    axes[2].set(xticks=range(len(arms)), ylabel="final KL (nats)", title=f"KL at step {cfg['steps']}")
+    axes[2].set(xticks=range(len(arms)), ylabel="final KL (nats)", title=f"KL at step {cfg['budget']['steps']}")
     axes[2].set_xticklabels(arms, rotation=30, fontsize=8)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"where the KL term goes (Dr. GRPO, β = {cfg['beta']:g}, same start and rule reward): mean and "
