@@ -1,0 +1,168 @@
+"""The two scalar validators every config and public function uses: ``_validate.integer`` and ``_validate.number``.
+
+Each rejection is a ``ValueError`` whose message names the argument and shows what was seen;
+each accepted value passes through unchanged (``number`` returns it as a float).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from rlcourse import _validate as V
+
+INF, NAN = math.inf, math.nan
+
+# (value, keyword arguments, the whole message) -- the argument is always called "steps"
+INTEGER_REFUSED = [
+    (True, {}, "steps must be a positive integer, got True"),
+    (False, {"minimum": 0}, "steps must be a non-negative integer, got False"),
+    (2.0, {}, "steps must be a positive integer, got 2.0"),
+    ("3", {}, "steps must be a positive integer, got '3'"),
+    (0, {}, "steps must be a positive integer, got 0"),
+    (-1, {"minimum": 0}, "steps must be a non-negative integer, got -1"),
+    (1, {"minimum": 2}, "steps must be an integer >= 2, got 1"),
+    (None, {}, "steps must be a positive integer, got None"),
+    (0, {"none_ok": True}, "steps must be a positive integer or None, got 0"),
+]
+INTEGER_ACCEPTED = [
+    (1, {}), (10**30, {}), (0, {"minimum": 0}), (2, {"minimum": 2}), (-5, {"minimum": -(2**62)}),
+]
+
+NUMBER_REFUSED = [
+    (True, {}, "lr must be a finite number, got True"),
+    ("0.1", {}, "lr must be a finite number, got '0.1'"),
+    (None, {}, "lr must be a finite number, got None"),
+    (NAN, {}, "lr must be a finite number, got nan"),
+    (INF, {}, "lr must be a finite number, got inf"),
+    (-INF, {"minimum": None}, "lr must be a finite number, got -inf"),
+    (NAN, {"allow_inf": True}, "lr must be a number (not NaN), got nan"),
+    (NAN, {"none_ok": True}, "lr must be a finite number or None, got nan"),
+    (0.0, {}, "lr must be > 0.0, got 0.0"),
+    (-0.5, {"strict": False}, "lr must be >= 0.0, got -0.5"),
+    (-INF, {"allow_inf": True}, "lr must be > 0.0, got -inf"),
+    (1.0, {"minimum": None, "maximum": 1.0}, "lr must be < 1.0, got 1.0"),
+    (1.5, {"minimum": None, "maximum": 1.0, "strict": False}, "lr must be <= 1.0, got 1.5"),
+    (1.0, {"maximum": 1.0}, "lr must lie in (0.0, 1.0), got 1.0"),
+    (0.0, {"maximum": 1.0}, "lr must lie in (0.0, 1.0), got 0.0"),
+    (1.5, {"maximum": 1.0, "strict": False}, "lr must lie in [0.0, 1.0], got 1.5"),
+    (-0.1, {"maximum": 1.0, "strict": False}, "lr must lie in [0.0, 1.0], got -0.1"),
+]
+NUMBER_ACCEPTED = [
+    (1e-4, {}), (3, {}), (0.0, {"strict": False}), (-2.5, {"minimum": None}),
+    (0.0, {"maximum": 1.0, "strict": False}), (1.0, {"maximum": 1.0, "strict": False}),
+    (0.999, {"maximum": 1.0}), (INF, {"allow_inf": True}), (-INF, {"minimum": None, "allow_inf": True}),
+]
+
+
+@pytest.mark.parametrize("value, kw, message", INTEGER_REFUSED)
+def test_integer_refuses_a_bad_value_naming_the_argument_and_the_value(value, kw, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        V.integer("steps", value, **kw)
+
+
+@pytest.mark.parametrize("value, kw", INTEGER_ACCEPTED)
+def test_integer_passes_a_good_value_through_unchanged(value, kw):
+    out = V.integer("steps", value, **kw)
+    assert out == value and type(out) is int
+
+
+def test_integer_passes_none_only_when_allowed():
+    assert V.integer("steps", None, none_ok=True) is None
+    with pytest.raises(ValueError, match="steps must be a positive integer, got None"):
+        V.integer("steps", None)
+
+
+@pytest.mark.parametrize("value, kw, message", NUMBER_REFUSED)
+def test_number_refuses_a_bad_value_naming_the_argument_and_the_value(value, kw, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        V.number("lr", value, **kw)
+
+
+@pytest.mark.parametrize("value, kw", NUMBER_ACCEPTED)
+def test_number_passes_a_good_value_through_as_a_float(value, kw):
+    out = V.number("lr", value, **kw)
+    assert out == value and type(out) is float
+
+
+def test_number_passes_none_only_when_allowed():
+    assert V.number("lr", None, none_ok=True) is None
+    with pytest.raises(ValueError, match="lr must be a finite number, got None"):
+        V.number("lr", None)
+
+
+def _naive_integer(name, value, minimum=1, *, none_ok=False):
+    """Wrong: ``isinstance(True, int)`` holds and ``int(2.5)`` truncates, so a bool or a float slips through."""
+    if value is None and none_ok:
+        return None
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _naive_number(name, value, minimum=0.0, maximum=None, *, strict=True, none_ok=False, allow_inf=False):
+    """Wrong: comparisons with NaN are all False, so NaN passes every range check; inf is never looked at."""
+    if value is None and none_ok:
+        return None
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be > {minimum}, got {value!r}")
+    if maximum is not None and (value >= maximum if strict else value > maximum):
+        raise ValueError(f"{name} must be < {maximum}, got {value!r}")
+    return float(value)
+
+
+@pytest.mark.parametrize("wrong, table", [(_naive_integer, INTEGER_REFUSED), (_naive_number, NUMBER_REFUSED)])
+def test_negative_control_the_refusal_tables_catch_a_naive_validator(wrong, table):
+    """The tables above have teeth: a plausible validator without the bool/float/NaN/inf checks passes some of them."""
+    slipped = []
+    for value, kw, _ in table:
+        try:
+            wrong("x", value, **kw)
+        except (ValueError, TypeError):
+            continue
+        slipped.append(value)
+    assert slipped, "the naive validator refused every bad value: the table does not test what it claims"
+    assert any(isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v)) or v == 2.0 for v in slipped)
+
+
+# -- the wrappers and the re-export all defer to the one integer / number ----------------------
+
+def test_positive_is_number_above_zero_and_keeps_infinity_unless_refused():
+    assert V.positive("clip_range", INF) == INF  # "no clipping"
+    assert V.positive("beta", 0.0, allow_zero=True) == 0.0
+    for bad, kw in [(0.0, {}), (-1.0, {"allow_zero": True}), (INF, {"allow_inf": False}), (NAN, {}), (True, {})]:
+        with pytest.raises(ValueError) as got:
+            V.positive("beta", bad, **kw)
+        with pytest.raises(ValueError) as same:
+            V.number("beta", bad, 0.0, strict=not kw.get("allow_zero", False), allow_inf=kw.get("allow_inf", True))
+        assert str(got.value) == str(same.value) and str(got.value).startswith("beta must ")
+
+
+def test_in_range_is_number_with_both_bounds_closed_or_open():
+    assert V.in_range("gamma", 1.0, 0.0, 1.0) == 1.0 and V.in_range("gamma", 0, 0.0, 1.0) == 0.0
+    with pytest.raises(ValueError, match=re.escape("eps must lie in (0.0, 1.0), got 1.0")):
+        V.in_range("eps", 1.0, 0.0, 1.0, closed=False)
+    with pytest.raises(ValueError, match=re.escape("gamma must lie in [0.0, 1.0], got -0.5")):
+        V.in_range("gamma", -0.5, 0.0, 1.0)
+    with pytest.raises(ValueError, match=re.escape("gamma must be a finite number, got inf")):
+        V.in_range("gamma", INF, 0.0, 1.0)
+    with pytest.raises(ValueError, match=re.escape("gamma must be a finite number, got nan")):
+        V.in_range("gamma", NAN, 0.0, 1.0)
+
+
+def test_group_size_uses_the_integer_check_then_divides_the_batch():
+    assert V.group_size("group_size", 4, 8) == 4
+    with pytest.raises(ValueError, match=re.escape("group_size must be an integer >= 2, got 1")):
+        V.group_size("group_size", 1, 8)
+    with pytest.raises(ValueError, match=re.escape("group_size must be an integer >= 2, got 2.0")):
+        V.group_size("group_size", 2.0, 8)
+    with pytest.raises(ValueError, match="group_size=3 does not divide the batch size 8"):
+        V.group_size("group_size", 3, 8)
+
+
+def test_train_common_reexports_the_same_two_validators():
+    from rlcourse.train import common
+
+    assert common.integer is V.integer and common.number is V.number
