@@ -207,7 +207,7 @@ def _mask_structure(name: str, m, like=None, like_name: str = "values") -> None:
 
 
 def integer(name: str, value, minimum: int = 1, *, none_ok: bool = False):
-    """``value`` if it is an ``int`` (not bool) >= ``minimum`` (or None when ``none_ok``), else ``ValueError`` naming it.
+    """``value`` if it is an ``int`` (not bool) >= ``minimum`` (None when ``none_ok``), else ``ValueError`` naming it.
 
     The one place that decides "is this an integer >= k": a float such as ``2.0`` is refused
     (a count, a step or a size is never fractional), and so is ``True``.

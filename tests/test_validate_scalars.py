@@ -166,3 +166,42 @@ def test_train_common_reexports_the_same_two_validators():
     from rlcourse.train import common
 
     assert common.integer is V.integer and common.number is V.number
+
+
+# -- call sites that checked by hand before: a bool count slipped through ``isinstance(v, int)`` -------
+
+def _count_calls():
+    import torch
+
+    from rlcourse.derivations.gae import n_step_advantages
+    from rlcourse.lm.task import make_preference_pairs
+    from rlcourse.losses import AdaptiveKLController
+    from rlcourse.toymdp import ToyMDP
+    from rlcourse.train.grpo import overlong_penalty
+
+    mdp = ToyMDP(3, 2)
+    r, m = torch.zeros(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
+    pairs = dict(prompts=["p"] * 2, completions=["1", "2"], answers=["1", "1"], group_size=2)
+    kl = AdaptiveKLController(0.1, 6.0)
+    return {  # case -> (argument name, call with a bool, the same call with an int)
+        "ToyMDP:horizon": ("horizon", lambda: ToyMDP(3, True), lambda: ToyMDP(3, 1)),
+        "ToyMDP.sample:n": ("n", lambda: mdp.sample(mdp.init_params(), True),
+                            lambda: mdp.sample(mdp.init_params(), 1)),
+        "n_step_advantages:n": ("n", lambda: n_step_advantages(r, r, m, 1.0, True),
+                                lambda: n_step_advantages(r, r, m, 1.0, 1)),
+        "make_preference_pairs:max_pairs_per_group": (
+            "max_pairs_per_group", lambda: make_preference_pairs(**pairs, max_pairs_per_group=True),
+            lambda: make_preference_pairs(**pairs, max_pairs_per_group=1)),
+        "overlong_penalty:max_length": ("max_length", lambda: overlong_penalty(torch.tensor([3]), True, 0),
+                                        lambda: overlong_penalty(torch.tensor([3]), 1, 0)),
+        "AdaptiveKLController.update:n_steps": ("n_steps", lambda: kl.update(1.0, True), lambda: kl.update(1.0, 1)),
+        "AdaptiveKLController.update:kl": ("kl", lambda: kl.update(True, 1), lambda: kl.update(1.0, 1)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_count_calls()))
+def test_a_bool_count_is_refused_by_name_where_an_int_is_accepted(case):
+    name, bad, good = _count_calls()[case]
+    good()  # negative control: the same call with an int goes through, so the refusal is the bool's
+    with pytest.raises(ValueError, match=f"^{name} must be a (positive integer|finite number)"):
+        bad()

@@ -180,8 +180,7 @@ def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int) -> tor
         max_length: :math:`L_{\max}`.
         buffer: :math:`L_{\text{cache}} \ge 0`; 0 turns the shaping off (all zeros).
     """
-    if not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    integer("max_length", max_length)
     if not isinstance(buffer, int) or not 0 <= buffer <= max_length:
         raise ValueError(f"buffer must be an integer in [0, max_length={max_length}], got {buffer!r}")
     lengths = lengths.float()
