@@ -57,40 +57,32 @@ NUMBER_ACCEPTED = [
 ]
 
 
-@pytest.mark.parametrize("value, kw, message", INTEGER_REFUSED)
-def test_integer_refuses_a_bad_value_naming_the_argument_and_the_value(value, kw, message):
+# (validator, the argument's name, the type an accepted value comes back as)
+CHECKS = {"integer": (V.integer, "steps", int), "number": (V.number, "lr", float)}
+REFUSED = [("integer", *case) for case in INTEGER_REFUSED] + [("number", *case) for case in NUMBER_REFUSED]
+ACCEPTED = [("integer", *case) for case in INTEGER_ACCEPTED] + [("number", *case) for case in NUMBER_ACCEPTED]
+
+
+@pytest.mark.parametrize("check, value, kw, message", REFUSED)
+def test_a_bad_value_is_refused_naming_the_argument_and_the_value(check, value, kw, message):
+    validate, name, _ = CHECKS[check]
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        V.integer("steps", value, **kw)
+        validate(name, value, **kw)
 
 
-@pytest.mark.parametrize("value, kw", INTEGER_ACCEPTED)
-def test_integer_passes_a_good_value_through_unchanged(value, kw):
-    out = V.integer("steps", value, **kw)
-    assert out == value and type(out) is int
+@pytest.mark.parametrize("check, value, kw", ACCEPTED)
+def test_a_good_value_passes_through_unchanged_as_an_int_or_a_float(check, value, kw):
+    validate, name, kind = CHECKS[check]
+    out = validate(name, value, **kw)
+    assert out == value and type(out) is kind
 
 
-def test_integer_passes_none_only_when_allowed():
-    assert V.integer("steps", None, none_ok=True) is None
-    with pytest.raises(ValueError, match="steps must be a positive integer, got None"):
-        V.integer("steps", None)
-
-
-@pytest.mark.parametrize("value, kw, message", NUMBER_REFUSED)
-def test_number_refuses_a_bad_value_naming_the_argument_and_the_value(value, kw, message):
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        V.number("lr", value, **kw)
-
-
-@pytest.mark.parametrize("value, kw", NUMBER_ACCEPTED)
-def test_number_passes_a_good_value_through_as_a_float(value, kw):
-    out = V.number("lr", value, **kw)
-    assert out == value and type(out) is float
-
-
-def test_number_passes_none_only_when_allowed():
-    assert V.number("lr", None, none_ok=True) is None
-    with pytest.raises(ValueError, match="lr must be a finite number, got None"):
-        V.number("lr", None)
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_none_passes_only_when_allowed(check):
+    validate, name, _ = CHECKS[check]
+    assert validate(name, None, none_ok=True) is None
+    with pytest.raises(ValueError, match=f"^{name} must be a (positive integer|finite number), got None$"):
+        validate(name, None)
 
 
 def _naive_integer(name, value, minimum=1, *, none_ok=False):
