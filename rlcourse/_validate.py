@@ -206,46 +206,57 @@ def _mask_structure(name: str, m, like=None, like_name: str = "values") -> None:
         raise ValueError(f"{name} has shape {tuple(m.shape)} but {like_name} has shape {tuple(like.shape)}")
 
 
-def number(name: str, value) -> float:
-    """A real number (int or float, not bool, not NaN); infinities are allowed here."""
-    if not _is_number(value) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    return float(value)
+def integer(name: str, value, minimum: int = 1, *, none_ok: bool = False):
+    """``value`` if it is an ``int`` (not bool) >= ``minimum`` (None when ``none_ok``), else ``ValueError`` naming it.
 
-
-def finite_number(name: str, value) -> float:
-    """A finite real number (not bool)."""
-    v = number(name, value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
-
-
-def integer(name: str, value, minimum: int = 1) -> int:
-    """An ``int`` (not bool) of at least ``minimum``."""
+    The one place that decides "is this an integer >= k": a float such as ``2.0`` is refused
+    (a count, a step or a size is never fractional), and so is ``True``.
+    """
+    if value is None and none_ok:
+        return None
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        what = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {what}{' or None' if none_ok else ''}, got {value!r}")
     return value
 
 
-def positive(name: str, value: float, *, allow_zero: bool = False, allow_inf: bool = True) -> float:
-    if not _is_number(value) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    if not allow_inf and math.isinf(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+def number(name: str, value, minimum: float | None = 0.0, maximum: float | None = None, *, strict: bool = True,
+           none_ok: bool = False, allow_inf: bool = False):
+    """``float(value)`` if it is a number in the range, else ``ValueError`` naming it.
+
+    The one place that decides "is this a number in range": an ``int`` or ``float``, not bool, not
+    NaN, and finite unless ``allow_inf`` (``lr=inf`` or ``temperature=inf`` would train nothing, or
+    crash deep inside; a clip range of ``inf`` is a legitimate "no clipping", hence the option).
+    The range is ``minimum < value < maximum`` when ``strict``, ``minimum <= value <= maximum``
+    otherwise; a bound of None is absent. None itself passes (as None) when ``none_ok``.
+    """
+    if value is None and none_ok:
+        return None
+    if not _is_number(value) or value != value or (not allow_inf and math.isinf(value)):
+        what = "a number (not NaN)" if allow_inf else "a finite number"
+        raise ValueError(f"{name} must be {what}{' or None' if none_ok else ''}, got {value!r}")
+    below = minimum is not None and (value <= minimum if strict else value < minimum)
+    above = maximum is not None and (value >= maximum if strict else value > maximum)
+    if below or above:
+        if minimum is not None and maximum is not None:
+            lo, hi = "()" if strict else "[]"
+            need = f"lie in {lo}{minimum}, {maximum}{hi}"
+        elif minimum is not None:
+            need = f"be {'>' if strict else '>='} {minimum}"
+        else:
+            need = f"be {'<' if strict else '<='} {maximum}"
+        raise ValueError(f"{name} must {need}, got {value!r}")
     return float(value)
+
+
+def positive(name: str, value: float, *, allow_zero: bool = False, allow_inf: bool = True) -> float:
+    """:func:`number` ``> 0`` (``>= 0`` with ``allow_zero``); ``+inf`` passes unless ``allow_inf=False``."""
+    return number(name, value, 0.0, strict=not allow_zero, allow_inf=allow_inf)
 
 
 def in_range(name: str, value: float, low: float, high: float, *, closed: bool = True) -> float:
-    if not _is_number(value) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    ok = low <= value <= high if closed else low < value < high
-    if not ok:
-        br = "[]" if closed else "()"
-        raise ValueError(f"{name} must lie in {br[0]}{low}, {high}{br[1]}, got {value}")
-    return float(value)
+    """:func:`number` in ``[low, high]`` (``(low, high)`` when not ``closed``)."""
+    return number(name, value, low, high, strict=not closed)
 
 
 def choice(name: str, value: str, options: Sequence[str]) -> str:
@@ -255,8 +266,7 @@ def choice(name: str, value: str, options: Sequence[str]) -> str:
 
 
 def group_size(name: str, g: int, batch: int, *, minimum: int = 2) -> int:
-    if not isinstance(g, int) or isinstance(g, bool) or g < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {g!r}")
+    integer(name, g, minimum)
     if batch % g != 0:
         raise ValueError(f"{name}={g} does not divide the batch size {batch}")
     return g

@@ -451,9 +451,7 @@ def _resolve_agg(aggregation, mask, agg_kwargs, max_completion_length=None):
     if max_completion_length is not None:
         if "constant" in agg_kwargs:
             raise ValueError("give max_completion_length or constant, not both")
-        if (not isinstance(max_completion_length, int) or isinstance(max_completion_length, bool)
-                or max_completion_length < 1):
-            raise ValueError(f"max_completion_length must be an integer >= 1, got {max_completion_length!r}")
+        V.integer("max_completion_length", max_completion_length)
     mode = canonical_mode(aggregation, "aggregation")
     if mode == "seq-mean-token-sum-norm" and max_completion_length is not None:
         agg_kwargs = dict(agg_kwargs, constant=max_completion_length)
@@ -620,10 +618,8 @@ class AdaptiveKLController:
             if kl.numel() != 1:
                 raise ValueError(f"kl must be a scalar, got shape {tuple(kl.shape)}")
             kl = float(kl)
-        if not isinstance(kl, (int, float)) or kl != kl or kl in (float("inf"), float("-inf")):
-            raise ValueError(f"kl must be a finite number, got {kl!r}")
-        if not isinstance(n_steps, int) or n_steps < 1:
-            raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        kl = V.number("kl", kl, minimum=None)
+        V.integer("n_steps", n_steps)
         error = min(max(kl / self.target - 1.0, -0.2), 0.2)
         self.beta *= 1.0 + error * n_steps / self.horizon
         return self.beta

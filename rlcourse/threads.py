@@ -9,6 +9,8 @@ import contextlib
 
 import torch
 
+from rlcourse._validate import integer
+
 __all__ = ["cpu_threads"]
 
 
@@ -25,8 +27,7 @@ def cpu_threads(n: int | None):
     compete for the cores two threads spin-wait on each other (0.6-5 s a step measured, against
     0.1-0.2 s for one thread). Only CPU work is affected.
     """
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {n!r}")
+    integer("threads", n, none_ok=True)
     if n is None:
         yield
         return

@@ -76,10 +76,8 @@ class ToyMDP:
     def __init__(self, vocab_size: int, horizon: int, token_reward: torch.Tensor | None = None,
                  terminal_reward: torch.Tensor | None = None, eos: int | None = None,
                  temperature: float = 1.0):
-        if not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}")
-        if not isinstance(horizon, int) or horizon < 1:
-            raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
+        V.integer("vocab_size", vocab_size, 2)
+        V.integer("horizon", horizon)
         self.vocab_size = vocab_size
         self.horizon = horizon
         self.eos = vocab_size - 1 if eos is None else eos
@@ -298,8 +296,7 @@ class ToyMDP:
     # ------------------------------------------------------------------ sampling
     def sample(self, theta: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
         """Sample ``n`` sequences token by token; returns their indices into ``sequences``."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        V.integer("n", n)
         pi = self.policy_logprobs(theta.detach()).exp()
         g = torch.Generator().manual_seed(seed)
         state = torch.zeros(n, dtype=torch.long)  # the empty prefix is state 0

@@ -220,17 +220,17 @@ def test_summary_of_one_seed_has_no_interval_and_bad_values_are_refused():
 # ---------------------------------------------------------------- the experiments' own properties
 
 @pytest.mark.parametrize("field, value, match", [
-    ("ppo_toy:iterations", 0, "iterations must be an integer >= 1, got 0"),
+    ("ppo_toy:iterations", 0, "iterations must be a positive integer, got 0"),
     ("ppo_toy:problem", {"horizon": 3}, "problem must be a rlcourse.toymdp.ToyProblem"),
-    ("ppo_toy:epochs", (1, 0), "epochs must be an integer >= 1, got 0"),
-    ("ppo_toy:lr", float("inf"), "lr must be finite"),
+    ("ppo_toy:epochs", (1, 0), "epochs must be a positive integer, got 0"),
+    ("ppo_toy:lr", float("inf"), "lr must be a finite number"),
     ("ppo_toy:eps", 0.0, "eps must be > 0"),
     ("ppo_toy:lam", 1.5, r"lam must lie in \[0.0, 1.0\]"),
     ("ppo_toy:optimizer", "rmsprop", "optimizer must be one of"),
     ("critic_gae:lambdas", (0.5, -0.1), r"lambdas must lie in \[0.0, 1.0\]"),
-    ("critic_gae:eval_every", 2.0, "eval_every must be an integer >= 1"),
+    ("critic_gae:eval_every", 2.0, "eval_every must be a positive integer"),
     ("critic_gae:lr", -1.0, "lr must be > 0"),
-    ("critic_gae:critic_init", float("nan"), "critic_init must be a number"),
+    ("critic_gae:critic_init", float("nan"), "critic_init must be a finite number"),
 ])
 def test_toy_experiment_configs_refuse_a_bad_field_by_name(field, value, match):
     from rlcourse.experiments.critic_gae import CriticGAEConfig

@@ -47,6 +47,7 @@ from __future__ import annotations
 import sympy
 import torch
 
+from rlcourse._validate import integer
 from rlcourse.advantages import gae, gae_closed_form, reward_to_go, td_residuals
 from rlcourse.derivations.base import Check, derivation, exact, negative_control, symbolic
 from rlcourse.toymdp import ToyMDP, course_problem
@@ -88,8 +89,7 @@ def n_step_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.T
     :math:`\sum_{n \ge 1} (1-\lambda)\lambda^{n-1} \hat A^{(n)}_t`. Same conventions as
     :func:`rlcourse.advantages.gae`; (B, T) in, (B, T) out, 0 where ``mask`` is 0.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    integer("n", n)
     td_residuals(rewards, values, mask, gamma)  # validates shapes, mask and gamma
     m = mask.to(rewards.dtype)
     step = m.cumsum(-1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from rlcourse.train.common import integer, number
+from rlcourse._validate import integer, number
 
 __all__ = ["Batch", "Budget", "Evaluation", "check_part", "check_budget"]
 

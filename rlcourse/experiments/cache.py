@@ -28,10 +28,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from rlcourse._validate import integer
 from rlcourse.lm import ArithmeticTask, default_task, load_model
 from rlcourse.lm.chain_task import ChainTask
 from rlcourse.lm.reward_model import RewardModel
-from rlcourse.train.common import config_dict, integer
+from rlcourse.train.common import config_dict
 from rlcourse.train.reward_model import RewardModelConfig, train_reward_model
 from rlcourse.train.sft import SFTConfig, train_sft
 

@@ -39,8 +39,8 @@ import torch
 
 from rlcourse import _validate as V
 from rlcourse.advantages import gae
-from rlcourse.experiments.ppo_toy import toy_batch
 from rlcourse.experiments.budget import check_part
+from rlcourse.experiments.ppo_toy import toy_batch
 from rlcourse.experiments.runner import experiment
 from rlcourse.losses import value_loss
 from rlcourse.threads import cpu_threads
@@ -91,7 +91,7 @@ class CriticGAEConfig:
         for name in ("steps", "eval_every", "batch_size"):
             V.integer(name, getattr(self, name))
         V.positive("lr", self.lr, allow_inf=False)
-        V.number("critic_init", self.critic_init)
+        V.number("critic_init", self.critic_init, minimum=None)
 
     def quick(self) -> "CriticGAEConfig":
         """A seconds-long version for CI."""

@@ -72,8 +72,8 @@ from rlcourse.experiments.runner import experiment
 from rlcourse.lm import default_max_new_tokens, generate
 from rlcourse.lm.reward_model import RewardModel
 from rlcourse.lm.rollout import encode_prompts
-from rlcourse.threads import cpu_threads
 from rlcourse.losses import value_loss
+from rlcourse.threads import cpu_threads
 from rlcourse.train.common import problems_for_step, step_generator
 from rlcourse.train.ppo import CRITIC_DEFAULTS, kl_shaped_rewards
 

@@ -31,11 +31,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlcourse._validate import integer
 from rlcourse.experiments.budget import Budget, Evaluation, check_budget
 from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
 from rlcourse.experiments.runner import check_arms, evaluated_training, experiment, over_arms, window_mean
 from rlcourse.lm import generate
-from rlcourse.train.common import integer
 from rlcourse.train.grpo import VARIANTS, GRPOConfig, train_grpo
 
 

@@ -45,11 +45,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 
+from rlcourse._validate import integer, number
 from rlcourse.experiments.budget import Budget, Evaluation, check_budget
 from rlcourse.experiments.cache import sft_start
 from rlcourse.experiments.overoptimization import policy_eval
 from rlcourse.experiments.runner import check_arms, evaluated_training, experiment, over_arms
-from rlcourse.train.common import integer, number
 from rlcourse.lm import default_task
 from rlcourse.train.grpo import GRPOConfig, train_grpo
 

@@ -46,13 +46,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlcourse._validate import integer, number
 from rlcourse.experiments.budget import Batch, check_part
 from rlcourse.experiments.cache import sft_start
 from rlcourse.experiments.rlhf import completion_logprobs
 from rlcourse.experiments.runner import check_arms, evaluated_training, experiment, over_arms
 from rlcourse.lm import default_max_new_tokens, default_task, held_out_accuracy
 from rlcourse.lm.pairs import oracle_pairs, pair_logprobs
-from rlcourse.train.common import integer, number
 from rlcourse.train.dpo import DPOConfig, train_dpo
 from rlcourse.train.grpo import GRPOConfig, train_grpo
 from rlcourse.train.ppo import PPOConfig, train_ppo

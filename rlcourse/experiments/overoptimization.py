@@ -49,10 +49,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlcourse._validate import integer, number
 from rlcourse.experiments.budget import Budget, Evaluation, check_budget
 from rlcourse.experiments.cache import TEXTBOOK_RM, reward_model_start, rm_config, sft_start
 from rlcourse.experiments.runner import check_arms, evaluated_training, experiment
-from rlcourse.train.common import integer, number
 from rlcourse.kl import kl_categorical
 from rlcourse.lm import default_max_new_tokens, default_task, generate, sequence_logprobs
 from rlcourse.train.ppo import PPOConfig, train_ppo

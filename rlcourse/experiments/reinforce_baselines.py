@@ -51,11 +51,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlcourse._validate import integer, number
 from rlcourse.experiments.budget import Budget, Evaluation, check_budget
 from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
 from rlcourse.experiments.grpo_chain import greedy_eval
 from rlcourse.experiments.runner import check_arms, evaluated_training, experiment, over_arms, window_mean
-from rlcourse.train.common import integer, number
 from rlcourse.train.reinforce import ReinforceConfig, train_reinforce
 
 __all__ = ["ReinforceBaselinesConfig", "ARMS", "ARM_LABELS", "arm_config", "run_arm", "run_seed"]

@@ -13,8 +13,8 @@ import torch
 
 from rlcourse.advantages import trajectory_return
 from rlcourse.derivations import policy_gradient as pg
-from rlcourse.threads import cpu_threads
 from rlcourse.losses import policy_gradient_loss
+from rlcourse.threads import cpu_threads
 from rlcourse.toymdp import ToyMDP
 
 __all__ = ["gradient_ascent", "training_curves", "TRAIN_STEPS", "TRAIN_LR", "TRAIN_BATCHES", "TRAIN_SEEDS"]

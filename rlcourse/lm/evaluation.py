@@ -8,6 +8,7 @@ greedy accuracy alone (cheap, for curves during training).
 
 from __future__ import annotations
 
+from rlcourse._validate import integer
 from rlcourse.lm.rollout import accuracy, evaluate
 
 #: Size of the held-out evaluation set and samples per problem used by every trainer.
@@ -27,8 +28,7 @@ def evaluate_policy(model, tokenizer, task, n_eval: int = EVAL_N, seed: int = 0,
     Generation batches above ~512 rows were measured to slow down sharply on this CPU, hence
     ``batch_size=512``.
     """
-    if not isinstance(n_eval, int) or isinstance(n_eval, bool) or n_eval < 1:
-        raise ValueError(f"n_eval must be a positive integer, got {n_eval!r}")
+    integer("n_eval", n_eval)
     problems = task.held_out(n_eval, seed=seed)
     return evaluate(model, tokenizer, problems, ks=tuple(ks), n=n_samples, temperature=temperature,
                     batch_size=batch_size, seed=seed, task=task)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from rlcourse._validate import integer
 from rlcourse.threads import cpu_threads  # noqa: F401  (the course's one thread mechanism, re-exported)
 
 from .tokenizer import build_tokenizer, load_tokenizer
@@ -66,8 +67,7 @@ def model_config(preset: str, vocab_size: int, *, pad_token_id: int = 0, bos_tok
                  eos_token_id: int = 2) -> LlamaConfig:
     """The ``LlamaConfig`` of a preset for a vocabulary of ``vocab_size`` tokens."""
     p = _check_preset(preset)
-    if not isinstance(vocab_size, int) or vocab_size < 4:
-        raise ValueError(f"vocab_size must be an integer >= 4, got {vocab_size!r}")
+    integer("vocab_size", vocab_size, 4)
     cfg = LlamaConfig(
         vocab_size=vocab_size,
         num_key_value_heads=p.num_attention_heads,

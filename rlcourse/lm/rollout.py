@@ -124,10 +124,8 @@ def encode_completions(tokenizer, prompts: Sequence[str], completions: Sequence[
 
 
 def _check_common(group_size, max_new_tokens, temperature):
-    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-        raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    V.integer("group_size", group_size)
+    V.integer("max_new_tokens", max_new_tokens)
     V.positive("temperature", temperature)
 
 
@@ -343,8 +341,7 @@ def pass_at_k_estimator(n: int, c: int, k: int) -> float:
     (the product form avoids huge binomials).
     """
     for name, v in (("n", n), ("c", c), ("k", k)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        V.integer(name, v, 0)
     if k < 1 or k > n:
         raise ValueError(f"k must lie in [1, n={n}], got {k}")
     if c > n:
@@ -373,8 +370,7 @@ def _solved_counts(model, tokenizer, problems, n, temperature, max_new_tokens, b
     if max_new_tokens is None:
         max_new_tokens = (task.max_answer_chars if task is not None else max(len(str(p.answer)) for p in problems)) + 2
     rewards_of = task.batch_rewards if task is not None else batch_rewards
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    V.integer("batch_size", batch_size)
     gen = torch.Generator(device=_model_device(model)).manual_seed(seed)
     per_chunk = max(1, batch_size // n)
     counts, rewards = [], []
@@ -410,10 +406,8 @@ def pass_at_k(model, tokenizer, problems: Sequence[Problem], k: int = 1, *, n: i
     """
     problems = _check_problems(problems)
     n = k if n is None else n
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    if not isinstance(n, int) or n < k:
-        raise ValueError(f"n must be an integer >= k={k}, got {n!r}")
+    V.integer("k", k)
+    V.integer("n", n, k)  # at least k samples to choose k from
     counts, _ = _solved_counts(model, tokenizer, problems, n, temperature, max_new_tokens, batch_size, seed, False,
                                task)
     return sum(pass_at_k_estimator(n, c, k) for c in counts) / len(problems)

@@ -45,6 +45,8 @@ from typing import Sequence
 
 import torch
 
+from rlcourse._validate import integer
+
 REWARD_CORRECT = 1.0
 REWARD_WRONG = 0.0
 FORMAT_PENALTY = 0.5  # subtracted when the completion is not "one integer, then <eos>"
@@ -173,8 +175,7 @@ def sample_split(task, n: int, split: str, seed: int, unique: bool, rng_key: str
     ``split`` are rejected, and with ``unique=True`` so are repeats. ``ValueError`` when the split
     cannot supply ``n`` problems within ``1000 n + 100000`` draws.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    integer("n", n)
     if split not in ("train", "held_out"):
         raise ValueError(f"split must be 'train' or 'held_out', got {split!r}")
     want_held = split == "held_out"
@@ -354,8 +355,7 @@ def make_preference_pairs(prompts: Sequence[str], completions: Sequence[str], an
     """
     prompts, completions, answers = list(prompts), list(completions), list(answers)
     n = len(completions)
-    if not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an integer >= 2, got {group_size!r}")
+    integer("group_size", group_size, 2)
     if len(prompts) != n or len(answers) != n:
         raise ValueError(f"prompts ({len(prompts)}), completions ({n}) and answers ({len(answers)}) "
                          "must have the same length")
@@ -367,8 +367,7 @@ def make_preference_pairs(prompts: Sequence[str], completions: Sequence[str], an
         finished = finished.tolist()
     if len(finished) != n:
         raise ValueError(f"finished has {len(finished)} entries but completions has {n}")
-    if max_pairs_per_group is not None and (not isinstance(max_pairs_per_group, int) or max_pairs_per_group < 1):
-        raise ValueError(f"max_pairs_per_group must be a positive integer or None, got {max_pairs_per_group!r}")
+    integer("max_pairs_per_group", max_pairs_per_group, none_ok=True)
     if preference is not None and not callable(preference):
         raise ValueError(f"preference must be a callable (a task's .preference) or None, got {preference!r}")
     oracle = preference or functools.partial(_module_preference, tie_break=tie_break)

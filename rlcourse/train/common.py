@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 
+from rlcourse._validate import integer, number  # noqa: F401  (re-exported: experiments/ still import them from here)
 from rlcourse.lm.evaluation import EVAL_N
 from rlcourse.threads import cpu_threads
 
@@ -48,33 +49,6 @@ def check_finite(value: torch.Tensor | float, *, name: str, step: int) -> None:
             f"{name} is {v} at step {step}: training stopped. Lower the learning rate, check the "
             f"rewards and advantages for NaN/inf, or resume from the last checkpoint."
         )
-
-
-def integer(name: str, value, minimum: int = 1, *, none_ok: bool = False):
-    """``value`` if it is an integer >= ``minimum`` (or None when ``none_ok``), else ``ValueError`` naming it."""
-    if value is None and none_ok:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        what = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
-        raise ValueError(f"{name} must be {what}{' or None' if none_ok else ''}, got {value!r}")
-    return value
-
-
-def number(name: str, value, minimum: float | None = 0.0, maximum: float | None = None, *, strict: bool = True,
-           none_ok: bool = False):
-    """``value`` if it is a finite number in the range (``strict``: ``> minimum``; else ``>=``), else ``ValueError``.
-
-    Infinity is refused too: ``lr=inf`` or ``temperature=inf`` would train nothing, or crash deep inside.
-    """
-    if value is None and none_ok:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number{' or None' if none_ok else ''}, got {value!r}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
-    return float(value)
 
 
 def set_seed(seed: int) -> None:

@@ -51,11 +51,12 @@ from dataclasses import dataclass
 import torch
 
 from rlcourse import _validate as V
+from rlcourse._validate import integer, number
 from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model
 from rlcourse.lm.pairs import oracle_pairs, pair_logprobs
 from rlcourse.preference import dpo_loss
-from rlcourse.train.common import (PairConfig, Run, TrainResult, check_finite, due, integer, lr_at, number,
-                                   optimizer_step, set_lr, start_policy, step_generator)
+from rlcourse.train.common import (PairConfig, Run, TrainResult, check_finite, due, lr_at, optimizer_step, set_lr,
+                                   start_policy, step_generator)
 
 LOSS_TYPES = ("sigmoid", "ipo")
 

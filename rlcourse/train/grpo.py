@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from rlcourse import _validate as V
+from rlcourse._validate import integer, number
 from rlcourse.advantages import dr_grpo_advantages, grpo_advantages
 from rlcourse.kl import KL_ESTIMATORS, kl_estimate
 from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model, sequence_logprobs
@@ -59,8 +60,8 @@ from rlcourse.logprobs import agg_loss
 from rlcourse.lm.rollout import encode_completions
 from rlcourse.losses import grpo_loss
 from rlcourse.train import bugs
-from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, integer, number, optimizer_step,
-                                   sample_groups, start_policy)
+from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, optimizer_step, sample_groups,
+                                   start_policy)
 from rlcourse.train.distinct_rows import distinct_rows
 
 VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo")
@@ -179,8 +180,7 @@ def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int) -> tor
         max_length: :math:`L_{\max}`.
         buffer: :math:`L_{\text{cache}} \ge 0`; 0 turns the shaping off (all zeros).
     """
-    if not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    integer("max_length", max_length)
     if not isinstance(buffer, int) or not 0 <= buffer <= max_length:
         raise ValueError(f"buffer must be an integer in [0, max_length={max_length}], got {buffer!r}")
     lengths = lengths.float()

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 import torch
 
 from rlcourse import _validate as V
+from rlcourse._validate import integer, number
 from rlcourse.advantages import gae
 from rlcourse.lm import (default_max_new_tokens, default_task, evaluate_policy, generate, held_out_accuracy,
                          save_model, sequence_logprobs)
@@ -74,8 +75,8 @@ from rlcourse.lm.rollout import position_ids_from_mask, response_logprobs_from_l
 from rlcourse.logprobs import entropy_from_logits, masked_mean, masked_var, masked_whiten
 from rlcourse.losses import AdaptiveKLController, FixedKLController, entropy_bonus, ppo_clip_loss, value_loss
 from rlcourse.train import bugs
-from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, integer, number,
-                                   problems_for_step, start_policy, step_generator)
+from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, problems_for_step,
+                                   start_policy, step_generator)
 
 REWARDS = ("rule", "model")
 CRITICS = ("separate", "shared")

@@ -45,13 +45,14 @@ from dataclasses import dataclass
 import torch
 
 from rlcourse import _validate as V
+from rlcourse._validate import integer, number
 from rlcourse.advantages import dr_grpo_advantages, rloo_advantages
 from rlcourse.lm import default_max_new_tokens, evaluate_policy, held_out_accuracy, save_model, sequence_logprobs
 from rlcourse.logprobs import AGGREGATIONS, entropy_from_logits, masked_mean
 from rlcourse.losses import policy_gradient_loss
 from rlcourse.train import bugs
-from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, integer, optimizer_step,
-                                   number, sample_groups, start_policy)
+from rlcourse.train.common import (OnPolicyConfig, Run, TrainResult, check_finite, due, optimizer_step, sample_groups,
+                                   start_policy)
 
 BASELINES = ("none", "mean", "batch_mean", "rloo")
 OPTIMIZERS = ("adamw", "sgd")

@@ -62,12 +62,13 @@ from typing import Sequence
 
 import torch
 
+from rlcourse._validate import integer, number
 from rlcourse.lm import default_max_new_tokens
 from rlcourse.lm.pairs import encode_pairs, oracle_pairs, pair_accuracy
 from rlcourse.lm.reward_model import RewardModel, chosen_nll
 from rlcourse.preference import bradley_terry_loss
-from rlcourse.train.common import (PairConfig, Run, TrainResult, check_finite, due, integer, lr_at, number,
-                                   optimizer_step, set_lr, start_policy, step_generator)
+from rlcourse.train.common import (PairConfig, Run, TrainResult, check_finite, due, lr_at, optimizer_step, set_lr,
+                                   start_policy, step_generator)
 
 
 @dataclass

@@ -37,12 +37,13 @@ from dataclasses import dataclass
 
 import torch
 
+from rlcourse._validate import integer, number
 from rlcourse.lm import (ArithmeticTask, build_tokenizer, default_task, encode_completions, evaluate_policy,
                          held_out_accuracy, load_model, pick_device, save_model, sequence_logprobs)
 from rlcourse.lm.model import build_model
 from rlcourse.logprobs import aggregate
-from rlcourse.train.common import (Run, ScheduleConfig, TrainResult, check_finite, due, integer, lr_at, number,
-                                   optimizer_step, set_lr, set_seed)
+from rlcourse.train.common import (Run, ScheduleConfig, TrainResult, check_finite, due, lr_at, optimizer_step, set_lr,
+                                   set_seed)
 
 
 @dataclass
