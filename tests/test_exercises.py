@@ -290,3 +290,34 @@ def test_notebook_with_a_broken_cell_reports_not_run_and_grades_the_rest(tmp_pat
     assert rows["01.masked_mean"]["status"] == "not run"
     assert "NameError" in rows["01.masked_mean"]["failures"][0]["detail"]
     assert rows["01.entropy"]["status"] == "not implemented"
+
+
+def test_register_takes_the_id_title_and_signature_from_the_reference(monkeypatch):
+    from rlcourse.exercises import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    props = [for_cases("is 1", lambda seed: [("x", 1)], lambda fn, x: None if fn(x) == 1 else "not 1")]
+
+    def double(x):
+        """Twice x
+
+        double(x: float) -> float
+        """
+        return 2 * x
+
+    double.__module__ = "rlcourse.exercises.l99"
+    ex = registry.register(double, 1, "easy", props, {"same": lambda x: x})
+    assert (ex.id, ex.title, ex.signature, ex.lecture) == ("99.double", "Twice x", "double(x: float) -> float", 99)
+    renamed = registry.register(double, 1, "easy", props, {"same": lambda x: x}, name="twice", signature="twice(x)")
+    assert (renamed.id, renamed.signature) == ("99.twice", "twice(x)")
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register(double, 1, "easy", props, {"same": lambda x: x})
+
+    def untitled(x):
+        return x
+
+    untitled.__module__ = "rlcourse.exercises.l99"
+    with pytest.raises(ValueError, match="docstring must be a one-line title"):   # negative control: no docstring
+        registry.register(untitled, 1, "easy", props, {"same": lambda x: x})
+    with pytest.raises(ValueError, match="lecture module"):                          # not a lecture's function
+        registry.register(len, 1, "easy", props, {"same": lambda x: x})

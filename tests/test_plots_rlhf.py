@@ -225,7 +225,7 @@ def _fake_result(name, arms, rows_of, config):
 
 
 def test_plot_overoptimization_draws_a_synthetic_result_and_refuses_another_experiments():
-    cfg = {"betas": [0.1, 1.0], "reward_models": ["weak", "strong"], "steps": 4}
+    cfg = {"betas": [0.1, 1.0], "reward_models": ["weak", "strong"], "budget": {"steps": 4}}
     arms = [f"{rm}_beta{b:g}" for rm in cfg["reward_models"] for b in cfg["betas"]] + ["bon_weak", "bon_strong"]
 
     def rows_of(arm, seed):
@@ -243,7 +243,7 @@ def test_plot_overoptimization_draws_a_synthetic_result_and_refuses_another_expe
 
 
 def test_plot_kl_placement_draws_a_synthetic_result_and_refuses_another_experiments():
-    cfg = {"arms": ["reward_k1", "loss_k3", "seq_k2"], "beta": 0.5, "steps": 4}
+    cfg = {"arms": ["reward_k1", "loss_k3", "seq_k2"], "beta": 0.5, "budget": {"steps": 4}}
 
     def rows_of(arm, seed):
         return [{"arm": arm, "seed": seed, "step": s, "kl": 0.1 * s + 0.01 * seed, "sqrt_kl": 0.0, "gold": 0.4,

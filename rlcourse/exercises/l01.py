@@ -15,6 +15,10 @@ from rlcourse.toymdp import ToyMDP
 
 
 def token_logprobs(logits, tokens, temperature=1.0):
+    """Log-probability of each sampled token, with temperature
+
+    token_logprobs(logits (B,T,V), tokens (B,T) long, temperature=1.0) -> (B,T)
+    """
     return torch.log_softmax(logits / temperature, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
@@ -50,9 +54,7 @@ def _small_logits(seed):
 
 
 register(
-    "01.token_logprobs", "Log-probability of each sampled token, with temperature", 2, "easy",
-    "token_logprobs(logits (B,T,V), tokens (B,T) long, temperature=1.0) -> (B,T)",
-    token_logprobs,
+    token_logprobs, 2, "easy",
     [agrees("agrees with rlcourse.logprobs.token_logprobs (incl. T=1, temperatures, logits of size 400)",
             _logprob_cases, LP.token_logprobs, atol=1e-8),
      for_cases("exp(log-probs) sums to 1 over the vocabulary", _small_logits, _sums_to_one),
@@ -70,6 +72,10 @@ register(
 
 
 def entropy(logits, temperature=1.0):
+    """Entropy of the softmax policy at a temperature
+
+    entropy(logits (..., V), temperature=1.0) -> (...)
+    """
     logp = torch.log_softmax(logits / temperature, dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
@@ -89,9 +95,7 @@ def _uniform_is_log_v(fn, case):
 
 
 register(
-    "01.entropy", "Entropy of the softmax policy at a temperature", 2, "easy",
-    "entropy(logits (..., V), temperature=1.0) -> (...)",
-    entropy,
+    entropy, 2, "easy",
     [agrees("agrees with rlcourse.logprobs.entropy_from_logits (incl. one-hot-like logits of size 2000)",
             _entropy_cases, LP.entropy_from_logits, atol=1e-8),
      for_cases("uniform logits give log V (nats)", _uniform_cases, _uniform_is_log_v)],
@@ -106,6 +110,10 @@ register(
 
 
 def masked_mean(x, mask):
+    """Mean over the response tokens only
+
+    masked_mean(x (B,T), mask (B,T) 0/1) -> scalar
+    """
     m = mask.to(x.dtype)
     return (x * m).sum() / m.sum()
 
@@ -136,9 +144,7 @@ def _ignores(fn, case):
 
 
 register(
-    "01.masked_mean", "Mean over the response tokens only", 1, "easy",
-    "masked_mean(x (B,T), mask (B,T) 0/1) -> scalar",
-    masked_mean,
+    masked_mean, 1, "easy",
     [agrees("agrees with rlcourse.logprobs.masked_mean (incl. 1x1, prompt masks, holes)", _masked_cases,
             LP.masked_mean),
      for_cases("masked-out entries do not matter", _ignores_masked, _ignores)],
@@ -152,6 +158,10 @@ register(
 
 def count_states():
     # non-terminal prefixes: no <eos>, length < H: 1 + 3 + 9; sequences: ending in <eos> (1+3+9) or at H (27)
+    """Predict: how many states and sequences has a V=4 (with <eos>), H=3 MDP?
+
+    count_states() -> {'states': int, 'sequences': int}
+    """
     return {"states": 13, "sequences": 40}
 
 
@@ -161,9 +171,7 @@ def _count_truth():
 
 
 register(
-    "01.count_states", "Predict: how many states and sequences has a V=4 (with <eos>), H=3 MDP?", 1, "easy",
-    "count_states() -> {'states': int, 'sequences': int}",
-    count_states,
+    count_states, 1, "easy",
     [value_close("equals the count of rlcourse.toymdp.ToyMDP(4, 3)", _count_truth, 0.5,
                  "a state is a prefix without <eos> shorter than H")],
     {"vocab_to_the_horizon": lambda: {"states": 64, "sequences": 64},
@@ -178,6 +186,10 @@ LIMIT_LOGITS = (2.0, 1.0, 0.0, -1.0, -3.0)
 
 def entropy_limits():
     # T -> 0: all mass on the arg-max token, entropy 0; T -> inf: uniform over 5 tokens, entropy log 5
+    """Predict: entropy of softmax(z/T) as T -> 0 and T -> inf, z = (2, 1, 0, -1, -3)
+
+    entropy_limits() -> {'T->0': float, 'T->inf': float} (nats)
+    """
     return {"T->0": 0.0, "T->inf": math.log(5)}
 
 
@@ -187,9 +199,7 @@ def _limits_truth():
 
 
 register(
-    "01.entropy_limits", "Predict: entropy of softmax(z/T) as T -> 0 and T -> inf, z = (2, 1, 0, -1, -3)", 1,
-    "easy", "entropy_limits() -> {'T->0': float, 'T->inf': float} (nats)",
-    entropy_limits,
+    entropy_limits, 1, "easy",
     [value_close("equals the entropy at T = 1e-3 and T = 1e5 (rlcourse.logprobs.entropy_from_logits)",
                  _limits_truth, 0.01)],
     {"swapped_limits": lambda: {"T->0": math.log(5), "T->inf": 0.0},

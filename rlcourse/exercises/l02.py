@@ -14,6 +14,10 @@ from rlcourse.toymdp import ToyMDP
 
 
 def surrogate_loss(seq_logp, returns):
+    """The REINFORCE surrogate loss: its gradient is the policy-gradient estimate
+
+    surrogate_loss(seq_logp (n,), returns (n,)) -> scalar loss (minimised)
+    """
     return -(returns.detach() * seq_logp).mean()
 
 
@@ -49,9 +53,7 @@ def _expected_grad_is_minus_grad_j(fn, case):
 
 
 register(
-    "02.surrogate_loss", "The REINFORCE surrogate loss: its gradient is the policy-gradient estimate", 2, "easy",
-    "surrogate_loss(seq_logp (n,), returns (n,)) -> scalar loss (minimised)",
-    surrogate_loss,
+    surrogate_loss, 2, "easy",
     [for_cases("gradient = -(1/n) sum R(tau) grad log P(tau) on sampled sequences (exact)", _mdp_cases,
                _grad_is_pg_estimate),
      for_cases("expected gradient = -grad J (enumeration of every sequence)", _mdp_cases,
@@ -65,6 +67,10 @@ register(
 
 
 def softmax_score(theta_row, a, temperature=1.0):
+    """The score of a softmax policy, by hand: grad log softmax(theta / T)[a]
+
+    softmax_score(theta_row (V,), a: int, temperature=1.0) -> (V,)
+    """
     pi = torch.softmax(theta_row / temperature, dim=-1)
     return (torch.nn.functional.one_hot(torch.tensor(a), theta_row.shape[-1]).to(pi.dtype) - pi) / temperature
 
@@ -89,9 +95,7 @@ def _eglp(fn, case):
 
 
 register(
-    "02.softmax_score", "The score of a softmax policy, by hand: grad log softmax(theta / T)[a]", 2, "easy",
-    "softmax_score(theta_row (V,), a: int, temperature=1.0) -> (V,)",
-    softmax_score,
+    softmax_score, 2, "easy",
     [for_cases("equals autograd's gradient of log softmax(theta / T)[a]", _score_cases, _score_is_autograd),
      for_cases("EGLP: its expectation under pi is 0", _score_cases, _eglp)],
     {"sign_swapped": lambda theta_row, a, temperature=1.0: -softmax_score(theta_row, a, temperature),
@@ -105,6 +109,10 @@ register(
 
 def mc_error_halving():
     # the standard error of a mean of n i.i.d. samples is sigma / sqrt(n): halving n multiplies it by sqrt(2)
+    """Predict: halve the number of samples; by what factor does the gradient error grow?
+
+    mc_error_halving() -> float
+    """
     return 1.4142
 
 
@@ -119,9 +127,7 @@ def _halving_truth():
 
 
 register(
-    "02.mc_error_halving", "Predict: halve the number of samples; by what factor does the gradient error grow?",
-    1, "easy", "mc_error_halving() -> float",
-    mc_error_halving,
+    mc_error_halving, 1, "easy",
     [value_close("equals the ratio of exact standard errors at n = 500 and n = 1000 (toy MDP)", _halving_truth,
                  0.01, "the variance of a mean of n samples is sigma^2 / n")],
     {"doubles": lambda: 2.0, "unchanged": lambda: 1.0},

@@ -13,6 +13,10 @@ from rlcourse.toymdp import ToyMDP
 
 
 def reward_to_go(rewards, mask, gamma=1.0):
+    """Reward-to-go G_t = r_t + gamma G_{t+1} over the counted tokens
+
+    reward_to_go(rewards (B,T), mask (B,T) 0/1, gamma=1.0) -> (B,T), 0 where mask is 0
+    """
     out = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
@@ -45,9 +49,7 @@ def _rtg_variant_position_discount(rewards, mask, gamma=1.0):
 
 
 register(
-    "03.reward_to_go", "Reward-to-go G_t = r_t + gamma G_{t+1} over the counted tokens", 2, "medium",
-    "reward_to_go(rewards (B,T), mask (B,T) 0/1, gamma=1.0) -> (B,T), 0 where mask is 0",
-    reward_to_go,
+    reward_to_go, 2, "medium",
     [agrees("agrees with rlcourse.advantages.reward_to_go (incl. 1x1, prompts on the left, holes, gamma 0)",
             _rtg_cases, ADV.reward_to_go, 1e-10, 1e-8),
      for_cases("at the first counted token it equals the whole return",
@@ -63,6 +65,10 @@ register(
 
 
 def advantage_weights(rewards, mask, values):
+    """Reward-to-go minus a state-value baseline: the weights of grad log pi
+
+    advantage_weights(rewards (B,T), mask (B,T), values (B,T) = V(s_t)) -> (B,T), 0 where mask is 0
+    """
     return (reward_to_go(rewards, mask) - values) * mask
 
 
@@ -96,9 +102,7 @@ def _adv_cases(seed):
 
 
 register(
-    "03.advantage_weights", "Reward-to-go minus a state-value baseline: the weights of grad log pi", 2, "medium",
-    "advantage_weights(rewards (B,T), mask (B,T), values (B,T) = V(s_t)) -> (B,T), 0 where mask is 0",
-    advantage_weights,
+    advantage_weights, 2, "medium",
     [for_cases("unbiased: E[sum_t w_t grad log pi] = grad J exactly, for V and for any b(s)", _toy_cases,
                _unbiased),
      agrees("equals (reward_to_go - values) on counted tokens, 0 elsewhere", _adv_cases,
@@ -114,6 +118,10 @@ register(
 
 
 def optimal_baseline(probs, returns, score_sq):
+    """The optimal constant baseline b* = E[R |grad log P|^2] / E[|grad log P|^2]
+
+    optimal_baseline(probs (N,), returns (N,), score_sq (N,) = |grad log P(tau)|^2) -> scalar
+    """
     return (probs * returns * score_sq).sum() / (probs * score_sq).sum()
 
 
@@ -138,9 +146,7 @@ def _minimises(fn, case):
 
 
 register(
-    "03.optimal_baseline", "The optimal constant baseline b* = E[R |grad log P|^2] / E[|grad log P|^2]", 2, "medium",
-    "optimal_baseline(probs (N,), returns (N,), score_sq (N,) = |grad log P(tau)|^2) -> scalar",
-    optimal_baseline,
+    optimal_baseline, 2, "medium",
     [for_cases("minimises the exact variance of (R - b) grad log P on the toy MDP", _toy_cases, _minimises)],
     {"mean_return": lambda probs, returns, score_sq: (probs * returns).sum(),
      "unweighted_by_probability": lambda probs, returns, score_sq: (returns * score_sq).sum() / score_sq.sum(),
@@ -152,6 +158,10 @@ register(
 
 def bstar_bernoulli():
     # score of a: (1 - p) for a = 1, -p for a = 0; b* = p R1 (1-p)^2 / (p (1-p)^2 + (1-p) p^2) = R1 (1 - p) = 0.2
+    """Predict: b* for a Bernoulli policy p = sigmoid(theta) = 0.8, R(1) = 1, R(0) = 0
+
+    bstar_bernoulli() -> float
+    """
     return 0.2
 
 
@@ -165,9 +175,7 @@ def _bstar_truth():
 
 
 register(
-    "03.bstar_bernoulli", "Predict: b* for a Bernoulli policy p = sigmoid(theta) = 0.8, R(1) = 1, R(0) = 0", 1,
-    "medium", "bstar_bernoulli() -> float",
-    bstar_bernoulli,
+    bstar_bernoulli, 1, "medium",
     [value_close("equals b* computed with autograd's score", _bstar_truth, 0.005,
                  "b* weights each reward by the squared score, not by its probability alone")],
     {"mean_reward": lambda: 0.8, "half": lambda: 0.5},

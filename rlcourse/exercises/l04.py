@@ -16,6 +16,10 @@ from rlcourse.losses import policy_gradient_loss
 
 
 def reinforce_loss(logp, advantages, mask):
+    """The REINFORCE loss, token mean over the response mask
+
+    reinforce_loss(logp (B,T), advantages (B,), mask (B,T)) -> scalar
+    """
     m = mask.to(logp.dtype)
     return -(advantages.detach()[:, None] * logp * m).sum() / m.sum()
 
@@ -46,9 +50,7 @@ def _grad_truth(fn, case):
 
 
 register(
-    "04.reinforce_loss", "The REINFORCE loss, token mean over the response mask", 2, "easy",
-    "reinforce_loss(logp (B,T), advantages (B,), mask (B,T)) -> scalar",
-    reinforce_loss,
+    reinforce_loss, 2, "easy",
     [agrees("agrees with rlcourse.losses.policy_gradient_loss(..., 'token_mean') (incl. an all-masked row)",
             _pg_cases, lambda logp, advantages, mask: policy_gradient_loss(logp, advantages, mask, "token_mean"),
             1e-12, 1e-9),
@@ -65,6 +67,10 @@ register(
 
 
 def rloo_advantages(rewards, group_size):
+    """RLOO: each reward minus the mean of the others in its group
+
+    rloo_advantages(rewards (B,), group_size: int) -> (B,)
+    """
     r = rewards.view(-1, group_size)
     others = (r.sum(1, keepdim=True) - r) / (group_size - 1)
     return (r - others).reshape(-1)
@@ -93,9 +99,7 @@ def _unbiased_group(fn, case):
 
 
 register(
-    "04.rloo_advantages", "RLOO: each reward minus the mean of the others in its group", 2, "medium",
-    "rloo_advantages(rewards (B,), group_size: int) -> (B,)",
-    rloo_advantages,
+    rloo_advantages, 2, "medium",
     [agrees("agrees with rlcourse.advantages.rloo_advantages (incl. G=2, a constant group, G=8)", _group_cases,
             ADV.rloo_advantages, 1e-10, 1e-8),
      for_cases("unbiased: E[(1/G) sum_i A_i grad log pi(a_i)] = grad J (enumeration)", _bandit_cases,
@@ -110,6 +114,10 @@ register(
 
 
 def pass_at_k(n, c, k):
+    """The unbiased pass@k estimator from n samples with c correct (Chen et al. 2021)
+
+    pass_at_k(n: int, c: int, k: int) -> float
+    """
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
@@ -132,9 +140,7 @@ def _passk_unbiased(fn, case):
 
 
 register(
-    "04.pass_at_k", "The unbiased pass@k estimator from n samples with c correct (Chen et al. 2021)", 2, "medium",
-    "pass_at_k(n: int, c: int, k: int) -> float",
-    pass_at_k,
+    pass_at_k, 2, "medium",
     [for_cases("unbiased: E over c ~ Binomial(n, p) equals 1 - (1 - p)^k exactly", _passk_cases, _passk_unbiased)],
     {"plug_in_estimate": lambda n, c, k: 1.0 - (1.0 - c / n) ** k,
      "all_k_correct_not_at_least_one": lambda n, c, k: math.comb(c, k) / math.comb(n, k)},

@@ -12,6 +12,10 @@ from rlcourse.exercises.registry import register
 
 
 def td_residuals(rewards, values, mask, gamma=1.0):
+    """TD residuals delta_t = r_t + gamma V(s_{t+1}) - V(s_t), V = 0 after the end
+
+    td_residuals(rewards (B,T), values (B,T), mask (B,T), gamma=1.0) -> (B,T)
+    """
     out = torch.zeros_like(rewards)
     next_value = torch.zeros_like(values[:, 0])
     for t in reversed(range(rewards.shape[1])):
@@ -49,9 +53,7 @@ def _v_next_raw(rewards, values, mask, gamma=1.0):
 
 
 register(
-    "05.td_residuals", "TD residuals delta_t = r_t + gamma V(s_{t+1}) - V(s_t), V = 0 after the end", 2, "medium",
-    "td_residuals(rewards (B,T), values (B,T), mask (B,T), gamma=1.0) -> (B,T)",
-    td_residuals,
+    td_residuals, 2, "medium",
     [agrees("agrees with rlcourse.advantages.td_residuals (incl. 1x1, prompts, holes)", _cases,
             ADV.td_residuals, 1e-10, 1e-8),
      for_cases("telescopes: sum_t gamma^t delta_t = R(tau) - V(s_0)",
@@ -65,6 +67,10 @@ register(
 
 
 def gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    """Generalized advantage estimation by backward recursion
+
+    gae(rewards (B,T), values (B,T), mask (B,T), gamma=1.0, lam=0.95) -> advantages (B,T)
+    """
     deltas = td_residuals(rewards, values, mask, gamma)
     out = torch.zeros_like(deltas)
     running = torch.zeros_like(deltas[:, 0])
@@ -100,9 +106,7 @@ def _gae_variant(mult):
 
 
 register(
-    "05.gae", "Generalized advantage estimation by backward recursion", 3, "medium",
-    "gae(rewards (B,T), values (B,T), mask (B,T), gamma=1.0, lam=0.95) -> advantages (B,T)",
-    gae,
+    gae, 3, "medium",
     [agrees("agrees with rlcourse.advantages.gae (incl. 1x1, prompts, holes, lambda in {0.5, 0.9, 0.95})",
             lambda seed: _cases(seed, lam=[0.5, 0.9, 0.95]),
             lambda **c: ADV.gae(**c)[0], 1e-10, 1e-8),
@@ -118,6 +122,10 @@ register(
 
 
 def kl_shaped_rewards(scores, logp, logp_ref, mask, beta):
+    """Per-token rewards: -beta (log pi - log pi_ref) on each token, the score on the last
+
+    kl_shaped_rewards(scores (B,), logp (B,T), logp_ref (B,T), mask (B,T), beta) -> (B,T)
+    """
     m = mask.to(logp.dtype)
     rewards = -beta * (logp - logp_ref) * m
     T = mask.shape[1]
@@ -164,10 +172,7 @@ def _score_at_last_position(scores, logp, logp_ref, mask, beta):
 
 
 register(
-    "05.kl_shaped_rewards", "Per-token rewards: -beta (log pi - log pi_ref) on each token, the score on the last",
-    2, "medium",
-    "kl_shaped_rewards(scores (B,), logp (B,T), logp_ref (B,T), mask (B,T), beta) -> (B,T)",
-    kl_shaped_rewards,
+    kl_shaped_rewards, 2, "medium",
     [for_cases("sum over tokens = score - beta * sum of log-ratios; 0 off the mask", _shaped_cases, _sum_identity),
      for_cases("with beta = 0: the score sits on the last counted token only", _shaped_cases, _score_on_last)],
     {"kl_direction_swapped": lambda scores, logp, logp_ref, mask, beta:

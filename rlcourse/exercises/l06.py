@@ -14,6 +14,10 @@ from rlcourse.toymdp import ToyMDP
 
 
 def ppo_clip_loss_ex(logp, logp_old, advantages, mask, eps=0.2):
+    """PPO-clip loss (token mean) and its gradient mask
+
+    ppo_clip_loss(logp (B,T), logp_old (B,T), advantages (B,), mask (B,T), eps=0.2) -> scalar
+    """
     ratio = torch.exp(logp - logp_old)
     adv = advantages[:, None]
     per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - eps, 1 + eps) * adv)
@@ -67,9 +71,7 @@ def _truth_cell(fn, case):
 
 
 register(
-    "06.ppo_clip_loss", "PPO-clip loss (token mean) and its gradient mask", 3, "medium",
-    "ppo_clip_loss(logp (B,T), logp_old (B,T), advantages (B,), mask (B,T), eps=0.2) -> scalar",
-    ppo_clip_loss_ex,
+    ppo_clip_loss_ex, 3, "medium",
     [agrees("agrees with rlcourse.losses.ppo_clip_loss (token_mean; incl. 1x1, prompts, holes)", _clip_cases,
             lambda logp, logp_old, advantages, mask, eps: ppo_clip_loss(logp, logp_old, advantages, mask,
                                                                         eps_low=eps)[0], 1e-10, 1e-8),
@@ -85,6 +87,7 @@ register(
          (-torch.exp(logp - logp_old) * advantages[:, None] * mask).sum() / mask.sum(),
      "mask_not_applied": lambda logp, logp_old, advantages, mask, eps=0.2:
          ppo_clip_loss_ex(logp, logp_old, advantages, torch.ones_like(mask), eps)},
+    name="ppo_clip_loss",
 )
 
 # --------------------------------------------------------------------------- 06.clip_truth_table (prediction)
@@ -92,6 +95,10 @@ register(
 
 def clip_truth_table():
     # 1: the gradient flows (-ratio * A), 0: the clip is active and the token's gradient is 0
+    """Predict: in which of the six cells does PPO-clip pass a gradient?
+
+    clip_truth_table() -> {'A>0, r<1-eps': 0 or 1, ...} (six cells)
+    """
     return {"A>0, r<1-eps": 1, "A>0, inside": 1, "A>0, r>1+eps": 0,
             "A<0, r<1-eps": 0, "A<0, inside": 1, "A<0, r>1+eps": 1}
 
@@ -103,9 +110,7 @@ def _table_truth():
 
 
 register(
-    "06.clip_truth_table", "Predict: in which of the six cells does PPO-clip pass a gradient?", 2, "easy",
-    "clip_truth_table() -> {'A>0, r<1-eps': 0 or 1, ...} (six cells)",
-    clip_truth_table,
+    clip_truth_table, 2, "easy",
     [value_close("equals autograd through rlcourse.losses.clipped_surrogate in each cell", _table_truth, 0.1,
                  "the min keeps the pessimistic term; the clip only removes the gradient where it helps")],
     {"clip_blocks_both_sides": lambda: {"A>0, r<1-eps": 0, "A>0, inside": 1, "A>0, r>1+eps": 0,
@@ -119,6 +124,10 @@ register(
 
 
 def trajectory_ratio(logp, logp_old, mask):
+    """The trajectory importance ratio: the product of token ratios
+
+    trajectory_ratio(logp (B,T), logp_old (B,T), mask (B,T)) -> (B,)
+    """
     return torch.exp(((logp - logp_old) * mask).sum(-1))
 
 
@@ -154,9 +163,7 @@ def _importance_identity(fn, case):
 
 
 register(
-    "06.trajectory_ratio", "The trajectory importance ratio: the product of token ratios", 2, "easy",
-    "trajectory_ratio(logp (B,T), logp_old (B,T), mask (B,T)) -> (B,)",
-    trajectory_ratio,
+    trajectory_ratio, 2, "easy",
     [for_cases("equals P_theta(tau)/P_old(tau) and E_old[ratio R] = J(theta) on the toy MDP (exact)",
                _toy_ratio_cases, _importance_identity),
      agrees("agrees with rlcourse.ratios.trajectory_ratio (incl. prompts, holes)", _ratio_cases,
@@ -171,6 +178,10 @@ register(
 
 
 def gspo_ratio(logp, logp_old, mask):
+    """GSPO's sequence ratio: the geometric mean of the token ratios
+
+    gspo_ratio(logp (B,T), logp_old (B,T), mask (B,T)) -> (B,)
+    """
     m = mask.to(logp.dtype)
     return torch.exp(((logp - logp_old) * m).sum(-1) / m.sum(-1))
 
@@ -183,9 +194,7 @@ def _repeat_invariance(fn, case):
 
 
 register(
-    "06.gspo_ratio", "GSPO's sequence ratio: the geometric mean of the token ratios", 2, "easy",
-    "gspo_ratio(logp (B,T), logp_old (B,T), mask (B,T)) -> (B,)",
-    gspo_ratio,
+    gspo_ratio, 2, "easy",
     [agrees("agrees with rlcourse.ratios.sequence_ratio (incl. length 1, prompts, holes)", _ratio_cases,
             lambda **c: RA.sequence_ratio(**c, clamp=None), 1e-10, 1e-8),
      for_cases("length-normalised: repeating a response twice leaves it unchanged",
@@ -200,6 +209,10 @@ register(
 
 
 def halve_double_beta(beta, kl, target):
+    """PPO's original adaptive KL rule: halve or double beta (Schulman et al. 2017)
+
+    halve_double_beta(beta, kl, target) -> new beta
+    """
     if kl < target / 1.5:
         return beta / 2
     if kl > target * 1.5:
@@ -237,9 +250,7 @@ def _converges(fn, case):
 
 
 register(
-    "06.halve_double_beta", "PPO's original adaptive KL rule: halve or double beta (Schulman et al. 2017)", 2,
-    "easy", "halve_double_beta(beta, kl, target) -> new beta",
-    halve_double_beta,
+    halve_double_beta, 2, "easy",
     [for_cases("the rule, at every band edge (kl from 0 to 100 x target)", _rule_cases, _rule),
      for_cases("brings KL = c/beta into [target/1.5, 1.5 target] from a beta 1000x too small",
                lambda seed: [(f"c={c}, target={t}", (c, t)) for c, t in ((1.0, 0.01), (0.05, 0.02))], _converges)],

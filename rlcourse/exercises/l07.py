@@ -15,6 +15,10 @@ from rlcourse.preference import bradley_terry_loss, bradley_terry_probability
 
 
 def bt_loss(r_chosen, r_rejected):
+    """The Bradley-Terry loss of a reward model (mean over pairs, numerically stable)
+
+    bt_loss(r_chosen (B,), r_rejected (B,)) -> scalar
+    """
     return -F.logsigmoid(r_chosen - r_rejected).mean()
 
 
@@ -45,9 +49,7 @@ def _described(seed):
 
 
 register(
-    "07.bt_loss", "The Bradley-Terry loss of a reward model (mean over pairs, numerically stable)", 2, "easy",
-    "bt_loss(r_chosen (B,), r_rejected (B,)) -> scalar",
-    bt_loss,
+    bt_loss, 2, "easy",
     [agrees("agrees with rlcourse.preference.bradley_terry_loss (incl. B=1, a margin of -1000)", _bt_cases,
             bradley_terry_loss, 1e-10, 1e-9),
      for_cases("gradient: d loss / d r_chosen = -sigmoid(r_rejected - r_chosen) / B", _described, _bt_grad),
@@ -62,6 +64,10 @@ register(
 
 def bt_fit(wins):
     # Newton's method on the log-likelihood sum_ij wins[i, j] log sigmoid(r_i - r_j)
+    """Fit Bradley-Terry rewards to a matrix of win counts (maximum likelihood)
+
+    bt_fit(wins (K,K), wins[i, j] = times i beat j) -> (K,) rewards, summing to 0
+    """
     n = wins + wins.T
     r = torch.zeros(wins.shape[0], dtype=wins.dtype)
     for _ in range(50):
@@ -114,9 +120,7 @@ def _is_mle(fn, wins):
 
 
 register(
-    "07.bt_fit", "Fit Bradley-Terry rewards to a matrix of win counts (maximum likelihood)", 3, "hard",
-    "bt_fit(wins (K,K), wins[i, j] = times i beat j) -> (K,) rewards, summing to 0",
-    bt_fit,
+    bt_fit, 3, "hard",
     [for_cases("recovers planted rewards (centred) from expected win counts", _planted_cases, _recovers),
      for_cases("is the maximum-likelihood estimate (zero gradient, sum 0) on random counts", _count_cases, _is_mle)],
     {"log_win_ratio_heuristic": lambda wins: (lambda x: x - x.mean())(
@@ -132,13 +136,15 @@ register(
 
 def preference_probability():
     # P(chosen > rejected) = sigmoid(2.0 - 0.5) = 1 / (1 + e^-1.5)
+    """Predict: P(y_w > y_l) under Bradley-Terry for rewards 2.0 and 0.5
+
+    preference_probability() -> float
+    """
     return 1 / (1 + math.exp(-1.5))
 
 
 register(
-    "07.preference_probability", "Predict: P(y_w > y_l) under Bradley-Terry for rewards 2.0 and 0.5", 1, "easy",
-    "preference_probability() -> float",
-    preference_probability,
+    preference_probability, 1, "easy",
     [value_close("equals rlcourse.preference.bradley_terry_probability(2.0, 0.5)",
                  lambda: float(bradley_terry_probability(torch.tensor(2.0), torch.tensor(0.5))), 0.005,
                  "BT compares exp(r), i.e. sigmoid of the difference, not the rewards themselves")],

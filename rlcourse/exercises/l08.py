@@ -13,6 +13,10 @@ from rlcourse.losses import AdaptiveKLController
 
 
 def kl_categorical(logp, logq):
+    """Exact KL(p || q) between categoricals given as log-probs
+
+    kl_categorical(logp (..., V), logq (..., V)) -> (...)
+    """
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
@@ -26,9 +30,7 @@ def _zero_on_equal(fn, case):
 
 
 register(
-    "08.kl_categorical", "Exact KL(p || q) between categoricals given as log-probs", 1, "easy",
-    "kl_categorical(logp (..., V), logq (..., V)) -> (...)",
-    kl_categorical,
+    kl_categorical, 1, "easy",
     [agrees("agrees with rlcourse.kl.kl_categorical", _pair_cases, KL.kl_categorical, 1e-12, 1e-9),
      for_cases("KL(p || p) = 0",
                lambda seed: [(f"p of shape {s}", log_softmax_rows(gen(seed, 110 + i), *s))
@@ -42,6 +44,10 @@ register(
 
 
 def kl_k3(logp, logp_ref):
+    """The k3 estimator of KL(pi || ref) from tokens sampled from pi
+
+    kl_k3(logp (B,T), logp_ref (B,T)) -> (B,T)
+    """
     log_r = logp_ref - logp
     return torch.expm1(log_r) - log_r
 
@@ -73,9 +79,7 @@ def _nonneg_cases(seed):
 
 
 register(
-    "08.kl_k3", "The k3 estimator of KL(pi || ref) from tokens sampled from pi", 2, "medium",
-    "kl_k3(logp (B,T), logp_ref (B,T)) -> (B,T)",
-    kl_k3,
+    kl_k3, 2, "medium",
     [for_cases("unbiased: E_pi[k3] = KL(pi || ref) exactly (enumeration)", _unbiased_cases, _k3_unbiased),
      for_cases("never negative", _nonneg_cases, _k3_nonneg),
      agrees("agrees with rlcourse.kl.kl_k3", lambda seed: [{"logp": a, "logp_ref": b} for _, (a, b) in
@@ -92,6 +96,7 @@ CHOICES = ("0", "KL(pi||ref)", "KL(ref||pi)")
 
 def kl_gradient_directions():
     # E[grad k1] = E[grad log pi] = 0; E[grad k2] = grad KL(pi||ref); E[grad k3] = -sum ref grad log pi = grad KL(ref||pi)
+    """Predict: the expected gradient of k1, k2, k3 is the gradient of which KL?"""
     return {"k1": "0", "k2": "KL(pi||ref)", "k3": "KL(ref||pi)"}
 
 
@@ -113,20 +118,23 @@ def _directions_truth():
 
 
 register(
-    "08.kl_gradient_directions", "Predict: the expected gradient of k1, k2, k3 is the gradient of which KL?", 2,
-    "medium", f"kl_gradient_directions() -> {{'k1': ..., 'k2': ..., 'k3': ...}}, each one of {list(CHOICES)}",
-    kl_gradient_directions,
+    kl_gradient_directions, 2, "medium",
     [value_close("equals the exact expected gradients (autograd, enumeration over 5 tokens)", _directions_truth, 0,
                  "differentiate each estimator with the sampled token held fixed")],
     {"all_follow_kl_pi_ref": lambda: {"k1": "KL(pi||ref)", "k2": "KL(pi||ref)", "k3": "KL(pi||ref)"},
      "k2_k3_swapped": lambda: {"k1": "0", "k2": "KL(ref||pi)", "k3": "KL(pi||ref)"}},
     kind="prediction",
+    signature=f"kl_gradient_directions() -> {{'k1': ..., 'k2': ..., 'k3': ...}}, each one of {list(CHOICES)}",
 )
 
 # --------------------------------------------------------------------------- 08.adaptive_beta
 
 
 def adaptive_beta(beta, kl, target, n_steps, horizon):
+    """The adaptive KL coefficient (proportional controller, Ziegler et al. 2019)
+
+    adaptive_beta(beta, kl, target, n_steps, horizon) -> new beta
+    """
     error = min(max(kl / target - 1.0, -0.2), 0.2)
     return beta * (1.0 + error * n_steps / horizon)
 
@@ -143,9 +151,7 @@ def _controller(beta, kl, target, n_steps, horizon):
 
 
 register(
-    "08.adaptive_beta", "The adaptive KL coefficient (proportional controller, Ziegler et al. 2019)", 2, "easy",
-    "adaptive_beta(beta, kl, target, n_steps, horizon) -> new beta",
-    adaptive_beta,
+    adaptive_beta, 2, "easy",
     [agrees("agrees with rlcourse.losses.AdaptiveKLController.update (incl. KL = 0 and 100 x target)",
             _adaptive_cases, _controller, 1e-12, 1e-10)],
     {"error_not_clipped": lambda beta, kl, target, n_steps, horizon: beta * (1 + (kl / target - 1) * n_steps / horizon),

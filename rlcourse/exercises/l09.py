@@ -14,6 +14,10 @@ from rlcourse.exercises.registry import register
 
 
 def grpo_advantages(rewards, group_size, eps=1e-6):
+    """GRPO advantages: z-score within each group (unbiased std, eps outside the root)
+
+    grpo_advantages(rewards (B,), group_size: int, eps=1e-6) -> (B,)
+    """
     r = rewards.view(-1, group_size)
     adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)
     return adv.reshape(-1)
@@ -49,9 +53,7 @@ def _shift_scale(fn, case):
 
 
 register(
-    "09.grpo_advantages", "GRPO advantages: z-score within each group (unbiased std, eps outside the root)", 2,
-    "medium", "grpo_advantages(rewards (B,), group_size: int, eps=1e-6) -> (B,)",
-    grpo_advantages,
+    grpo_advantages, 2, "medium",
     [agrees("agrees with rlcourse.advantages.grpo_advantages (incl. G=2, a constant group, tiny spread)",
             _grpo_cases, ADV.grpo_advantages, 1e-8, 1e-6),
      for_cases("invariant to a per-group reward shift and positive scale", _invariance_cases, _shift_scale)],
@@ -71,6 +73,10 @@ MODES = {"token_mean": "token_mean", "seq_mean_token_mean": "seq_mean_token_mean
 
 
 def agg_loss(loss_mat, mask, mode, max_len=None):
+    """Loss aggregation: token mean, sequence mean of token means / sums, constant (Dr. GRPO)
+
+    agg_loss(loss_mat (B,T), mask (B,T), mode: str, max_len=None) -> scalar
+    """
     m = mask.to(loss_mat.dtype)
     B = loss_mat.shape[0]
     if mode == "token_mean":
@@ -102,9 +108,7 @@ def _variant(mode_fix):
 
 
 register(
-    "09.agg_loss", "Loss aggregation: token mean, sequence mean of token means / sums, constant (Dr. GRPO)", 3,
-    "medium", "agg_loss(loss_mat (B,T), mask (B,T), mode: str, max_len=None) -> scalar",
-    agg_loss,
+    agg_loss, 3, "medium",
     [agrees("agrees with rlcourse.logprobs.aggregate for every mode (incl. 1x1, an all-masked row)",
             _agg_cases, _package_agg, 1e-10, 1e-8)],
     {"all_masked_rows_not_counted": _variant(lambda L, m, mode, ml: agg_loss(L[m.sum(-1) > 0], m[m.sum(-1) > 0], mode, ml)),
@@ -119,6 +123,10 @@ register(
 
 def group_mean_scale():
     # subtracting the group mean includes r_i itself: E[gradient] = (G - 1) / G * grad J = 3/4 for G = 4
+    """Predict: with G = 4, the group-mean baseline scales the expected gradient by?
+
+    group_mean_scale() -> float
+    """
     return 0.75
 
 
@@ -131,9 +139,7 @@ def _scale_truth():
 
 
 register(
-    "09.group_mean_scale", "Predict: with G = 4, the group-mean baseline scales the expected gradient by?", 1,
-    "medium", "group_mean_scale() -> float",
-    group_mean_scale,
+    group_mean_scale, 1, "medium",
     [value_close("equals E[estimate] / grad J by enumeration of every group (3-armed bandit)", _scale_truth, 0.01,
                  "the group mean contains the sample's own reward")],
     {"unbiased": lambda: 1.0, "rloo_factor": lambda: 4 / 3},
@@ -145,6 +151,7 @@ register(
 
 def length_weights():
     # weight of one token of the 3-token answer / weight of one token of the 30-token answer
+    """Predict: weight of a token of a 3-token answer over one of a 30-token answer, per mode"""
     return {"token_mean": 1.0, "seq_mean_token_mean": 10.0, "seq_mean_token_sum": 1.0, "constant": 1.0}
 
 
@@ -160,12 +167,11 @@ def _length_truth():
 
 
 register(
-    "09.length_weights", "Predict: weight of a token of a 3-token answer over one of a 30-token answer, per mode",
-    2, "easy", f"length_weights() -> {{mode: ratio}} for modes {list(MODES)}",
-    length_weights,
+    length_weights, 2, "easy",
     [value_close("equals rlcourse.logprobs.aggregation_weights", _length_truth, 0.01,
                  "per-sequence means give every sequence the same total weight")],
     {"inverted": lambda: {"token_mean": 1.0, "seq_mean_token_mean": 0.1, "seq_mean_token_sum": 1.0, "constant": 1.0},
      "all_equal": lambda: {"token_mean": 1.0, "seq_mean_token_mean": 1.0, "seq_mean_token_sum": 1.0, "constant": 1.0}},
     kind="prediction",
+    signature=f"length_weights() -> {{mode: ratio}} for modes {list(MODES)}",
 )

@@ -15,6 +15,10 @@ from rlcourse.exercises.registry import register
 
 
 def kl_optimum(ref_logprobs, rewards, beta):
+    """The maximiser of E[r] - beta KL(pi || ref): pi* proportional to ref exp(r / beta)
+
+    kl_optimum(ref_logprobs (..., V), rewards (..., V), beta) -> log pi* (..., V)
+    """
     return torch.log_softmax(ref_logprobs + rewards / beta, dim=-1)
 
 
@@ -45,9 +49,7 @@ def _described(seed):
 
 
 register(
-    "10.kl_optimum", "The maximiser of E[r] - beta KL(pi || ref): pi* proportional to ref exp(r / beta)", 2,
-    "medium", "kl_optimum(ref_logprobs (..., V), rewards (..., V), beta) -> log pi* (..., V)",
-    kl_optimum,
+    kl_optimum, 2, "medium",
     [for_cases("normalised, and no perturbation does better on E[r] - beta KL", _described, _maximises),
      agrees("agrees with rlcourse.preference.kl_regularized_optimum", _opt_cases, PR.kl_regularized_optimum,
             1e-10, 1e-8)],
@@ -60,6 +62,10 @@ register(
 
 
 def implicit_reward(logp, logp_ref, beta):
+    """DPO's implicit reward beta (log pi - log pi_ref)
+
+    implicit_reward(logp (B,), logp_ref (B,), beta) -> (B,)
+    """
     return beta * (logp - logp_ref)
 
 
@@ -77,9 +83,7 @@ def _recovers_reward(fn, case):
 
 
 register(
-    "10.implicit_reward", "DPO's implicit reward beta (log pi - log pi_ref)", 1, "easy",
-    "implicit_reward(logp (B,), logp_ref (B,), beta) -> (B,)",
-    implicit_reward,
+    implicit_reward, 1, "easy",
     [for_cases("applied to pi*, gives the true reward up to -beta log Z", _recover_cases, _recovers_reward),
      agrees("agrees with rlcourse.preference.implicit_reward",
             lambda seed: [{"logp": -randn(gen(seed, 340), 3).abs(), "logp_ref": -randn(gen(seed, 341), 3).abs(),
@@ -93,6 +97,10 @@ register(
 
 
 def dpo_loss(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp, beta=0.1):
+    """The DPO loss (sigmoid), numerically stable
+
+    dpo_loss(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp (B,), beta=0.1) -> scalar
+    """
     h = (policy_chosen_logp - ref_chosen_logp) - (policy_rejected_logp - ref_rejected_logp)
     return -F.logsigmoid(beta * h).mean()
 
@@ -131,9 +139,7 @@ def _dpo_described(seed):
 
 
 register(
-    "10.dpo_loss", "The DPO loss (sigmoid), numerically stable", 3, "medium",
-    "dpo_loss(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp (B,), beta=0.1) -> scalar",
-    dpo_loss,
+    dpo_loss, 3, "medium",
     [agrees("agrees with rlcourse.preference.dpo_loss (incl. B=1, margins of -1e4)", _dpo_cases,
             lambda **c: PR.dpo_loss(**c)[0], 1e-10, 1e-8),
      for_cases("equals log 2 when the policy is the reference", _dpo_described, _at_reference),
@@ -159,6 +165,10 @@ MARGIN_INPUTS = {"beta": 0.1, "policy_chosen": -10.0, "ref_chosen": -12.0, "poli
 
 def reward_margin():
     # beta [(-10 + 12) - (-15 + 14)] = 0.1 * (2 + 1)
+    """Predict: the implicit reward margin for beta 0.1, log-probs chosen -10 (ref -12), rejected -15 (ref -14)
+
+    reward_margin() -> float
+    """
     return 0.3
 
 
@@ -170,9 +180,7 @@ def _margin_truth():
 
 
 register(
-    "10.reward_margin", "Predict: the implicit reward margin for beta 0.1, log-probs chosen -10 (ref -12), "
-    "rejected -15 (ref -14)", 1, "easy", "reward_margin() -> float",
-    reward_margin,
+    reward_margin, 1, "easy",
     [value_close("equals the difference of rlcourse.preference.implicit_reward", _margin_truth, 0.005,
                  "each response's reward is measured relative to the reference")],
     {"reference_ignored": lambda: 0.5, "beta_forgotten": lambda: 3.0},

@@ -1,8 +1,10 @@
 """The exercise registry: every exercise of the labs, its reference solution, grader and wrong variants.
 
-An exercise is registered once, in the module of its lecture (``l01.py`` ... ``l10.py``), with
+An exercise is registered once, in the module of its lecture (``l01.py`` ... ``l10.py``), by
+:func:`register` after its reference solution and grader, with
 
-* an id ``"NN.name"`` (NN = the lecture), a title, points and a difficulty;
+* an id ``"NN.name"`` (NN = the lecture, name = the reference's), a title and the signature the student
+  implements (the reference's docstring), points and a difficulty;
 * ``kind``: ``"function"`` (the student writes a function with the given ``signature``) or
   ``"prediction"`` (the student writes a number, or a small dict of numbers / choices, before
   running the experiment; the grader compares it with the exact value computed now);
@@ -15,6 +17,7 @@ An exercise is registered once, in the module of its lecture (``l01.py`` ... ``l
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -74,12 +77,27 @@ def _raise_not_implemented() -> Property:
 _REGISTRY: dict[str, Exercise] = {}
 
 
-def register(id: str, title: str, points: int, difficulty: str, signature: str, reference, properties,
-             wrong: dict, kind: str = "function") -> Exercise:
-    """Create and register an exercise; refuses duplicates, unknown kinds and missing wrong variants."""
-    head, _, name = id.partition(".")
-    if not (len(head) == 2 and head.isdigit() and name):
-        raise ValueError(f"exercise id must look like 'NN.name', got {id!r}")
+def register(reference, points: int, difficulty: str, properties, wrong: dict, *, kind: str = "function",
+             name: str | None = None, signature: str | None = None) -> Exercise:
+    """Create and register the exercise whose reference solution is ``reference``, a function of a lecture
+    module ``rlcourse.exercises.lNN``; refuses duplicates, unknown kinds and missing wrong variants.
+
+    The exercise's id is ``"NN.<name>"`` (``name``: the reference's own name unless given); its title is the
+    first line of the reference's docstring and its signature the docstring's second paragraph (or
+    ``signature``, for one computed from the module's constants)."""
+    module = getattr(reference, "__module__", "") or ""
+    lecture = module.rpartition(".")[2]
+    if not (callable(reference) and lecture[:1] == "l" and lecture[1:].isdigit() and len(lecture) == 3):
+        raise ValueError(f"reference must be a function of a lecture module rlcourse.exercises.lNN, got "
+                         f"{reference!r} from {module!r}")
+    id = f"{lecture[1:]}.{name or reference.__name__}"
+    paragraphs = [p for p in inspect.cleandoc(reference.__doc__ or "").split("\n\n") if p.strip()]
+    if signature is None and len(paragraphs) >= 2:
+        signature = paragraphs[1].strip()
+    if not paragraphs or signature is None or "\n" in paragraphs[0]:
+        raise ValueError(f"exercise {id!r}: the reference's docstring must be a one-line title, a blank line and "
+                         f"the signature the student implements, got {reference.__doc__!r}")
+    title = paragraphs[0].strip()
     if id in _REGISTRY:
         raise ValueError(f"exercise {id!r} is registered twice")
     if kind not in KINDS:

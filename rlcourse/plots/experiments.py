@@ -60,6 +60,13 @@ def _band(ax, summary, arm, metric, label=None, **style):
     return c
 
 
+def budget_text(budget: dict) -> str:
+    """``"200 steps x 16 prompts x 8 samples, lr 0.0001"``: a :class:`~rlcourse.experiments.budget.Budget` as a
+    result's config records it."""
+    return (f"{budget['steps']} steps x {budget['prompts_per_step']} prompts x {budget['group_size']} samples, "
+            f"lr {budget['lr']:g}")
+
+
 def _n_seeds(result) -> int:
     return len(result.get("seeds", [])) or len(result["summary"]["seeds"])
 
@@ -217,9 +224,8 @@ def plot_grpo_variants(result: dict) -> plt.Figure:
     axes[3].legend(fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3)
-    b = cfg["budget"]
-    fig.suptitle(f"GRPO variants on the chain task ({b['steps']} steps x {b['prompts_per_step']} prompts x "
-                 f"{b['group_size']} samples, {cfg['num_iterations']} updates per batch, lr {b['lr']:g}): "
+    fig.suptitle(f"GRPO variants on the chain task ({budget_text(cfg['budget'])}, {cfg['num_iterations']} updates "
+                 f"per batch): "
                  f"mean and 95% t-interval over {_n_seeds(result)} seeds", fontsize=10)
     fig.tight_layout()
     return fig
@@ -267,9 +273,8 @@ def plot_reinforce_baselines(result: dict) -> plt.Figure:
             axes[0, col].legend(fontsize=7, loc="lower right")
     if {"sgd_group_mean", "sgd_rloo"} & arms:
         axes[1, 2].set_yscale("log")
-    b = cfg["budget"]
-    fig.suptitle(f"REINFORCE on the chain task, {b['steps']} steps of {b['prompts_per_step'] * b['group_size']} "
-                 f"samples (AdamW lr {b['lr']:g}, SGD lr {cfg['sgd_lr']:g}, c = {cfg['offset']:+g}): mean and 95% "
+    fig.suptitle(f"REINFORCE on the chain task, {budget_text(cfg['budget'])} (AdamW; SGD lr {cfg['sgd_lr']:g}; "
+                 f"c = {cfg['offset']:+g}): mean and 95% "
                  f"t-interval over {_n_seeds(result)} seeds", fontsize=10)
     fig.tight_layout()
     return fig
