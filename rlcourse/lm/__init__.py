@@ -11,8 +11,10 @@ Typical use::
     r = batch_rewards(ro.completions, [p.answer for p in problems for _ in range(4)], ro.finished)
 """
 
-from .model import (PRESETS, Preset, build_model, count_parameters, cpu_threads, load_model, model_config,
-                    pick_device, quiet_transformers, save_model)
+from rlcourse.threads import cpu_threads
+
+from .model import PRESETS, Preset, build_model, count_parameters, load_model, model_config, pick_device, save_model
+from .quiet import quiet_transformers
 from .rollout import (Rollout, SequenceBatch, accuracy, encode_completions, encode_prompts, evaluate, generate,
                       pass_at_k, pass_at_k_estimator, position_ids_from_mask, response_logprobs_from_logits,
                       sequence_logprobs)

@@ -22,17 +22,15 @@ forward+backward 125-142 ms either way). sdpa is the fast path on a GPU, so it i
 
 from __future__ import annotations
 
-import contextlib
 import os
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from rlcourse._validate import integer
-from rlcourse.threads import cpu_threads  # noqa: F401  (the course's one thread mechanism, re-exported)
 
+from .quiet import quiet_transformers
 from .tokenizer import build_tokenizer, load_tokenizer
 
 
@@ -128,28 +126,6 @@ def pick_device(override: str | torch.device | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' progress bars ("Loading weights", "Writing model shards") and warnings
-    for the block, restoring its settings after: the course's own output stays readable, and
-    nothing is changed globally in the user's process."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    level = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def save_model(model: PreTrainedModel, tokenizer, directory: str | os.PathLike) -> str:

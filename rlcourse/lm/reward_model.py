@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from rlcourse import _validate as V
-from rlcourse.lm.model import pick_device, quiet_transformers
+from rlcourse.lm.model import pick_device
+from rlcourse.lm.quiet import quiet_transformers
 from rlcourse.lm.rollout import encode_completions, position_ids_from_mask, response_logprobs_from_logits
 from rlcourse.lm.task import finished_flags
 from rlcourse.logprobs import masked_mean

@@ -26,6 +26,8 @@ from typing import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from .quiet import quiet_transformers
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3
 #: Digits, the arithmetic operators, punctuation, space and lower-case letters.
@@ -74,8 +76,6 @@ def load_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerBase:
     directory = str(directory)
     if not os.path.isdir(directory):
         raise ValueError(f"directory {directory!r} does not exist (tokenizers are only loaded from local directories)")
-    from .model import quiet_transformers
-
     with quiet_transformers():
         tok = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     tok.padding_side = "left"
