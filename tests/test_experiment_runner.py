@@ -364,3 +364,23 @@ def test_config_from_record_rebuilds_every_experiments_default_and_quick_config(
         runner.config_from_record("critic_gae", record)
     with pytest.raises(ValueError, match="no field"):
         runner.config_from_record("ppo_toy", {**record, "horizon": 3})
+
+
+def test_experiment_description_is_the_first_paragraph_of_run_seeds_docstring(monkeypatch):
+    monkeypatch.setattr(runner, "EXPERIMENTS", {})
+
+    def documented(cfg, seed, progress):
+        """Counts its calls, on
+        two lines.
+
+        Details the list does not print."""
+
+    def undocumented(cfg, seed, progress):
+        return []
+
+    runner.experiment("probe_doc", notebook="--", config=ProbeConfig)(documented)
+    assert runner.EXPERIMENTS["probe_doc"].description == "Counts its calls, on two lines."
+    runner.experiment("probe_given", notebook="--", config=ProbeConfig, description="given")(undocumented)
+    assert runner.EXPERIMENTS["probe_given"].description == "given"
+    with pytest.raises(ValueError, match="needs a description"):   # negative control: neither
+        runner.experiment("probe_none", notebook="--", config=ProbeConfig)(undocumented)

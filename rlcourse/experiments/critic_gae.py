@@ -120,11 +120,12 @@ def _critic_rmse(mdp, theta, values) -> float:
     return float(((d * err).sum() / d.sum()).sqrt())
 
 
-@experiment("critic_gae", notebook="05", config=CriticGAEConfig,
-            description="toy MDP: a tabular critic trained on lambda-returns; exact error of GAE(lambda) vs the true "
-                        "advantage per lambda as the critic learns (the best lambda moves)")
+@experiment("critic_gae", notebook="05", config=CriticGAEConfig)
 def run_seed(cfg: CriticGAEConfig, seed: int, progress) -> list[dict]:
-    """One seed: the critic's training and, every ``eval_every`` updates, the advantage error per λ."""
+    """toy MDP: a tabular critic trained on lambda-returns; exact error of GAE(lambda) vs the true advantage per lambda
+    as the critic learns (the best lambda moves)
+
+    One seed: the critic's training and, every ``eval_every`` updates, the advantage error per λ."""
     with cpu_threads(1):  # tensors of tens of entries: threads only add synchronisation
         return _run(cfg, seed, progress)
 

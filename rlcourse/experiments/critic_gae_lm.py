@@ -219,11 +219,12 @@ def critic_error(critic_values: torch.Tensor, ref: dict, mask: torch.Tensor) -> 
             "const_rmse": max(const - noise, 0.0) ** 0.5}
 
 
-@experiment("critic_gae_lm", notebook="05", config=CriticGAELMConfig,
-            description="chain task, fixed SFT policy: PPO's critic trained on lambda-returns; error of GAE(lambda) "
-                        "vs a Monte Carlo advantage (noise subtracted) per lambda as the critic learns")
+@experiment("critic_gae_lm", notebook="05", config=CriticGAELMConfig)
 def run_seed(cfg: CriticGAELMConfig, seed: int, progress) -> list[dict]:
-    """One seed: the reference, then the critic's training and, every ``evaluation.every`` updates, the errors."""
+    """chain task, fixed SFT policy: PPO's critic trained on lambda-returns; error of GAE(lambda) vs a Monte Carlo
+    advantage (noise subtracted) per lambda as the critic learns
+
+    One seed: the reference, then the critic's training and, every ``evaluation.every`` updates, the errors."""
     with cpu_threads(cfg.threads):
         return _run(cfg, seed, progress)
 

@@ -103,10 +103,10 @@ def run_arm(cfg: GRPOChainConfig, variant: str, seed: int, model, tokenizer, tic
                               evaluate, cfg.evaluation.every, tick)
 
 
-@experiment("grpo_variants", notebook="09", config=GRPOChainConfig,
-            description="GRPO vs Dr. GRPO vs DAPO vs GSPO (2 updates per batch) on the chain task, same budget: "
-                        "greedy accuracy, length of correct / incorrect responses, entropy, clip fraction")
+@experiment("grpo_variants", notebook="09", config=GRPOChainConfig)
 def run_seed(cfg: GRPOChainConfig, seed: int, progress) -> list[dict]:
+    """GRPO vs Dr. GRPO vs DAPO vs GSPO (2 updates per batch) on the chain task, same budget: greedy accuracy, length
+    of correct / incorrect responses, entropy, clip fraction"""
     model, tokenizer = cfg.start()
     return over_arms(cfg.variants, cfg.budget.steps * len(cfg.variants), progress,
                      lambda variant, tick: run_arm(cfg, variant, seed, model, tokenizer, tick))

@@ -89,11 +89,10 @@ class KLPlacementConfig:
                        evaluation=Evaluation(every=2, prompts=8, samples=2))
 
 
-@experiment("kl_placement", notebook="08", config=KLPlacementConfig,
-            description="KL in the reward (k1) vs k3 / k2 per token in the loss vs sequence-level k2 (and k1 in the "
-                        "loss, beta = 0), same beta, same start and rule reward (Dr. GRPO): exact KL(pi||ref) and "
-                        "reward")
+@experiment("kl_placement", notebook="08", config=KLPlacementConfig)
 def run_seed(cfg: KLPlacementConfig, seed: int, progress) -> list[dict]:
+    """KL in the reward (k1) vs k3 / k2 per token in the loss vs sequence-level k2 (and k1 in the loss, beta = 0), same
+    beta, same start and rule reward (Dr. GRPO): exact KL(pi||ref) and reward"""
     task = default_task()
     start, tok = sft_start(cfg.preset, 0, progress=False)
     start.eval()

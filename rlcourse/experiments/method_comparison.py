@@ -302,11 +302,11 @@ def run_arm(cfg: MethodComparisonConfig, arm: str, seed: int, model, tokenizer, 
         evaluate, every, tick)
 
 
-@experiment("method_comparison", notebook="10", config=MethodComparisonConfig,
-            description="DPO offline vs DPO online (iterative) vs PPO vs GRPO from one SFT start, the same number "
-                        "of samples each: greedy accuracy against samples, updates and seconds; DPO's chosen / "
-                        "rejected log-probs and the mass on neighbouring answers")
+@experiment("method_comparison", notebook="10", config=MethodComparisonConfig)
 def run_seed(cfg: MethodComparisonConfig, seed: int, progress) -> list[dict]:
+    """DPO offline vs DPO online (iterative) vs PPO vs GRPO from one SFT start, the same number of samples each: greedy
+    accuracy against samples, updates and seconds; DPO's chosen / rejected log-probs and the mass on neighbouring
+    answers"""
     task = default_task()
     model, tokenizer = sft_start(cfg.preset, cfg.sft_seed, progress=False)
     model.eval()

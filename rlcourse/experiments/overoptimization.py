@@ -190,11 +190,10 @@ def _best_of_n(cfg, rm, model, tokenizer, task, seed: int) -> list[dict]:
     return best_of_n_rows(torch.cat(scores), torch.cat(gold), ns)
 
 
-@experiment("overoptimization", notebook="08", config=OveroptimizationConfig,
-            description="PPO against the weak and the strong learned reward model at fixed beta values, and "
-                        "best-of-N on each: gold (rule) reward, reward-model score and exact KL(pi||ref) per "
-                        "evaluation")
+@experiment("overoptimization", notebook="08", config=OveroptimizationConfig)
 def run_seed(cfg: OveroptimizationConfig, seed: int, progress) -> list[dict]:
+    """PPO against the weak and the strong learned reward model at fixed beta values, and best-of-N on each: gold
+    (rule) reward, reward-model score and exact KL(pi||ref) per evaluation"""
     task = default_task()
     start, tok = sft_start(cfg.preset, 0, progress=False)
     start.eval()

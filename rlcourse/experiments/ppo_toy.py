@@ -170,11 +170,12 @@ def _run_arm(cfg: PPOToyConfig, method: str, K: int, seed: int, arm: str, tick) 
     return rows
 
 
-@experiment("ppo_toy", notebook="06", config=PPOToyConfig,
-            description="K epochs on one batch, toy MDP: vanilla PG vs PPO-clip vs PPO-penalty (adaptive beta); "
-                        "exact J and KL(old||new) per update")
+@experiment("ppo_toy", notebook="06", config=PPOToyConfig)
 def run_seed(cfg: PPOToyConfig, seed: int, progress) -> list[dict]:
-    """Every arm (method × K) of ``cfg`` for one seed; tidy rows ``{arm, seed, step, J, kl, clipfrac, j_drop[, beta]}``."""
+    """K epochs on one batch, toy MDP: vanilla PG vs PPO-clip vs PPO-penalty (adaptive beta); exact J and KL(old||new)
+    per update
+
+    Every arm (method × K) of ``cfg`` for one seed; tidy rows ``{arm, seed, step, J, kl, clipfrac, j_drop[, beta]}``."""
     arms = cfg.arms()
     with cpu_threads(1):  # tensors of tens of entries: threads only add synchronisation
         return over_arms(arms, len(arms) * cfg.iterations, progress,

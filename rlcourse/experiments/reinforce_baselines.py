@@ -172,11 +172,10 @@ def run_arm(cfg: ReinforceBaselinesConfig, arm: str, seed: int, model, tokenizer
     return rows
 
 
-@experiment("reinforce_baselines", notebook="04", config=ReinforceBaselinesConfig,
-            description="REINFORCE on the chain task: no baseline / batch mean / group mean / RLOO, a reward offset "
-                        "c=+1 (none, RLOO), and SGD vs AdamW (group mean vs RLOO): greedy accuracy, reward, "
-                        "gradient and update norms")
+@experiment("reinforce_baselines", notebook="04", config=ReinforceBaselinesConfig)
 def run_seed(cfg: ReinforceBaselinesConfig, seed: int, progress) -> list[dict]:
+    """REINFORCE on the chain task: no baseline / batch mean / group mean / RLOO, a reward offset c=+1 (none, RLOO),
+    and SGD vs AdamW (group mean vs RLOO): greedy accuracy, reward, gradient and update norms"""
     model, tokenizer = cfg.start()
     return over_arms(cfg.arms, cfg.budget.steps * len(cfg.arms), progress,
                      lambda arm, tick: run_arm(cfg, arm, seed, model, tokenizer, tick))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 import math
 import os
@@ -65,11 +66,12 @@ EXPERIMENTS: dict[str, Experiment] = {}
 NOT_EXPERIMENTS = ("runner", "summary", "memo", "settings", "cache", "registry", "budget")
 
 
-def experiment(name: str, *, notebook: str, description: str, config: type):
+def experiment(name: str, *, notebook: str, config: type, description: str | None = None):
     """Register ``run_seed(cfg, seed, progress) -> list[dict]`` as the experiment ``name``.
 
     ``config`` must be a frozen dataclass whose every field has a default and which has a
-    ``quick()`` method (the CI variant of the config)."""
+    ``quick()`` method (the CI variant of the config). ``description`` (what ``rlcourse experiment list``
+    prints) is the first paragraph of ``run_seed``'s docstring unless given."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"name must be an identifier, got {name!r}")
     if not (dataclasses.is_dataclass(config) and isinstance(config, type) and config.__dataclass_params__.frozen):
@@ -78,10 +80,13 @@ def experiment(name: str, *, notebook: str, description: str, config: type):
         raise TypeError(f"config {config.__name__} of experiment {name!r} needs a quick() method (the CI variant)")
 
     def wrap(fn):
+        text = description or " ".join(inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].split())
+        if not text:
+            raise ValueError(f"experiment {name!r} needs a description: give one, or a docstring to run_seed")
         if name in EXPERIMENTS and EXPERIMENTS[name].run_seed.__module__ != fn.__module__:
             raise ValueError(f"experiment {name!r} registered twice ({EXPERIMENTS[name].run_seed.__module__} "
                              f"and {fn.__module__})")
-        EXPERIMENTS[name] = Experiment(name, str(notebook), description, config, fn)
+        EXPERIMENTS[name] = Experiment(name, str(notebook), text, config, fn)
         return fn
 
     return wrap
