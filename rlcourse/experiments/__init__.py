@@ -9,9 +9,11 @@ module                     what
 ``toy``                    notebook 02: exact gradient ascent and REINFORCE on the toy MDP
 ``lm_rl``                  notebook 04: the REINFORCE gradient's noise at the start, pass@k of a policy
 ``reinforce_baselines``    notebook 04: REINFORCE baselines, a reward offset, SGD vs AdamW on the chain task
-``rlhf``                   notebooks 07 (reward models and judges), 08 (reward hacking, one seed)
+``rlhf``                   notebook 07: reward models and judges (one seed)
 ``memo``, ``settings``     the memoisation, and the preset (``$RLCOURSE_PRESET``)
-``runner``                 experiments by name over seeds, saved and resumed per seed (``rlcourse experiment``)
+``runner``                 experiments by name over seeds, saved and resumed per seed (``rlcourse experiment``);
+                           one evaluated-training loop; a config rebuilt from its record
+``budget``                 what the LM experiments' configs share: the training budget and the evaluation
 ``summary``                means and Student-t intervals over seeds (the runner's ``summary``, the plots' bands)
 ``ppo_toy``                notebook 06: K epochs on one batch, vanilla PG vs PPO-clip vs PPO-penalty (toy MDP)
 ``critic_gae``             notebook 05: a critic on λ-returns and the best GAE λ as it learns (toy MDP)
