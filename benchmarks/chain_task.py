@@ -25,10 +25,9 @@ import statistics
 import sys
 import time
 
-import torch
-
 from rlcourse.experiments.cache import CHAIN_SFT, CHAIN_TASK, chain_sft_config, chain_sft_start, sft_start_info
 from rlcourse.lm.chain_task import parse_steps
+from rlcourse.threads import set_cpu_threads
 
 #: The calibrated task and SFT start (defined once, in the experiments' cache).
 TASK = CHAIN_TASK
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
     if args.seeds < 1:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
+    set_cpu_threads(1)
 
     t0 = time.perf_counter()
     start = cached_start()

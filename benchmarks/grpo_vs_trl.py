@@ -60,7 +60,7 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
+from rlcourse.threads import set_cpu_threads
 
 # the TRL side of the experiment is shared with examples/trl_grpo.py
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
@@ -135,7 +135,7 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="print a cProfile of 3 steps of each and exit")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
+    set_cpu_threads(a.threads)
 
     from rlcourse.lm import default_max_new_tokens, default_task, held_out_accuracy
     from rlcourse.experiments import sft_start

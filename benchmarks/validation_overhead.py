@@ -25,6 +25,7 @@ import torch
 
 from rlcourse.logprobs import _check_agg_kwargs
 from rlcourse.losses import _advantages, _check_grpo, _grpo_loss, _resolve_agg, grpo_loss
+from rlcourse.threads import set_cpu_threads
 
 
 def timed(fn, repeats: int, inner: int) -> float:
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--inner", type=int, default=20)
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    set_cpu_threads(1)
     g = torch.Generator().manual_seed(0)
     B, T = args.rows, args.tokens
     logp = -torch.rand(B, T, generator=g) * 3 - 1e-3

@@ -183,7 +183,9 @@ def _rank(rank: int, world: int, init_file: str, out_file: str, seed: int, even:
     """One DDP rank: its half of the batch, TRL's loss, backward (DDP averages the gradients over ranks)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    torch.set_num_threads(1)
+    from rlcourse.threads import set_cpu_threads
+
+    set_cpu_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         batch = synthetic_batch(seed, world=world, even=even)
@@ -279,7 +281,9 @@ def main(argv=None):
     ap.add_argument("--even", action="store_true", help="every completion the same length (the pitfall vanishes)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    from rlcourse.threads import set_cpu_threads
+
+    set_cpu_threads(1)
     rows = parity_table(a.seed, a.even)
     if a.json:
         print(json.dumps(rows))

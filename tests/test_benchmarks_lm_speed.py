@@ -16,16 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import lm_speed  # noqa: E402
 
 from rlcourse.lm import build_model, build_tokenizer, count_parameters  # noqa: E402
+from rlcourse.threads import cpu_threads  # noqa: E402
 
 
 def test_smoke_run_on_cpu_reports_throughput_and_mfu_against_the_given_peak():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with cpu_threads(1):
         res = lm_speed.main(["--rows", "16", "--group", "4", "--new", "3", "--repeats", "1", "--json",
                              "--peak-tflops", "2.5"])
-    finally:
-        torch.set_num_threads(n)
     assert res["dtype"] == "float32" and res["peak_tflops"] == 2.5
     for impl in ("sdpa", "eager"):
         r = res[impl]
@@ -68,12 +65,8 @@ def test_chain_task_option_samples_to_the_tasks_limit_and_times_the_grpo_update_
     from rlcourse.experiments.cache import CHAIN_TASK
     from rlcourse.lm import default_max_new_tokens
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with cpu_threads(1):
         res = lm_speed.main(["--task", "chain", "--rows", "8", "--group", "4", "--repeats", "1", "--json"])
-    finally:
-        torch.set_num_threads(n)
     assert res["task"] == "chain" and res["new_tokens"] == default_max_new_tokens(CHAIN_TASK)
     for impl in ("sdpa", "eager"):
         r = res[impl]

@@ -21,17 +21,15 @@ pytest.importorskip("trl")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import ddp_parity  # noqa: E402
 
+from rlcourse.threads import cpu_threads  # noqa: E402
+
 ATOL = 1e-6
 
 
 @pytest.fixture(scope="module")
 def table():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with cpu_threads(1):
         return {r["loss_type"]: r for r in ddp_parity.parity_table(seed=0)}
-    finally:
-        torch.set_num_threads(n)
 
 
 def test_the_batch_puts_very_different_token_counts_on_the_two_ranks(table):

@@ -272,6 +272,27 @@ def test_cpu_threads_rejects_bad_values_and_restores():
         assert torch.get_num_threads() == n
 
 
+def test_set_cpu_threads_lasts_where_entering_a_temporary_cpu_threads_does_not():
+    from rlcourse.threads import set_cpu_threads
+
+    n = torch.get_num_threads()
+    try:
+        other = 2 if n == 1 else 1
+        set_cpu_threads(other)
+        assert torch.get_num_threads() == other   # lasts after the call
+        set_cpu_threads(n)
+        # negative control, the pitfall set_cpu_threads replaces: the temporary is collected at once, and
+        # collecting it runs the restore
+        cpu_threads(other).__enter__()
+        assert torch.get_num_threads() == n
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            set_cpu_threads(0)
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            set_cpu_threads(None)
+    finally:
+        torch.set_num_threads(n)
+
+
 def test_train_sft_writes_no_dependency_progress_bars(tmp_path, capfd):
     train_sft(SFTConfig(steps=1, batch_size=4, warmup_steps=1, eval_n=2, device="cpu", out=str(tmp_path / "s")),
               task=TASK, progress=False)
