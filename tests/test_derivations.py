@@ -163,3 +163,25 @@ def test_self_test_catches_an_exact_check_with_a_loose_tolerance_and_a_one_sided
     always = lambda d, c, bound, observed, **kw: base.inequality(d, c, -1e9, observed, **kw)  # noqa: E731
     assert _self_test_controls(monkeypatch, None, "inequality", always)["inequality: k1 >= 0 on log r in [-5, 5]"] \
         is False
+
+
+@pytest.mark.parametrize("module, n_policies, horizon", [("grpo_advantage", 1, 3), ("rlhf_gradient", 2, 3),
+                                                         ("dpo", 1, 2), ("kl_optimum", 1, 3), ("kl_estimators", 2, 3)])
+def test_a_derivations_problem_is_what_its_checks_and_the_notebooks_share(module, n_policies, horizon):
+    """The notebooks and figures that reproduce a derivation's numbers call its problem(): a toy MDP and its
+    policies, the same on every call, and not the course's problem (their own seeds)."""
+    import importlib
+
+    import torch
+
+    from rlcourse.toymdp import ToyMDP, course_problem
+
+    problem = importlib.import_module(f"rlcourse.derivations.{module}").problem
+    mdp, *policies = problem()
+    again = problem()
+    assert isinstance(mdp, ToyMDP) and mdp.horizon == horizon and len(policies) == n_policies
+    assert all(p.shape == (mdp.num_states, mdp.vocab_size) for p in policies)
+    assert all(torch.equal(a, b) for a, b in zip(policies, again[1:]))
+    assert torch.equal(mdp.token_reward, again[0].token_reward)
+    if horizon == 3:   # negative control: another seed than the course's problem
+        assert not torch.equal(policies[0], course_problem()[1])

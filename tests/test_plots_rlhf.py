@@ -118,7 +118,7 @@ def test_pair_groups_and_accuracy_by_group():
 
 @pytest.fixture(scope="module")
 def kl_course():
-    return kle.kl_problem()
+    return kle.problem()
 
 
 def test_kl_estimator_curves_k3_is_nonnegative_and_k1_changes_sign():

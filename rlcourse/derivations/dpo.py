@@ -80,7 +80,7 @@ import torch
 
 from rlcourse.derivations.base import Check, derivation, exact, monte_carlo, negative_control, symbolic
 from rlcourse.preference import bradley_terry_probability, dpo_loss, implicit_reward, kl_regularized_optimum
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, ToyProblem
 
 NAME = "dpo"
 
@@ -148,10 +148,15 @@ def sampled_pair_losses(logp: torch.Tensor, ref_logp: torch.Tensor, rewards: tor
                         for x, y in zip(w.tolist(), l.tolist())])
 
 
+def problem() -> tuple[ToyMDP, torch.Tensor]:
+    """``(mdp, theta_ref)``: the toy MDP (horizon 2, seed 13) and the reference policy (seed 14) of these checks."""
+    return ToyProblem(horizon=2, mdp_seed=13, theta_seed=14).build()
+
+
 @derivation(NAME, "DPO", source="wei-rl-llm")
 def checks() -> list[Check]:
-    mdp = ToyMDP.random(vocab_size=3, horizon=2, seed=13)
-    ref_logp = mdp.sequence_logprobs(mdp.init_params(seed=14))
+    mdp, theta_ref = problem()
+    ref_logp = mdp.sequence_logprobs(theta_ref)
     r = mdp.returns()
     beta = 0.5
     N = mdp.num_sequences

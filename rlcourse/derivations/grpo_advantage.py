@@ -48,7 +48,7 @@ import torch
 
 from rlcourse.advantages import dr_grpo_advantages, grpo_advantages, rloo_advantages
 from rlcourse.derivations.base import Check, derivation, exact, monte_carlo, negative_control
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, ToyProblem
 
 NAME = "grpo_advantage"
 
@@ -100,10 +100,14 @@ def zscore_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return grpo_advantages(rewards, group_size, eps=1e-6, scale=True)
 
 
+def problem() -> tuple[ToyMDP, torch.Tensor]:
+    """``(mdp, theta)``: the toy MDP (seed 9) and policy (seed 10) of these checks."""
+    return ToyProblem(mdp_seed=9, theta_seed=10).build()
+
+
 @derivation(NAME, "GRPO advantage", source="wei-rl-llm")
 def checks() -> list[Check]:
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=9)
-    theta = mdp.init_params(seed=10)
+    mdp, theta = problem()
     truth = mdp.exact_gradient(theta)
     N = mdp.num_sequences
     out = []

@@ -194,7 +194,7 @@ def _sympy_fact(check: str, statement, detail: str = "") -> Check:
     return Check(NAME, check, "symbolic", "True", str(statement), "exact", ok, None, detail)
 
 
-def kl_problem() -> tuple[ToyMDP, torch.Tensor, torch.Tensor]:
+def problem() -> tuple[ToyMDP, torch.Tensor, torch.Tensor]:
     """``(mdp, theta, theta_ref)``: the toy MDP (seed 3), policy (seed 4) and reference (seed 5) of these checks; a
     pair of policies farther apart than the course's problem, so that the estimators' differences show."""
     mdp, theta = ToyProblem(mdp_seed=3, theta_seed=4).build()
@@ -203,7 +203,7 @@ def kl_problem() -> tuple[ToyMDP, torch.Tensor, torch.Tensor]:
 
 @derivation(NAME, "KL estimators", source="ppo-post-training")
 def checks() -> list[Check]:
-    mdp, theta, theta_ref = kl_problem()
+    mdp, theta, theta_ref = problem()
     logp, logq = mdp.sequence_logprobs(theta), mdp.sequence_logprobs(theta_ref)
     kl = float(sequence_kl(mdp, theta, theta_ref))
     e = exact_expectations(logp, logq)

@@ -41,7 +41,7 @@ from rlcourse.derivations.base import Check, derivation, exact, inequality, nega
 from rlcourse.derivations.rlhf_gradient import exact_rlhf_gradient
 from rlcourse.kl import kl_categorical
 from rlcourse.preference import kl_regularized_objective, kl_regularized_optimum
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, ToyProblem
 
 NAME = "kl_optimum"
 
@@ -95,10 +95,14 @@ def soft_optimal_logits(mdp: ToyMDP, theta_ref: torch.Tensor, beta: float) -> tu
     return mdp.temperature * log_pi, v
 
 
+def problem() -> tuple[ToyMDP, torch.Tensor]:
+    """``(mdp, theta_ref)``: the toy MDP (seed 11) and the reference policy (seed 12) of these checks."""
+    return ToyProblem(mdp_seed=11, theta_seed=12).build()
+
+
 @derivation(NAME, "KL-regularised optimum", source="wei-rl-llm")
 def checks() -> list[Check]:
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=11)
-    theta_ref = mdp.init_params(seed=12)
+    mdp, theta_ref = problem()
     beta = 0.5
     ref_logp, r = mdp.sequence_logprobs(theta_ref), mdp.returns()
     opt = kl_regularized_optimum(ref_logp, r, beta)

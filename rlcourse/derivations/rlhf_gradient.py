@@ -44,7 +44,7 @@ import torch
 from rlcourse.advantages import reward_to_go
 from rlcourse.derivations.base import Check, derivation, exact, monte_carlo, negative_control
 from rlcourse.kl import kl_categorical, kl_k1, kl_k2
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, ToyProblem
 
 NAME = "rlhf_gradient"
 
@@ -122,10 +122,15 @@ def sampled_gradients(mdp: ToyMDP, theta: torch.Tensor, theta_ref: torch.Tensor,
     return (w[idx, None, None] * mdp.score(theta)[idx]).reshape(n, -1)
 
 
+def problem() -> tuple[ToyMDP, torch.Tensor, torch.Tensor]:
+    """``(mdp, theta, theta_ref)``: the toy MDP (seed 6), policy (seed 7) and reference (seed 8) of these checks."""
+    mdp, theta = ToyProblem(mdp_seed=6, theta_seed=7).build()
+    return mdp, theta, mdp.init_params(seed=8)
+
+
 @derivation(NAME, "RLHF gradient", source="wei-rl-llm")
 def checks() -> list[Check]:
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=6)
-    theta, theta_ref = mdp.init_params(seed=7), mdp.init_params(seed=8)
+    mdp, theta, theta_ref = problem()
     beta = 0.3
     truth = exact_rlhf_gradient(mdp, theta, theta_ref, beta)
     out = [

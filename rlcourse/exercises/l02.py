@@ -8,7 +8,7 @@ import torch
 
 from rlcourse.exercises.grading import compare, for_cases, gen, randn, value_close
 from rlcourse.exercises.registry import register
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import ToyMDP, course_problem
 
 # --------------------------------------------------------------------------- 02.surrogate_loss
 
@@ -117,8 +117,7 @@ def mc_error_halving():
 
 
 def _halving_truth():
-    mdp = ToyMDP.random(3, 3, seed=0)
-    theta = mdp.init_params(seed=1)
+    mdp, theta = course_problem()
     P, R, S = mdp.probabilities(theta), mdp.returns(), mdp.score(theta)
     g = R[:, None, None] * S                                    # one-sample estimates
     total_var = float((P[:, None, None] * (g - (P[:, None, None] * g).sum(0)) ** 2).sum())

@@ -21,6 +21,7 @@ import torch
 
 from rlcourse.derivations import bradley_terry as bt
 from rlcourse.derivations import kl_estimators as kle
+from rlcourse.derivations import kl_optimum as klo
 from rlcourse.kl import KL_ESTIMATORS, kl_categorical
 from rlcourse.lm import Problem, is_correct, is_well_formed, math_verify_correct, reward
 from rlcourse.experiments import rlhf as X
@@ -34,7 +35,7 @@ from rlcourse.toymdp import ToyMDP
 __all__ = [
     # exact
     "RULE_PROBLEM", "RULE_EXAMPLES", "rule_reward_rows", "bt_recovery", "kl_estimator_curves",
-    "kl_estimator_table", "kl_gradient_directions", "per_prefix_kl_stats", "dpo_ipo_curves", "kl_optimum_course",
+    "kl_estimator_table", "kl_gradient_directions", "per_prefix_kl_stats", "dpo_ipo_curves",
     "kl_optimum_table", "OPTIMUM_BETAS",
     # plots
     "plot_bradley_terry", "plot_reward_model", "plot_kl_estimators", "plot_overoptimization",
@@ -272,7 +273,7 @@ def plot_kl_estimators(curves: dict, table: dict) -> plt.Figure:
 @figure("08_kl_estimators")
 def build_kl_estimators() -> plt.Figure:
     """k1/k2/k3 against the token ratio, and their exact distributions on the toy MDP of the KL derivation."""
-    mdp, theta, theta_ref = kle.kl_problem()
+    mdp, theta, theta_ref = kle.problem()
     return plot_kl_estimators(kl_estimator_curves(), kl_estimator_table(mdp, theta, theta_ref))
 
 
@@ -281,22 +282,15 @@ def build_kl_estimators() -> plt.Figure:
 OPTIMUM_BETAS = (0.1, 0.5, 2.0)
 
 
-def kl_optimum_course() -> tuple[ToyMDP, torch.Tensor]:
-    """The toy MDP and reference of :mod:`rlcourse.derivations.kl_optimum` (the numbers of ``rlcourse verify``)."""
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=11)
-    return mdp, mdp.init_params(seed=12)
-
-
 def kl_optimum_table(betas=OPTIMUM_BETAS) -> dict:
     """The closed-form optimum :math:`\\pi^*_\\beta \\propto \\pi_{\\text{ref}}\\,e^{r/\\beta}` over the sequences of the toy MDP.
 
     Returns ``labels`` (sequence names, sorted by reward), ``reward``, ``ref`` (probabilities) and
     ``optimum`` (beta -> probabilities), plus ``objective`` (beta -> J(pi*)) and ``log_z`` (beta -> log Z).
     """
-    from rlcourse.derivations.kl_optimum import log_partition
     from rlcourse.preference import kl_regularized_objective, kl_regularized_optimum
 
-    mdp, theta_ref = kl_optimum_course()
+    mdp, theta_ref = klo.problem()
     ref_logp, r = mdp.sequence_logprobs(theta_ref).detach(), mdp.returns()
     order = torch.argsort(r, descending=True)
     out = {"labels": [mdp.describe(int(i)) for i in order], "reward": r[order].numpy(),
@@ -305,7 +299,7 @@ def kl_optimum_table(betas=OPTIMUM_BETAS) -> dict:
         opt = kl_regularized_optimum(ref_logp, r, b)
         out["optimum"][b] = opt.exp()[order].numpy()
         out["objective"][b] = float(kl_regularized_objective(opt, ref_logp, r, b))
-        out["log_z"][b] = float(log_partition(ref_logp, r, b))
+        out["log_z"][b] = float(klo.log_partition(ref_logp, r, b))
     return out
 
 

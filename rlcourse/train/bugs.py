@@ -41,7 +41,7 @@ from rlcourse.kl import kl_k1
 from rlcourse.lm.rollout import position_ids_from_mask, sequence_logprobs
 from rlcourse.logprobs import token_logprobs
 from rlcourse.losses import grpo_loss, policy_gradient_loss
-from rlcourse.toymdp import ToyMDP
+from rlcourse.toymdp import course_problem
 
 #: The steps a bug can corrupt, each a method of :class:`Hooks`.
 STEPS = {
@@ -349,8 +349,8 @@ def detect_kl_direction(hook: Hooks) -> Finding:
     ``kl_shaped_rewards`` charges); its expected policy gradient :math:`E_\\pi[c(y)\\,\\nabla\\log\\pi(y)]`
     is computed exactly by enumeration and compared with the exact gradients of both KL directions.
     """
-    mdp = ToyMDP.random(vocab_size=3, horizon=3, seed=0)
-    theta = mdp.init_params(seed=1).requires_grad_(True)
+    mdp, theta = course_problem()
+    theta.requires_grad_(True)
     ref = mdp.init_params(seed=2)
     lp, lp_ref = mdp.token_logprobs(theta), mdp.token_logprobs(ref)
     a, b = hook.kl_arguments(lp.detach(), lp_ref)
