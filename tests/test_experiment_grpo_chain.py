@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from conftest import MINI_TASK
 
 from rlcourse.experiments import runner
-from rlcourse.experiments.grpo_chain import GRPOChainConfig
+from rlcourse.experiments.grpo_chain import GRPOChainConfig, greedy_eval
+from rlcourse.lm import generate, held_out_accuracy
 
 KEYS = {"arm", "seed", "step", "accuracy", "length_correct", "length_incorrect", "entropy", "clipfrac"}
 
@@ -108,3 +110,20 @@ def test_plot_grpo_variants_draws_every_variant_and_refuses_another_experiments_
     fig = BUILDERS["09_grpo_variants"]()
     assert calls == [("grpo_variants", 3, runner.results_dir("grpo_variants"))]
     plt.close(fig)
+
+
+def test_greedy_eval_accuracy_is_the_packages_greedy_accuracy_and_its_lengths_split_the_mean_length(start):
+    """The accuracy equals rlcourse.lm.held_out_accuracy exactly; the mean lengths of the correct and of the
+    incorrect responses, weighted by their counts, give the mean greedy length of all responses (an identity
+    whatever the model answers)."""
+    model, tok = start
+    n = 20
+    out = greedy_eval(model, tok, MINI_TASK, n)
+    assert out["accuracy"] == held_out_accuracy(model, tok, MINI_TASK, n)
+    problems = MINI_TASK.held_out(n)
+    ro = generate(model, tok, [p.prompt for p in problems], 1, MINI_TASK.max_answer_chars + 2, greedy=True)
+    mean_length = float(ro.response_mask.sum(-1).double().mean())
+    k = round(out["accuracy"] * n)
+    parts = [(k, out["length_correct"]), (n - k, out["length_incorrect"])]
+    assert sum(c * (m or 0.0) for c, m in parts) / n == pytest.approx(mean_length, abs=1e-6)  # float32 means
+    assert all((m is None) == (c == 0) for c, m in parts)

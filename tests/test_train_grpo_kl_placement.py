@@ -153,6 +153,11 @@ def _step(model, batch, cfg, ref):
     return m, row
 
 
+def _dr_grpo(**kw) -> GRPOConfig:
+    """The config of these update tests: Dr. GRPO on the batch of ``batch_of`` (2 prompts x 4 samples)."""
+    return GRPOConfig(variant="dr_grpo", group_size=4, prompts_per_step=2, **kw)
+
+
 def _same(a, b):
     return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
@@ -160,14 +165,13 @@ def _same(a, b):
 def test_reward_placement_updates_like_beta_zero_on_the_penalised_rewards(models):
     model, ref, tok = models
     batch = batch_of(tok)
-    cfg = GRPOConfig(variant="dr_grpo", group_size=4, prompts_per_step=2, beta=0.5, kl_placement="reward",
-                     kl_estimator="k1")
+    cfg = _dr_grpo(beta=0.5, kl_placement="reward", kl_estimator="k1")
     updated, _ = _step(model, batch, cfg, ref)
     ids, att, mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     with torch.no_grad():
         shifted = kl_penalised_rewards(batch["rewards"], sequence_logprobs(model, ids, att, mask),
                                        sequence_logprobs(ref, ids, att, mask), mask, 0.5, "k1")
-    plain = GRPOConfig(variant="dr_grpo", group_size=4, prompts_per_step=2, beta=0.0)
+    plain = _dr_grpo(beta=0.0)
     same, _ = _step(model, batch | {"rewards": shifted}, plain, None)
     assert _same(updated, same)
     unshifted, _ = _step(model, batch, plain, None)  # negative control: the penalty changes the update
@@ -177,8 +181,7 @@ def test_reward_placement_updates_like_beta_zero_on_the_penalised_rewards(models
 def test_sequence_loss_placement_adds_beta_times_the_aggregated_sequence_k2(models):
     model, ref, tok = models
     batch = batch_of(tok)
-    cfg = GRPOConfig(variant="dr_grpo", group_size=4, prompts_per_step=2, beta=0.5, kl_placement="sequence_loss",
-                     kl_estimator="k2")
+    cfg = _dr_grpo(beta=0.5, kl_placement="sequence_loss", kl_estimator="k2")
     _, row = _step(model, batch, cfg, ref)
     ids, att, mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     L = int(mask.shape[1])

@@ -81,7 +81,7 @@ def greedy_eval(model, tokenizer, task, n: int, batch_size: int = 512) -> dict:
     def mean(x):
         return float(x.mean()) if x.numel() else None
 
-    return {"accuracy": float(ok.float().mean()), "length_correct": mean(length[ok]),
+    return {"accuracy": int(ok.sum()) / len(ok), "length_correct": mean(length[ok]),
             "length_incorrect": mean(length[~ok])}
 
 

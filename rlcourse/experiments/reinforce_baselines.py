@@ -34,7 +34,7 @@ Rows (one per evaluation: the start, then every ``evaluation.every`` steps)::
      "pass_at_1", "pass_at_8"}
 
 ``accuracy``: greedy accuracy (reward exactly 1) on ``evaluation.prompts`` held-out problems
-(:func:`rlcourse.experiments.grpo_chain.greedy_eval`). Means over the training steps since the previous
+(:func:`rlcourse.lm.held_out_accuracy`). Means over the training steps since the previous
 evaluation (None at the start): ``reward``, the task's mean sampled reward (without the offset);
 ``grad_norm``, the norm of the REINFORCE gradient :math:`\lVert\hat g\rVert` (for arms with the same expected
 gradient, a larger mean :math:`\lVert\hat g\rVert^2 = \lVert\nabla J\rVert^2 + \operatorname{tr}\operatorname{Cov}\hat g`
@@ -54,8 +54,8 @@ import torch
 from rlcourse._validate import integer, number
 from rlcourse.experiments.budget import Budget, Evaluation, check_budget
 from rlcourse.experiments.cache import CHAIN_TASK, QUICK_START, ChainStart
-from rlcourse.experiments.grpo_chain import greedy_eval
 from rlcourse.experiments.runner import check_arms, evaluated_training, experiment, over_arms, window_mean
+from rlcourse.lm import held_out_accuracy
 from rlcourse.train.reinforce import ReinforceConfig, train_reinforce
 
 __all__ = ["ReinforceBaselinesConfig", "ARMS", "ARM_LABELS", "arm_config", "run_arm", "run_seed"]
@@ -152,7 +152,7 @@ def run_arm(cfg: ReinforceBaselinesConfig, arm: str, seed: int, model, tokenizer
 
     def evaluate(step, window):
         row = {"arm": arm, "seed": seed, "step": step, **none,
-               "accuracy": greedy_eval(policy, tokenizer, task, cfg.evaluation.prompts)["accuracy"]}
+               "accuracy": held_out_accuracy(policy, tokenizer, task, cfg.evaluation.prompts)}
         if step:
             row.update(reward=window_mean(window, "reward_mean"), grad_norm=window_mean(window, "grad_norm"),
                        update_norm=window_mean(window, "update_norm"),
